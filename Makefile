@@ -1,0 +1,40 @@
+# syncwarden: install from a checkout, tests, packages.
+PREFIX ?= /usr/local
+DESTDIR ?=
+LIBDIR = $(PREFIX)/lib/syncwarden
+BINDIR = $(PREFIX)/bin
+UNITDIR ?= /etc/systemd/system
+CONFDIR = /etc/syncwarden
+PYTHON ?= /usr/bin/python3
+
+.PHONY: install uninstall test unit-test system-test demo
+
+# Installs the package privately (Debian's `supervisor` package owns that module name) with a
+# launcher, the units (pointing at that launcher) and the example config unless one exists.
+# Needs no network: Debian's python3-transitions, -pystemd, -sdnotify and -yaml are the deps.
+install:
+	install -d $(DESTDIR)$(LIBDIR)/supervisor $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR)
+	install -m 644 supervisor/*.py $(DESTDIR)$(LIBDIR)/supervisor/
+	printf '#!$(PYTHON)\nimport sys\nsys.path.insert(0, "$(LIBDIR)")\nfrom supervisor.cli import main\nsys.exit(main())\n' > $(DESTDIR)$(BINDIR)/syncwarden
+	chmod 755 $(DESTDIR)$(BINDIR)/syncwarden
+	for u in units/*.service; do \
+	  sed 's|/usr/bin/syncwarden|$(BINDIR)/syncwarden|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
+	  chmod 644 $(DESTDIR)$(UNITDIR)/$$(basename $$u); done
+	[ -e $(DESTDIR)$(CONFDIR)/syncwarden.yaml ] || install -m 644 config/syncwarden.yaml $(DESTDIR)$(CONFDIR)/syncwarden.yaml
+	-[ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && systemctl daemon-reload
+
+uninstall:
+	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR)/syncwarden
+	rm -f $(DESTDIR)$(UNITDIR)/syncwarden.service $(DESTDIR)$(UNITDIR)/syncwarden-sync@.service
+
+test:
+	./scripts/test
+
+unit-test:
+	$(PYTHON) -m pytest -q tests/unit
+
+system-test:
+	$(PYTHON) -m pytest -q tests/system
+
+demo:
+	./scripts/demo

@@ -1,0 +1,142 @@
+"""The ``syncwarden`` command: thin argparse layer; commands return data, render.py prints it.
+
+Exit codes: 0 fine, 1 problem found or refused, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__, render
+from . import config as configmod
+from .control import SOCKET_PATH, ControlError, request
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="syncwarden", description="Supervise Cyrus IMAP replication.")
+    p.add_argument("--version", action="version", version=f"syncwarden {__version__}")
+    p.add_argument("-c", "--config", type=Path, default=configmod.DEFAULT_PATH,
+                   help="config file (default %(default)s)")
+    p.add_argument("--socket", type=Path, default=SOCKET_PATH, help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("daemon", help="run the supervisor (the service's ExecStart)")
+    d.add_argument("--instance", default="default", help="Cyrus instance name")
+    s = sub.add_parser("status", help="show links, states and backlogs")
+    s.add_argument("link", nargs="?")
+    s.add_argument("--json", action="store_true")
+    cc = sub.add_parser("check-config", help="validate the config and imapd.conf")
+    cc.add_argument("file", nargs="?", type=Path)
+    for name, text in (("hold", "stop a link's worker and keep it down until resume"),
+                       ("resume", "undo hold"),
+                       ("release", "let a quarantined link start again")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("link")
+    w = sub.add_parser("worker", help="run sync_client for a link (the worker unit's ExecStart)")
+    w.add_argument("link", help="LINK, or INSTANCE:LINK")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BrokenPipeError:
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_PROBLEM
+
+
+def cmd_daemon(args) -> int:
+    from .daemon import main as daemon_main
+
+    return daemon_main(args.config, args.instance)
+
+
+def cmd_worker(args) -> int:
+    from .worker import main as worker_main
+
+    return worker_main(args.link, None if args.config == configmod.DEFAULT_PATH else args.config)
+
+
+def cmd_check_config(args) -> int:
+    from .daemon import ConfigProblem, load_checked
+
+    path = args.file or args.config
+    try:
+        cfg, imapd = load_checked(path)
+    except ConfigProblem as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{path}: OK: {len(cfg.links)} link(s) ({', '.join(cfg.links)}), role {cfg.role},"
+          f" Cyrus sync logs under {imapd.configdirectory}/sync")
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    try:
+        answer = request("status", path=args.socket)
+    except ControlError as exc:
+        return _status_without_daemon(args, str(exc))
+    if not answer.get("ok"):
+        print(f"syncwarden: {answer.get('error')}", file=sys.stderr)
+        return EXIT_PROBLEM
+    doc = answer["result"]
+    doc["daemon"] = {"running": True}
+    return _show_status(args, doc)
+
+
+def _status_without_daemon(args, why: str) -> int:
+    """The daemon is down: say so plainly, and show what the files alone tell."""
+    from .offline import offline_status
+
+    doc = offline_status(args.config, why)
+    if args.json:
+        _show_status(args, doc)
+    else:
+        print(f"syncwarden daemon is not running ({why}); link states are unknown.")
+        if doc.get("error"):
+            print(doc["error"])
+        else:
+            _show_status(args, doc)
+    return EXIT_PROBLEM
+
+
+def _show_status(args, doc: dict) -> int:
+    if args.link:
+        links = [x for x in doc.get("links", []) if x["name"] == args.link]
+        if not links:
+            print(f"syncwarden: no link named {args.link!r}", file=sys.stderr)
+            return EXIT_USAGE
+        doc = {**doc, "links": links}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(render.status_table(doc, now=time.time()))
+    return EXIT_OK
+
+
+def _link_command(args) -> int:
+    try:
+        answer = request(args.command, path=args.socket, link=args.link)
+    except ControlError as exc:
+        print(f"syncwarden: daemon not running: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if not answer.get("ok"):
+        print(f"syncwarden {args.command}: {answer.get('error')}", file=sys.stderr)
+        return EXIT_PROBLEM
+    print(answer["result"])
+    return EXIT_OK
+
+
+COMMANDS = {
+    "daemon": cmd_daemon, "worker": cmd_worker, "check-config": cmd_check_config,
+    "status": cmd_status, "hold": _link_command, "resume": _link_command,
+    "release": _link_command,
+}

@@ -1,0 +1,325 @@
+"""The reconcile core: each tick compares what should be with what is, and acts on the difference.
+
+What should be comes from the config, the role and operator holds; what is comes from probe
+results, systemd's unit states and the backlog files. Link machines decide; this module then
+starts or stops worker units through the injected systemd edge. Nothing here sleeps or reads
+the clock by itself, so tests drive it with a fake clock and fake edges.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from . import __version__
+from .backlog import Backlog, BacklogSnapshot
+from .config import Config, LinkSettings
+from .imapdconf import ImapdConf
+from .probe import ProbeResult
+from .states import Link, LinkState, Transition, WORKER_STATES
+from .units import UnitStatus, worker_unit
+
+log = logging.getLogger(__name__)
+
+# Consecutive failed probes before a running link is declared lost: one lost probe on a busy
+# replica should not interrupt a sync pass, two in a row (~2 intervals) is an outage.
+LOST_AFTER = 2
+# Back-off between worker restarts when sync_client keeps exiting while the replica answers.
+RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX = 1.0, 300.0
+# sync_client exit codes that mean "fix the configuration" (sysexits USAGE, SOFTWARE, CONFIG):
+# restarting cannot help, so the link waits for an operator.
+OPERATOR_EXITS = {64, 70, 78}
+
+
+@dataclass
+class LinkRuntime:
+    settings: LinkSettings
+    link: Link
+    backlog: Backlog
+    unit: str
+    snapshot: BacklogSnapshot = field(default_factory=BacklogSnapshot)
+    probe: ProbeResult | None = None
+    probe_failures: int = 0
+    unreachable_since: float | None = None   # monotonic
+    next_probe: float = 0.0
+    worker: UnitStatus | None = None
+    worker_ours: bool = False                # we started or adopted the unit now running
+    restart_after: float = 0.0
+    restart_backoff: float = RESTART_BACKOFF_MIN
+    worker_started: float = 0.0
+
+    @property
+    def reachable(self) -> bool | None:
+        if self.probe is None:
+            return None
+        return self.probe_failures == 0
+
+    @property
+    def worker_running(self) -> bool:
+        return self.worker is not None and self.worker.running
+
+
+class Supervisor:
+    def __init__(self, config: Config, imapd: ImapdConf, systemd, prober, journal, clock,
+                 holds, instance: str = "default"):
+        self.systemd = systemd
+        self.prober = prober
+        self.journal = journal
+        self.clock = clock
+        self.holds = holds
+        self.instance = instance
+        self.links: dict[str, LinkRuntime] = {}
+        self.config = config
+        self.imapd = imapd
+        self.ready = False
+        self.summary = ""
+        self.reconfigure(config, imapd)
+
+    # -- configuration -----------------------------------------------------------------------
+    def reconfigure(self, config: Config, imapd: ImapdConf) -> None:
+        """Apply a (re)loaded config: add, drop and restart links whose settings changed."""
+        old = self.links
+        self.config, self.imapd = config, imapd
+        self.links = {}
+        for name, settings in config.links.items():
+            rt = old.pop(name, None)
+            if rt is not None and rt.settings != settings:
+                self._fire(rt, "disable", "link settings changed: reconnecting")
+                rt.settings, rt.probe, rt.probe_failures, rt.next_probe = settings, None, 0, 0.0
+            if rt is None:
+                rt = LinkRuntime(settings, Link(name, self.clock.wall),
+                                 Backlog(imapd.sync_dir(name)), worker_unit(name, self.instance))
+            self.links[name] = rt
+        for name, rt in old.items():  # removed from the config: stop replicating it
+            if rt.worker_running:
+                self._stop_worker(rt)
+            log.info("link %s removed from the configuration", name)
+
+    # -- the tick ----------------------------------------------------------------------------
+    def tick(self) -> str:
+        mono, wall = self.clock.monotonic(), self.clock.wall()
+        self._take_probe_results(mono)
+        units = self._list_workers()
+        for rt in self.links.values():
+            if units is not None:
+                rt.worker = units.get(rt.unit)
+            rt.snapshot = rt.backlog.read(mono, wall)
+            self._reconcile(rt, mono, units is not None)
+            self._schedule_probe(rt, mono)
+            for t in rt.link.take_history():
+                self._journal_transition(t)
+        if not self.ready and all(self._classified(rt) for rt in self.links.values()):
+            self.ready = True
+        self.summary = "; ".join(self._describe(rt, mono) for rt in self.links.values())
+        return self.summary
+
+    def _take_probe_results(self, mono: float) -> None:
+        for name, result in self.prober.results().items():
+            rt = self.links.get(name)
+            if rt is None:
+                continue
+            rt.probe = result
+            if result.reachable:
+                rt.probe_failures, rt.unreachable_since = 0, None
+            else:
+                rt.probe_failures += 1
+                if rt.unreachable_since is None:
+                    rt.unreachable_since = mono
+
+    def _list_workers(self) -> dict[str, UnitStatus] | None:
+        try:
+            return self.systemd.list("syncwarden-sync@*.service")
+        except Exception as exc:  # D-Bus hiccup: act on units next tick, keep observing files
+            log.warning("cannot list worker units over D-Bus: %s", exc)
+            return None
+
+    def _schedule_probe(self, rt: LinkRuntime, mono: float) -> None:
+        if not self._wants_probe(rt) or mono < rt.next_probe:
+            return
+        s = rt.settings
+        if self.prober.request(s.name, s.host, s.port, self.config.probe.timeout):
+            rt.next_probe = mono + self.config.probe.interval
+
+    def _wants_probe(self, rt: LinkRuntime) -> bool:
+        return self.config.role == "master" and rt.settings.enabled
+
+    def _classified(self, rt: LinkRuntime) -> bool:
+        return rt.probe is not None or not self._wants_probe(rt)
+
+    # -- deciding ----------------------------------------------------------------------------
+    def _blocker(self, rt: LinkRuntime) -> str | None:
+        """Why this link must have no worker, whatever the replica does."""
+        if self.config.role != "master":
+            return f"role is {self.config.role}: this host never starts workers"
+        if not rt.settings.enabled:
+            return "disabled in the configuration"
+        if rt.settings.name in self.holds:
+            return "held by operator"
+        return None
+
+    def _reconcile(self, rt: LinkRuntime, mono: float, units_known: bool) -> None:
+        state = rt.link.state
+        blocker = self._blocker(rt)
+        if state in WORKER_STATES:
+            if blocker is not None:
+                self._fire(rt, "hold" if "held" in blocker else "disable", blocker)
+            elif rt.probe_failures >= LOST_AFTER:
+                self._fire(rt, "replica_lost", f"replica unreachable: {rt.probe.detail}")
+            elif units_known and not rt.worker_running and rt.worker_ours:
+                self._worker_exited(rt, mono)
+            else:
+                self._judge_backlog(rt)
+        elif state is LinkState.DOWN and blocker is None and self._classified(rt):
+            if rt.reachable and mono >= rt.restart_after:
+                if rt.worker_running:
+                    rt.worker_ours = True
+                    self._fire(rt, "adopt", f"adopted running worker {rt.unit}")
+                else:
+                    self._fire(rt, "replica_up", f"replica answered: {rt.probe.detail}")
+        if units_known:
+            self._converge_worker(rt, mono)
+
+    def _judge_backlog(self, rt: LinkRuntime) -> None:
+        if not rt.worker_running:
+            return  # starting: judge once it runs
+        snap, live = rt.snapshot, self.config.live
+        within = (snap.error is None and snap.entries <= live.max_backlog
+                  and snap.oldest_age <= live.max_lag)
+        if rt.link.state is LinkState.CATCHING_UP and within:
+            self._fire(rt, "caught_up", "backlog within live thresholds")
+        elif rt.link.state is LinkState.LIVE and not within:
+            why = snap.error or f"{snap.entries} entries queued, oldest {snap.oldest_age:.0f}s"
+            self._fire(rt, "fell_behind", f"backlog above live thresholds: {why}")
+
+    def _worker_exited(self, rt: LinkRuntime, mono: float) -> None:
+        rt.worker_ours = False
+        try:
+            info = self.systemd.exit_info(rt.unit)
+            how = f"{info.result}, exit status {info.status}"
+        except Exception as exc:
+            info, how = None, f"exit status unknown: {exc}"
+        self.journal.send(f"{rt.unit} exited ({how})", "warning", "worker-exited",
+                          SYNCWARDEN_LINK=rt.settings.name, UNIT_NAME=rt.unit)
+        if info is not None and info.result == "exit-code" and info.status in OPERATOR_EXITS:
+            self._fire(rt, "quarantine", f"sync_client exited with status {info.status}, which"
+                       f" means a configuration problem: see journalctl -u {rt.unit}")
+            return
+        if mono - rt.worker_started > RESTART_BACKOFF_MAX:
+            rt.restart_backoff = RESTART_BACKOFF_MIN  # it had been running well: start afresh
+        rt.restart_after = mono + rt.restart_backoff
+        self._fire(rt, "worker_exited", f"worker exited ({how}); restarting in"
+                   f" {rt.restart_backoff:g}s if the replica answers")
+        rt.restart_backoff = min(rt.restart_backoff * 2, RESTART_BACKOFF_MAX)
+
+    def _converge_worker(self, rt: LinkRuntime, mono: float) -> None:
+        if not self._classified(rt):
+            return  # a worker found at daemon start keeps running until the first probe
+        want = rt.link.state in WORKER_STATES
+        if want and not rt.worker_running and not rt.worker_ours:
+            try:
+                self.systemd.start(rt.unit)
+                rt.worker_ours, rt.worker_started = True, mono
+            except Exception as exc:
+                log.error("cannot start %s: %s", rt.unit, exc)
+        elif not want and rt.worker_running:
+            self._stop_worker(rt)
+
+    def _stop_worker(self, rt: LinkRuntime) -> None:
+        # SIGTERM: sync_client exits 75 at once and keeps log-run whole for the next start.
+        try:
+            self.systemd.stop(rt.unit)
+            rt.worker_ours = False
+        except Exception as exc:
+            log.error("cannot stop %s: %s", rt.unit, exc)
+
+    def _fire(self, rt: LinkRuntime, trigger: str, reason: str) -> bool:
+        return rt.link.fire(trigger, reason)
+
+    # -- operator commands -------------------------------------------------------------------
+    def hold(self, name: str, held: bool) -> str:
+        rt = self._get(name)
+        self.holds.set(name, held)
+        if not held:
+            rt.restart_after = 0.0
+        return f"{name}: {'held' if held else 'resumed'}"
+
+    def release(self, name: str) -> str:
+        rt = self._get(name)
+        if not rt.link.fire("release", "released by operator"):
+            raise ValueError(f"{name} is {rt.link.state.value}, not quarantined")
+        rt.restart_after, rt.restart_backoff = 0.0, RESTART_BACKOFF_MIN
+        for t in rt.link.take_history():
+            self._journal_transition(t)
+        return f"{name}: released"
+
+    def _get(self, name: str) -> LinkRuntime:
+        if name not in self.links:
+            raise KeyError(f"no link named {name!r} (links: {', '.join(self.links)})")
+        return self.links[name]
+
+    # -- reporting ---------------------------------------------------------------------------
+    def _journal_transition(self, t: Transition) -> None:
+        prio = "warning" if t.dest in (LinkState.DOWN, LinkState.QUARANTINED) else "notice"
+        self.journal.send(
+            f"link {t.link}: {t.source.value} -> {t.dest.value} ({t.reason})", prio,
+            "state-change", SYNCWARDEN_LINK=t.link, SYNCWARDEN_FROM=t.source.value,
+            SYNCWARDEN_TO=t.dest.value, SYNCWARDEN_STATE=t.dest.value,
+            SYNCWARDEN_STATE_CODE=t.dest.code, SYNCWARDEN_REASON=t.reason,
+            SYNCWARDEN_TRIGGER=t.trigger)
+
+    def _describe(self, rt: LinkRuntime, mono: float) -> str:
+        name, state = rt.settings.name, rt.link.state
+        if state in WORKER_STATES:
+            return f"{name} {state.value}, {rt.snapshot.entries} queued"
+        if state is LinkState.DOWN:
+            blocker = self._blocker(rt)
+            if blocker is not None:
+                why = blocker.split(":")[0]
+            elif not self._classified(rt):
+                why = "probing"
+            elif rt.unreachable_since is not None:
+                why = f"unreachable {human_duration(mono - rt.unreachable_since)}"
+            else:
+                why = "starting"
+            return f"{name} down ({why}), {rt.snapshot.entries} queued"
+        return f"{name} {state.value}"
+
+    def status(self) -> dict:
+        return {
+            "instance": self.instance, "role": self.config.role, "version": __version__,
+            "summary": self.summary,
+            "links": [self._link_json(rt) for rt in self.links.values()],
+            "quarantine": [],
+        }
+
+    def _link_json(self, rt: LinkRuntime) -> dict:
+        s, link = rt.settings, rt.link
+        return {
+            "name": s.name, "state": link.state.value, "state_code": link.state.code,
+            "since": iso(link.since), "reason": link.reason,
+            "replica": {"host": s.host, "port": s.port, "reachable": rt.reachable,
+                        "detail": rt.probe.detail if rt.probe else None},
+            "backlog": rt.snapshot.as_json(),
+            "worker": {"unit": rt.unit, "active": rt.worker_running,
+                       "state": rt.worker.active_state if rt.worker else "inactive"},
+            "held": s.name in self.holds, "enabled": s.enabled,
+            "quarantined": 0,
+        }
+
+
+def human_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    return f"{seconds // 86400}d{(seconds % 86400) // 3600:02d}h"
+
+
+def iso(wall: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(wall, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,200 @@
+"""The service entry point: a loop you can read in one screen.
+
+Signal handlers only set a flag and poke a self-pipe; the loop waits in ``select`` (woken early
+by signals, finished probes and control clients), runs one reconcile tick, reports it to systemd
+and the status file, and pets the watchdog only after a completed tick, so a hung loop is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from pathlib import Path
+
+from . import config as configmod
+from . import imapdconf
+from .control import SOCKET_PATH, ControlServer
+from .core import Supervisor
+from .journal import Journal, JournalHandler
+from .notify import Notifier
+from .probe import Prober
+from .store import RUNTIME_DIR, STATE_DIR, Holds, atomic_write
+
+log = logging.getLogger("syncwarden")
+
+TICK = 1.0   # seconds between reconcile ticks when nothing wakes the loop earlier
+STATUS_PATH = RUNTIME_DIR / "status.json"
+
+
+class SystemClock:
+    monotonic = staticmethod(time.monotonic)
+    wall = staticmethod(time.time)
+
+
+class ConfigProblem(Exception):
+    """The config or imapd.conf is unusable; the message is the full report."""
+
+
+def load_checked(path: Path) -> tuple[configmod.Config, imapdconf.ImapdConf]:
+    """The config and the imapd.conf it names, cross-checked; ConfigProblem lists all problems."""
+    try:
+        cfg = configmod.load(path)
+    except configmod.ConfigError as exc:
+        raise ConfigProblem(exc.report()) from None
+    try:
+        imapd = imapdconf.load(cfg.cyrus.imapd_conf)
+    except imapdconf.ImapdConfError as exc:
+        raise ConfigProblem(configmod.ConfigError(cfg.source, [f"cyrus.imapd_conf: {exc}"])
+                            .report()) from None
+    problems = imapdconf.cross_check(cfg, imapd)
+    if problems:
+        raise ConfigProblem(configmod.ConfigError(cfg.source, problems).report())
+    return cfg, imapd
+
+
+class Daemon:
+    def __init__(self, config_path: Path, instance: str = "default", systemd_factory=None,
+                 journal: Journal | None = None, notifier: Notifier | None = None,
+                 clock=SystemClock(), socket_path: Path = SOCKET_PATH,
+                 status_path: Path = STATUS_PATH, state_dir: Path = STATE_DIR):
+        self.config_path = Path(config_path)
+        self.instance = instance
+        self.systemd_factory = systemd_factory
+        self.journal = journal or Journal()
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.socket_path = Path(socket_path)
+        self.status_path = Path(status_path)
+        self.state_dir = Path(state_dir)
+        self.stop_requested = False
+        self.reload_requested = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        for s in (self._wake_r, self._wake_w):
+            s.setblocking(False)
+
+    # Signal handlers and probe threads only set flags and write one byte here.
+    def wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already awake
+
+    def _on_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+        self.wake()
+
+    def _on_hup(self, signum, frame) -> None:
+        self.reload_requested = True
+        self.wake()
+
+    def run(self) -> int:
+        try:
+            cfg, imapd = load_checked(self.config_path)
+        except ConfigProblem as exc:
+            first = str(exc).splitlines()
+            self.journal.send("refusing to start: " + "; ".join(s.strip() for s in first), "err",
+                              "config-rejected")
+            print(exc, flush=True)
+            return 2
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
+        systemd = self._systemd()
+        prober = Prober(self.wake, clock=self.clock.monotonic)
+        holds = Holds(self.state_dir / "holds.json")
+        if holds.problem:
+            log.error("%s", holds.problem)
+        sup = Supervisor(cfg, imapd, systemd, prober, self.journal, self.clock, holds,
+                         self.instance)
+        control = ControlServer(self.socket_path, configmod.control_gid(cfg),
+                                lambda req, admin: self._handle(sup, req), selector)
+        self.journal.send(f"syncwarden started: {len(cfg.links)} link(s) from {cfg.source},"
+                          f" role {cfg.role}", "info", "daemon-started")
+        ready_sent = False
+        try:
+            while not self.stop_requested:
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self._reload(sup)
+                summary = sup.tick()
+                if sup.ready and not ready_sent:
+                    self.notifier.ready()
+                    ready_sent = True
+                self.notifier.status(summary)
+                self._write_status(sup)
+                self.notifier.watchdog()
+                for key, _ in selector.select(self._timeout(sup)):
+                    key.data()
+                control.expire(self.clock.monotonic())
+        finally:
+            self.notifier.stopping()
+            control.close()
+            prober.close()
+            self.journal.send("syncwarden stopping; workers keep running under systemd",
+                              "info", "daemon-stopped")
+        return 0
+
+    def _systemd(self):
+        if self.systemd_factory is not None:
+            return self.systemd_factory()
+        from .units import Systemd
+
+        return Systemd()
+
+    def _timeout(self, sup: Supervisor) -> float:
+        now = self.clock.monotonic()
+        due = [rt.next_probe - now for rt in sup.links.values() if rt.next_probe > now]
+        return max(0.05, min([TICK] + due))
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _reload(self, sup: Supervisor) -> None:
+        self.notifier.reloading()
+        try:
+            cfg, imapd = load_checked(self.config_path)
+        except ConfigProblem as exc:
+            lines = [s.strip() for s in str(exc).splitlines()]
+            self.journal.send("reload rejected, keeping the running configuration: "
+                              + "; ".join(lines), "err", "config-rejected")
+        else:
+            sup.reconfigure(cfg, imapd)
+            log.info("configuration reloaded from %s", cfg.source)
+        self.notifier.ready()
+
+    def _handle(self, sup: Supervisor, req: dict):
+        cmd, link = req["cmd"], req.get("link")
+        if cmd == "status":
+            return sup.status()
+        if cmd in ("hold", "resume"):
+            return sup.hold(str(link), cmd == "hold")
+        if cmd == "release":
+            return sup.release(str(link))
+        raise ValueError(f"unknown command {cmd!r}")
+
+    def _write_status(self, sup: Supervisor) -> None:
+        doc = sup.status()
+        doc["written_at"] = self.clock.wall()
+        doc["pid"] = os.getpid()
+        try:
+            atomic_write(self.status_path, json.dumps(doc).encode() + b"\n")
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.status_path, exc)
+
+
+def main(config_path: Path, instance: str) -> int:
+    journal = Journal()
+    handler = JournalHandler(journal)
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    return Daemon(config_path, instance, journal=journal).run()

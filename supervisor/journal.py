@@ -1,0 +1,84 @@
+"""Structured journal entries over journald's native protocol, and logging to the journal.
+
+MESSAGE_IDs are fixed forever: admins filter on them (``journalctl MESSAGE_ID=...``) and the
+message catalog explains them. Without a journal socket (tests, a terminal) entries go to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import sys
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+IDENTIFIER = "syncwarden"
+
+MESSAGE_IDS = {
+    "state-change": "9188708125f0471ca551bf5b2bf38e93",
+    "daemon-started": "10bea557b4494183b2a264fc5fa7ce75",
+    "daemon-stopped": "870f0fe792d04652b89c7a68e2d59f88",
+    "config-rejected": "079e45ee09f248a4854ea2bda5110589",
+    "worker-exited": "63406f0f8f204ea9a8544f29bb0d2977",
+    # reserved for the drain, quarantine and check work:
+    "drain-incomplete": "c11644a4ea7e4edb80dd7a5ec88a19aa",
+    "user-quarantined": "45c01d22db55461db7e54216c2522d47",
+    "divergence-found": "02ddff89b4fb4d0aae9a70c778cdd4a9",
+}
+
+PRIORITY = {"err": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}
+
+
+def encode(fields: dict[str, object]) -> bytes:
+    """journald's native format: KEY=value lines; values with a newline are length-prefixed."""
+    out = bytearray()
+    for key, value in fields.items():
+        data = str(value).encode("utf-8", "replace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+class Journal:
+    def __init__(self, path: str = JOURNAL_SOCKET, fallback=sys.stderr):
+        self._path = path
+        self._fallback = fallback
+        self._sock = None
+        if os.path.exists(path):
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def send(self, message: str, priority: str = "info", message_id: str | None = None,
+             **fields: object) -> None:
+        entry = {"MESSAGE": message, "PRIORITY": PRIORITY[priority],
+                 "SYSLOG_IDENTIFIER": IDENTIFIER}
+        if message_id:
+            entry["MESSAGE_ID"] = MESSAGE_IDS[message_id]
+        entry.update({k: v for k, v in fields.items() if v is not None})
+        if self._sock is not None:
+            try:
+                self._sock.sendto(encode(entry), self._path)
+                return
+            except OSError:
+                pass  # journald restarting or entry too large: fall back to stderr
+        print(f"<{PRIORITY[priority]}>{message}", file=self._fallback, flush=True)
+
+
+class JournalHandler(logging.Handler):
+    """Python logging into the same journal, with the right PRIORITY per level."""
+
+    LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
+              logging.ERROR: "err", logging.CRITICAL: "err"}
+
+    def __init__(self, journal: Journal):
+        super().__init__()
+        self.journal = journal
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.journal.send(self.format(record), self.LEVELS.get(record.levelno, "info"),
+                              CODE_FUNC=record.funcName)
+        except Exception:  # logging must never take the daemon down
+            self.handleError(record)

@@ -1,0 +1,39 @@
+"""What ``syncwarden status`` can tell without the daemon: config, backlog files, last status."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from . import __version__
+from .backlog import Backlog
+from .daemon import STATUS_PATH, ConfigProblem, load_checked
+from .units import worker_unit
+
+
+def offline_status(config_path: Path, why: str, status_path: Path = STATUS_PATH) -> dict:
+    doc = {"instance": "default", "version": __version__, "links": [], "quarantine": [],
+           "daemon": {"running": False, "error": why}}
+    try:
+        last = json.loads(Path(status_path).read_text())
+        doc["daemon"]["last_status_written_at"] = last.get("written_at")
+        doc["daemon"]["last_pid"] = last.get("pid")
+    except (OSError, ValueError):
+        pass
+    try:
+        cfg, imapd = load_checked(config_path)
+    except ConfigProblem as exc:
+        doc["error"] = str(exc)
+        return doc
+    doc["role"] = cfg.role
+    now = time.monotonic()
+    for name, s in cfg.links.items():
+        snap = Backlog(imapd.sync_dir(name)).read(now, time.time())
+        doc["links"].append({
+            "name": name, "state": None, "state_code": None, "since": None,
+            "reason": "daemon not running",
+            "replica": {"host": s.host, "port": s.port, "reachable": None},
+            "backlog": snap.as_json(), "worker": {"unit": worker_unit(name), "active": None},
+            "quarantined": 0})
+    return doc
