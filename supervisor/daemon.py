@@ -13,6 +13,7 @@ import os
 import selectors
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -84,11 +85,11 @@ class Daemon:
         except (BlockingIOError, OSError):
             pass  # already awake
 
-    def _on_stop(self, signum, frame) -> None:
+    def request_stop(self, signum=None, frame=None) -> None:
         self.stop_requested = True
         self.wake()
 
-    def _on_hup(self, signum, frame) -> None:
+    def request_reload(self, signum=None, frame=None) -> None:
         self.reload_requested = True
         self.wake()
 
@@ -101,9 +102,10 @@ class Daemon:
                               "config-rejected")
             print(exc, flush=True)
             return 2
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hup)
+        if threading.current_thread() is threading.main_thread():  # tests run us in a thread
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+            signal.signal(signal.SIGHUP, self.request_reload)
         selector = selectors.DefaultSelector()
         selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
         systemd = self._systemd()
@@ -197,4 +199,6 @@ def main(config_path: Path, instance: str) -> int:
     journal = Journal()
     handler = JournalHandler(journal)
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # transitions narrates every callback at INFO; our own journal entry per change is enough
+    logging.getLogger("transitions").setLevel(logging.WARNING)
     return Daemon(config_path, instance, journal=journal).run()

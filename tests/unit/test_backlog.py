@@ -1,0 +1,121 @@
+"""Backlog accounting over real files, with a fake clock."""
+
+import os
+import time
+
+from supervisor.backlog import Backlog, count_lines
+
+from .fakes import FakeClock
+
+LINES = b"APPEND user.bob\nMAILBOX user.bob\n"
+
+
+def read(b, clock):
+    return b.read(clock.monotonic(), clock.wall())
+
+
+def test_counts_valid_and_malformed_lines():
+    data = (b'APPEND user.bob\nmailbox "user.bob.My Folder"\nDOUBLEMAILBOX user.a user.a.x\n'
+            b'SEEN alice 6f1c2a0e\nUSER john^doe\nGARBAGE here\nAPPEND\n\nMAILBOX a b c\n'
+            b'QUOTA "unterminated\n')
+    assert count_lines(data) == (5, 5)
+
+
+def test_follow_appends_and_rename_to_log_run(tmp_path):
+    clock = FakeClock(wall=time.time())  # new files are dated by their (real) mtime
+    b = Backlog(tmp_path)
+    assert read(b, clock).entries == 0
+    log = tmp_path / "log"
+    log.write_bytes(LINES)
+    clock.advance(1)
+    snap = read(b, clock)
+    assert snap.entries == 2 and not snap.log_run
+    clock.advance(5)
+    with open(log, "ab") as f:
+        f.write(LINES * 3)
+    assert read(b, clock).entries == 8
+    os.rename(log, tmp_path / "log-run")          # what sync_client does
+    log.write_bytes(LINES)                       # a writer starts a new log
+    os.utime(log, (clock.wall(), clock.wall()))
+    clock.advance(2)
+    snap = read(b, clock)
+    assert snap.entries == 10 and snap.log_run
+    assert snap.oldest_age >= 7                  # age carried over with the renamed inode
+    (tmp_path / "log-run").unlink()              # sent
+    snap = read(b, clock)
+    assert snap.entries == 2 and not snap.log_run and snap.oldest_age < 3
+
+
+def test_partial_line_is_not_counted_until_complete(tmp_path):
+    clock = FakeClock()
+    b = Backlog(tmp_path)
+    (tmp_path / "log").write_bytes(b"APPEND user.bob\nMAIL")
+    assert read(b, clock).entries == 1
+    with open(tmp_path / "log", "ab") as f:
+        f.write(b"BOX user.bob\n")
+    snap = read(b, clock)
+    assert snap.entries == 2 and snap.malformed == 0
+
+
+def test_malformed_lines_counted_never_fatal(tmp_path):
+    clock = FakeClock()
+    (tmp_path / "log").write_bytes(b"\x00\xff garbage\nAPPEND user.bob\n")
+    snap = read(Backlog(tmp_path), clock)
+    assert (snap.entries, snap.malformed) == (1, 1)
+    assert snap.as_json()["malformed"] == 1
+
+
+def test_rewritten_file_is_recounted(tmp_path):
+    clock = FakeClock()
+    b = Backlog(tmp_path)
+    (tmp_path / "log").write_bytes(LINES * 10)
+    assert read(b, clock).entries == 20
+    with open(tmp_path / "log", "r+b") as f:      # same inode, shorter: e.g. a quarantine rewrite
+        f.truncate(0)
+        f.write(LINES)
+    assert read(b, clock).entries == 2
+
+
+def test_preexisting_files_are_dated_by_mtime(tmp_path):
+    clock = FakeClock(wall=1_800_000_000.0)
+    (tmp_path / "log").write_bytes(LINES)
+    os.utime(tmp_path / "log", (1_800_000_000.0 - 120, 1_800_000_000.0 - 120))
+    snap = read(Backlog(tmp_path), clock)
+    assert 119 <= snap.oldest_age <= 121
+
+
+def test_log_run_age_from_ctime(tmp_path):
+    clock = FakeClock(wall=os.stat(tmp_path).st_ctime + 30)
+    (tmp_path / "log-run").write_bytes(LINES)
+    snap = read(Backlog(tmp_path), clock)
+    assert snap.log_run and 25 <= snap.log_run_age <= 35
+
+
+def test_unreadable_directory_is_reported_not_raised(tmp_path):
+    clock = FakeClock()
+    (tmp_path / "log").write_bytes(LINES)
+    os.chmod(tmp_path / "log", 0)
+    try:
+        snap = read(Backlog(tmp_path), clock)
+    finally:
+        os.chmod(tmp_path / "log", 0o600)
+    if os.geteuid() != 0:  # root reads it anyway
+        assert snap.error and "log" in snap.error
+
+
+def test_tick_cost_is_proportional_to_appended_bytes(tmp_path, monkeypatch):
+    clock = FakeClock()
+    b = Backlog(tmp_path)
+    (tmp_path / "log").write_bytes(LINES * 50_000)
+    read(b, clock)
+    counted = []
+    import supervisor.backlog as mod
+
+    real = mod.count_lines
+    monkeypatch.setattr(mod, "count_lines", lambda data: counted.append(len(data)) or real(data))
+    with open(tmp_path / "log", "ab") as f:
+        f.write(LINES * 5)
+    assert read(b, clock).entries == 100_010
+    assert counted == [len(LINES) * 5]           # only the new bytes were looked at
+    read(b, clock)
+    assert counted == [len(LINES) * 5]           # nothing new: nothing read

@@ -1,0 +1,60 @@
+"""The command line: exit codes and one-line errors."""
+
+import json
+
+from supervisor.cli import main
+
+IMAPD = """configdirectory: {d}
+sync_log: on
+sync_log_channels: replica1
+sync_try_imap: no
+replica1_sync_host: 127.0.0.1
+replica1_sync_port: 11005
+"""
+
+
+def write(tmp_path, links="replica1: {host: 127.0.0.1, port: 11005}"):
+    (tmp_path / "imapd.conf").write_text(IMAPD.format(d=tmp_path))
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"cyrus: {{imapd_conf: {tmp_path}/imapd.conf}}\nlinks: {{{links}}}\n")
+    return cfg
+
+
+def test_check_config_ok(tmp_path, capsys):
+    assert main(["check-config", str(write(tmp_path))]) == 0
+    assert "OK: 1 link(s) (replica1)" in capsys.readouterr().out
+
+
+def test_check_config_mismatch_names_both_files(tmp_path, capsys):
+    cfg = write(tmp_path, "replica1: {host: 127.0.0.1, port: 2005}")
+    assert main(["check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"links.replica1.port: 2005 in {cfg}, but {tmp_path}/imapd.conf says" in err
+
+
+def test_check_config_unreadable_imapd_conf(tmp_path, capsys):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"cyrus: {{imapd_conf: {tmp_path}/none.conf}}\n"
+                   "links: {r1: {host: h, port: 1}}\n")
+    assert main(["check-config", str(cfg)]) == 2
+    assert f"cyrus.imapd_conf: cannot read {tmp_path}/none.conf" in capsys.readouterr().err
+
+
+def test_status_without_daemon_says_so_and_shows_backlog(tmp_path, capsys):
+    cfg = write(tmp_path)
+    (tmp_path / "sync" / "replica1").mkdir(parents=True)
+    (tmp_path / "sync" / "replica1" / "log").write_text("APPEND user.bob\nMAILBOX user.bob\n")
+    sock = tmp_path / "none.sock"
+    assert main(["-c", str(cfg), "--socket", str(sock), "status"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("syncwarden daemon is not running (no daemon socket at")
+    assert "replica1  ?" in out and " 2 " in out
+    assert main(["-c", str(cfg), "--socket", str(sock), "status", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["daemon"]["running"] is False and doc["links"][0]["backlog"]["entries"] == 2
+
+
+def test_worker_refuses_unknown_link(tmp_path, capsys):
+    cfg = write(tmp_path)
+    assert main(["-c", str(cfg), "worker", "nosuch"]) == 78
+    assert "links.nosuch: no such link" in capsys.readouterr().err

@@ -1,0 +1,54 @@
+"""Journal entries and sd_notify messages, against real datagram sockets."""
+
+import socket
+import struct
+
+from supervisor.journal import MESSAGE_IDS, Journal, encode
+from supervisor.notify import Notifier
+
+
+def test_native_protocol_encoding():
+    assert encode({"A": "x", "B": 2}) == b"A=x\nB=2\n"
+    assert encode({"M": "two\nlines"}) == b"M\n" + struct.pack("<Q", 9) + b"two\nlines\n"
+
+
+def test_entries_reach_a_journal_socket(tmp_path):
+    path = str(tmp_path / "journal.sock")
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(path)
+    Journal(path).send("link r1: down -> catching-up", "notice", "state-change",
+                       SYNCWARDEN_LINK="r1", SYNCWARDEN_FROM="down", SYNCWARDEN_TO="catching-up",
+                       SYNCWARDEN_REASON="replica answered")
+    fields = dict(line.split("=", 1) for line in sink.recv(65536).decode().splitlines())
+    assert fields["MESSAGE_ID"] == MESSAGE_IDS["state-change"]
+    assert fields["PRIORITY"] == "5" and fields["SYSLOG_IDENTIFIER"] == "syncwarden"
+    assert fields["SYNCWARDEN_TO"] == "catching-up"
+
+
+def test_no_journal_falls_back_to_stderr(tmp_path, capsys):
+    import sys
+
+    Journal(str(tmp_path / "absent"), fallback=sys.stderr).send("hello", "err")
+    assert capsys.readouterr().err == "<3>hello\n"
+
+
+def test_message_ids_are_unique_128_bit():
+    ids = list(MESSAGE_IDS.values())
+    assert len(set(ids)) == len(ids) and all(len(i) == 32 and int(i, 16) for i in ids)
+
+
+def test_notify_messages_on_a_real_socket(tmp_path, monkeypatch):
+    path = str(tmp_path / "notify.sock")
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    n = Notifier()
+    n.ready()
+    n.status("replica1 live, 0 queued")
+    n.status("replica1 live, 0 queued")   # unchanged: not sent again
+    n.watchdog()
+    n.extend_timeout(2.5)
+    sink.settimeout(1)
+    got = [sink.recv(4096) for _ in range(4)]
+    assert got == [b"READY=1", b"STATUS=replica1 live, 0 queued", b"WATCHDOG=1",
+                   b"EXTEND_TIMEOUT_USEC=2500000"]
