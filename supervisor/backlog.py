@@ -42,9 +42,22 @@ class _Tail:
         self.entries = 0
         self.malformed = 0
         self.first_time: float | None = None  # monotonic time the oldest entry appeared
+        # Set when the directory changed: Cyrus unlinks log-run and a writer creates a new log
+        # at any time, and the new file may get the old inode number back.
+        self.suspect = False
 
     def follow(self, path: Path, size: int, now: float, written: float | None = None) -> None:
         """Count what was appended; ``written`` dates lines found on the first look at a file."""
+        if self.suspect:
+            # Recount from the start (rare: only after a rename in the directory, and then log
+            # is small because the worker just took it). Fewer lines means a new file.
+            before, first = self.entries + self.malformed, self.first_time
+            self.suspect = False
+            self.offset = self.entries = self.malformed = 0
+            self.follow(path, size, now)
+            if self.entries + self.malformed >= before and first is not None:
+                self.first_time = first
+            return
         if size < self.offset:   # rewritten in place: count again from the start
             self.offset = self.entries = self.malformed = 0
         if size == self.offset:
@@ -98,9 +111,15 @@ class Backlog:
         self.run_path = self.sync_dir / "log-run"
         self._log: _Tail | None = None
         self._run: _Tail | None = None
+        self._dir_mtime: int | None = None
 
     def read(self, mono: float, wall: float) -> BacklogSnapshot:
         try:
+            dir_st = _stat(self.sync_dir)
+            dir_mtime = dir_st.st_mtime_ns if dir_st is not None else None
+            if dir_mtime != self._dir_mtime and self._log is not None:
+                self._log.suspect = True  # names changed: "log" may be a new file, same inode
+            self._dir_mtime = dir_mtime
             run_st = _stat(self.run_path)
             log_st = _stat(self.log_path)
             self._run = self._track(self._run, self.run_path, run_st, mono, wall)

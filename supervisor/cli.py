@@ -38,8 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
                        ("release", "let a quarantined link start again")):
         c = sub.add_parser(name, help=text)
         c.add_argument("link")
+    dr = sub.add_parser("drain", help="send everything queued for a link, then hold it")
+    which = dr.add_mutually_exclusive_group(required=True)
+    which.add_argument("link", nargs="?")
+    which.add_argument("--all", action="store_true", help="every link")
+    dr.add_argument("--wait", action="store_true", help="wait until the drain is over")
     w = sub.add_parser("worker", help="run sync_client for a link (the worker unit's ExecStart)")
     w.add_argument("link", help="LINK, or INSTANCE:LINK")
+    w.add_argument("--once", action="store_true", help="one drain pass (sync_client -R -1)")
     return p
 
 
@@ -62,7 +68,8 @@ def cmd_daemon(args) -> int:
 def cmd_worker(args) -> int:
     from .worker import main as worker_main
 
-    return worker_main(args.link, None if args.config == configmod.DEFAULT_PATH else args.config)
+    return worker_main(args.link, None if args.config == configmod.DEFAULT_PATH else args.config,
+                       once=args.once)
 
 
 def cmd_check_config(args) -> int:
@@ -135,7 +142,44 @@ def _link_command(args) -> int:
     return EXIT_OK
 
 
+def cmd_drain(args) -> int:
+    started = time.time()
+    try:
+        answer = request("drain", path=args.socket, link=args.link, all=args.all)
+    except ControlError as exc:
+        print(f"syncwarden: daemon not running: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if not answer.get("ok"):
+        print(f"syncwarden drain: {answer.get('error')}", file=sys.stderr)
+        return EXIT_PROBLEM
+    print(answer["result"])
+    if not args.wait:
+        return EXIT_OK
+    return _wait_for_drains(args, started)
+
+
+def _wait_for_drains(args, started: float) -> int:
+    """Poll status until every named link's drain has an outcome newer than our request."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(started)))
+    while True:
+        doc = request("status", path=args.socket)["result"]
+        links = [x for x in doc["links"] if args.all or x["name"] == args.link]
+        done = [x for x in links if x["state"] != "draining" and x.get("last_drain")
+                and x["last_drain"]["at"] >= stamp]
+        if len(done) == len(links):
+            ok = True
+            for x in done:
+                d = x["last_drain"]
+                ok &= d["drained"]
+                print(f"{x['name']}: {'drained' if d['drained'] else 'drain incomplete'}"
+                      f" in {d['duration_seconds']}s: {d['message']};"
+                      f" {d['entries_left']} entries queued now")
+            return EXIT_OK if ok else EXIT_PROBLEM
+        time.sleep(0.2)
+
+
 COMMANDS = {
+    "drain": cmd_drain,
     "daemon": cmd_daemon, "worker": cmd_worker, "check-config": cmd_check_config,
     "status": cmd_status, "hold": _link_command, "resume": _link_command,
     "release": _link_command,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from . import __version__
 from .backlog import Backlog, BacklogSnapshot
 from .config import Config, LinkSettings
+from .drain import DrainJob, SyncFiles
 from .imapdconf import ImapdConf
 from .probe import ProbeResult
 from .states import Link, LinkState, Transition, WORKER_STATES
@@ -73,6 +74,9 @@ class Supervisor:
         self.imapd = imapd
         self.ready = False
         self.summary = ""
+        self.drains: dict[str, DrainJob] = {}
+        self.stopping = False
+        self.last_drain: dict[str, dict] = {}
         self.reconfigure(config, imapd)
 
     # -- configuration -----------------------------------------------------------------------
@@ -104,10 +108,9 @@ class Supervisor:
             if units is not None:
                 rt.worker = units.get(rt.unit)
             rt.snapshot = rt.backlog.read(mono, wall)
-            self._reconcile(rt, mono, units is not None)
+            self._reconcile(rt, mono, units)
             self._schedule_probe(rt, mono)
-            for t in rt.link.take_history():
-                self._journal_transition(t)
+            self._journal_history(rt)
         if not self.ready and all(self._classified(rt) for rt in self.links.values()):
             self.ready = True
         self.summary = "; ".join(self._describe(rt, mono) for rt in self.links.values())
@@ -128,7 +131,7 @@ class Supervisor:
 
     def _list_workers(self) -> dict[str, UnitStatus] | None:
         try:
-            return self.systemd.list("syncwarden-sync@*.service")
+            return self.systemd.list("syncwarden-sync@*.service", "syncwarden-drain@*.service")
         except Exception as exc:  # D-Bus hiccup: act on units next tick, keep observing files
             log.warning("cannot list worker units over D-Bus: %s", exc)
             return None
@@ -149,6 +152,8 @@ class Supervisor:
     # -- deciding ----------------------------------------------------------------------------
     def _blocker(self, rt: LinkRuntime) -> str | None:
         """Why this link must have no worker, whatever the replica does."""
+        if self.stopping:
+            return "daemon stopping"
         if self.config.role != "master":
             return f"role is {self.config.role}: this host never starts workers"
         if not rt.settings.enabled:
@@ -157,8 +162,13 @@ class Supervisor:
             return "held by operator"
         return None
 
-    def _reconcile(self, rt: LinkRuntime, mono: float, units_known: bool) -> None:
+    def _reconcile(self, rt: LinkRuntime, mono: float, units: dict | None) -> None:
         state = rt.link.state
+        units_known = units is not None
+        if state is LinkState.DRAINING:
+            if units_known:
+                self._step_drain(rt, mono, units)
+            return
         blocker = self._blocker(rt)
         if state in WORKER_STATES:
             if blocker is not None:
@@ -235,6 +245,82 @@ class Supervisor:
     def _fire(self, rt: LinkRuntime, trigger: str, reason: str) -> bool:
         return rt.link.fire(trigger, reason)
 
+    # -- draining ----------------------------------------------------------------------------
+    @property
+    def draining(self) -> bool:
+        return bool(self.drains)
+
+    def drain(self, name: str, hold_after: bool = True, why: str = "requested by operator") -> str:
+        rt = self._get(name)
+        if name in self.drains:
+            return f"{name}: already draining"
+        if self.config.role != "master":
+            raise ValueError(f"{name}: role is {self.config.role}: this host sends nothing")
+        if not self._fire(rt, "drain", f"drain {why}"):
+            raise ValueError(f"{name} is {rt.link.state.value}: release it first")
+        mono = self.clock.monotonic()
+        snap = rt.backlog.read(mono, self.clock.wall())
+        job = DrainJob(name, rt.unit, SyncFiles(self.imapd.sync_dir(name)), mono,
+                       self.config.drain.timeout, snap.entries, hold_after, why)
+        self.drains[name] = job
+        self.journal.send(f"link {name}: drain started ({why}), {snap.entries} entries queued",
+                          "notice", "drain-started", SYNCWARDEN_LINK=name,
+                          SYNCWARDEN_ENTRIES=snap.entries)
+        self._journal_history(rt)
+        return f"{name}: draining {snap.entries} entries"
+
+    def drain_all(self, why: str) -> None:
+        """Drain every link this host replicates (used when the daemon stops)."""
+        self.stopping = True
+        for name, rt in self.links.items():
+            if (self.config.role == "master" and rt.settings.enabled
+                    and rt.link.state is not LinkState.QUARANTINED):
+                self.drain(name, hold_after=False, why=why)
+
+    def abort_drains(self, why: str) -> None:
+        for job in self.drains.values():
+            job.abort(why)
+
+    def _step_drain(self, rt: LinkRuntime, mono: float, units: dict) -> None:
+        name = rt.settings.name
+        job = self.drains.get(name)
+        if job is None:   # e.g. reloaded mid-drain: nothing left to run, count it as stopped
+            self._fire(rt, "drain_failed", "drain interrupted")
+            return
+        try:
+            outcome = job.step(mono, rt.worker, units.get(job.unit),
+                               rt.probe_failures >= LOST_AFTER, self.systemd)
+        except Exception as exc:  # D-Bus refused a start or stop: the files are untouched
+            log.error("drain of %s: %s", name, exc)
+            job.abort(f"systemd refused: {exc}")
+            return
+        if outcome is None:
+            return
+        del self.drains[name]
+        rt.worker_ours = False
+        snap = rt.snapshot = rt.backlog.read(mono, self.clock.wall())
+        took = mono - job.started
+        self.last_drain[name] = {"at": iso(self.clock.wall()), "drained": outcome.drained,
+                                 "message": outcome.message, "entries_left": snap.entries,
+                                 "duration_seconds": round(took, 3), "passes": job.passes}
+        fields = dict(SYNCWARDEN_LINK=name, SYNCWARDEN_ENTRIES_LEFT=snap.entries,
+                      SYNCWARDEN_DURATION=f"{took:.3f}", SYNCWARDEN_PASSES=job.passes)
+        if outcome.drained:
+            self.journal.send(f"link {name}: drained in {took:.1f}s ({job.passes} passes,"
+                              f" {job.entries_at_start} entries queued at the start;"
+                              f" {snap.entries} written since)", "notice", "drain-finished",
+                              **fields)
+            self._fire(rt, "drained", f"drained: {outcome.message}")
+        else:
+            where = f"{rt.backlog.log_path} and {rt.backlog.run_path}"
+            self.journal.send(f"link {name}: drain incomplete: {outcome.message};"
+                              f" {snap.entries} entries left in {where}; they are sent at the"
+                              " next start", "err", "drain-incomplete", SYNCWARDEN_WHERE=where,
+                              SYNCWARDEN_REASON=outcome.message, **fields)
+            self._fire(rt, "drain_failed", f"drain incomplete: {outcome.message}")
+        if job.hold_after:
+            self.holds.set(name, True)
+
     # -- operator commands -------------------------------------------------------------------
     def hold(self, name: str, held: bool) -> str:
         rt = self._get(name)
@@ -248,8 +334,7 @@ class Supervisor:
         if not rt.link.fire("release", "released by operator"):
             raise ValueError(f"{name} is {rt.link.state.value}, not quarantined")
         rt.restart_after, rt.restart_backoff = 0.0, RESTART_BACKOFF_MIN
-        for t in rt.link.take_history():
-            self._journal_transition(t)
+        self._journal_history(rt)
         return f"{name}: released"
 
     def _get(self, name: str) -> LinkRuntime:
@@ -258,6 +343,10 @@ class Supervisor:
         return self.links[name]
 
     # -- reporting ---------------------------------------------------------------------------
+    def _journal_history(self, rt: LinkRuntime) -> None:
+        for t in rt.link.take_history():
+            self._journal_transition(t)
+
     def _journal_transition(self, t: Transition) -> None:
         prio = "warning" if t.dest in (LinkState.DOWN, LinkState.QUARANTINED) else "notice"
         self.journal.send(
@@ -303,6 +392,7 @@ class Supervisor:
             "worker": {"unit": rt.unit, "active": rt.worker_running,
                        "state": rt.worker.active_state if rt.worker else "inactive"},
             "held": s.name in self.holds, "enabled": s.enabled,
+            "last_drain": self.last_drain.get(s.name),
             "quarantined": 0,
         }
 

@@ -29,6 +29,8 @@ from .store import RUNTIME_DIR, STATE_DIR, Holds, atomic_write
 log = logging.getLogger("syncwarden")
 
 TICK = 1.0   # seconds between reconcile ticks when nothing wakes the loop earlier
+TICK_DRAINING = 0.1  # a drain pass ends whenever sync_client does: notice it promptly
+EXTEND_WHILE_DRAINING = 30.0
 STATUS_PATH = RUNTIME_DIR / "status.json"
 
 
@@ -72,7 +74,7 @@ class Daemon:
         self.socket_path = Path(socket_path)
         self.status_path = Path(status_path)
         self.state_dir = Path(state_dir)
-        self.stop_requested = False
+        self.stop_requests = 0
         self.reload_requested = False
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
@@ -86,7 +88,7 @@ class Daemon:
             pass  # already awake
 
     def request_stop(self, signum=None, frame=None) -> None:
-        self.stop_requested = True
+        self.stop_requests += 1
         self.wake()
 
     def request_reload(self, signum=None, frame=None) -> None:
@@ -120,8 +122,18 @@ class Daemon:
         self.journal.send(f"syncwarden started: {len(cfg.links)} link(s) from {cfg.source},"
                           f" role {cfg.role}", "info", "daemon-started")
         ready_sent = False
+        stopping = 0
         try:
-            while not self.stop_requested:
+            while True:
+                if self.stop_requests > stopping:
+                    if stopping == 0:   # first stop: send what is queued before exiting
+                        self.notifier.stopping()
+                        sup.drain_all("because syncwarden is stopping")
+                    else:               # a second stop: give up now; log-run stays whole
+                        sup.abort_drains("aborted by a second stop request")
+                    stopping = self.stop_requests
+                if stopping and not sup.draining:
+                    break
                 if self.reload_requested:
                     self.reload_requested = False
                     self._reload(sup)
@@ -132,6 +144,10 @@ class Daemon:
                 self.notifier.status(summary)
                 self._write_status(sup)
                 self.notifier.watchdog()
+                if stopping and sup.draining:
+                    # The hard ceiling is drain.timeout, enforced by each drain itself; this
+                    # only keeps systemd's TimeoutStopSec= from cutting a working drain short.
+                    self.notifier.extend_timeout(EXTEND_WHILE_DRAINING)
                 for key, _ in selector.select(self._timeout(sup)):
                     key.data()
                 control.expire(self.clock.monotonic())
@@ -139,8 +155,8 @@ class Daemon:
             self.notifier.stopping()
             control.close()
             prober.close()
-            self.journal.send("syncwarden stopping; workers keep running under systemd",
-                              "info", "daemon-stopped")
+            self.journal.send("syncwarden stopped" if stopping else
+                              "syncwarden exiting on an error", "info", "daemon-stopped")
         return 0
 
     def _systemd(self):
@@ -153,7 +169,7 @@ class Daemon:
     def _timeout(self, sup: Supervisor) -> float:
         now = self.clock.monotonic()
         due = [rt.next_probe - now for rt in sup.links.values() if rt.next_probe > now]
-        return max(0.05, min([TICK] + due))
+        return max(0.05, min([TICK_DRAINING if sup.draining else TICK] + due))
 
     def _drain_wake(self) -> None:
         try:
@@ -183,6 +199,9 @@ class Daemon:
             return sup.hold(str(link), cmd == "hold")
         if cmd == "release":
             return sup.release(str(link))
+        if cmd == "drain":
+            names = list(sup.links) if req.get("all") else [str(link)]
+            return "; ".join(sup.drain(n) for n in names)
         raise ValueError(f"unknown command {cmd!r}")
 
     def _write_status(self, sup: Supervisor) -> None:

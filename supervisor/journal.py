@@ -21,8 +21,11 @@ MESSAGE_IDS = {
     "daemon-stopped": "870f0fe792d04652b89c7a68e2d59f88",
     "config-rejected": "079e45ee09f248a4854ea2bda5110589",
     "worker-exited": "63406f0f8f204ea9a8544f29bb0d2977",
-    # reserved for the drain, quarantine and check work:
+    "drain-started": "1298f2b758144975a8594738b542a373",
+    "drain-finished": "581662cb1fa54a15a0fc686c70a56e53",
     "drain-incomplete": "c11644a4ea7e4edb80dd7a5ec88a19aa",
+    "role-changed": "6674d3b951824ead8428a0fa5e30776c",
+    # reserved for the quarantine and check work:
     "user-quarantined": "45c01d22db55461db7e54216c2522d47",
     "divergence-found": "02ddff89b4fb4d0aae9a70c778cdd4a9",
 }

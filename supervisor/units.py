@@ -55,13 +55,13 @@ class Systemd:
         self._manager = Manager(bus=self._bus)
         self._manager.load()
 
-    def list(self, pattern: str) -> dict[str, UnitStatus]:
-        """Loaded units matching a glob, by name (units systemd has not loaded are inactive)."""
-        rows = self._manager.Manager.ListUnitsByPatterns([], [pattern.encode()])
+    def list(self, *patterns: str) -> dict[str, UnitStatus]:
+        """Loaded units matching globs, by name (units systemd has not loaded are inactive)."""
+        rows = self._manager.Manager.ListUnitsByPatterns([], [p.encode() for p in patterns])
         out = {}
         for row in rows:
             name = row[0].decode()
-            if fnmatch.fnmatch(name, pattern):
+            if any(fnmatch.fnmatch(name, p) for p in patterns):
                 out[name] = UnitStatus(name, row[3].decode(), row[4].decode(), row[8].decode())
         return out
 

@@ -24,10 +24,13 @@ def shutdown_file(sync_dir: Path) -> Path:
     return sync_dir / "shutdown"
 
 
-def argv(cfg: configmod.Config, link: str, shutdown: Path) -> list[str]:
+def argv(cfg: configmod.Config, link: str, shutdown: Path, once: bool = False) -> list[str]:
     # -R: rolling without fork (-r forks and the parent exits, which systemd would see as done).
-    return [str(cfg.cyrus.sync_client), "-C", str(cfg.cyrus.imapd_conf), "-R", "-n", link,
-            "-F", str(shutdown)]
+    # -1: one drain pass over one file (log-run if present, else log), then exit.
+    base = [str(cfg.cyrus.sync_client), "-C", str(cfg.cyrus.imapd_conf), "-R"]
+    if once:
+        return base + ["-1", "-n", link]
+    return base + ["-n", link, "-F", str(shutdown)]
 
 
 def config_path_for(instance: str) -> Path:
@@ -36,7 +39,7 @@ def config_path_for(instance: str) -> Path:
     return configmod.DEFAULT_PATH.with_name(f"{instance}.yaml")
 
 
-def main(name: str, config_path: Path | None = None) -> int:
+def main(name: str, config_path: Path | None = None, once: bool = False) -> int:
     instance, link = parse_worker_instance(name)
     path = config_path or config_path_for(instance)
     try:
@@ -60,7 +63,7 @@ def main(name: str, config_path: Path | None = None) -> int:
     except OSError as exc:
         print(f"cannot remove stale shutdown file {stale}: {exc.strerror}", file=sys.stderr)
         return EX_CONFIG
-    args = argv(cfg, link, stale)
+    args = argv(cfg, link, stale, once)
     sys.stderr.flush()
     os.execv(args[0], args)
     return 127  # not reached

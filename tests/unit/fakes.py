@@ -28,12 +28,18 @@ class FakeSystemd:
         self.units: dict[str, UnitStatus] = {}
         self.exits: dict[str, ExitInfo] = {}
         self.calls: list[tuple[str, str]] = []
+        # one-shot units (drain passes) run their hook at start and are inactive at once
+        self.oneshot: dict[str, object] = {}
 
-    def list(self, pattern):
+    def list(self, *patterns):
         return dict(self.units)
 
     def start(self, unit):
         self.calls.append(("start", unit))
+        if unit in self.oneshot:
+            self.oneshot[unit]()
+            self.units[unit] = UnitStatus(unit, "inactive", "dead")
+            return
         self.units[unit] = UnitStatus(unit, "active", "running")
 
     def stop(self, unit):

@@ -119,3 +119,21 @@ def test_tick_cost_is_proportional_to_appended_bytes(tmp_path, monkeypatch):
     assert counted == [len(LINES) * 5]           # only the new bytes were looked at
     read(b, clock)
     assert counted == [len(LINES) * 5]           # nothing new: nothing read
+
+
+def test_new_log_reusing_the_old_inode_is_recounted(tmp_path):
+    """Cyrus unlinks log-run and a writer creates a new log: the inode number may come back."""
+    clock = FakeClock(wall=time.time())
+    b = Backlog(tmp_path)
+    log = tmp_path / "log"
+    log.write_bytes(LINES * 10)
+    assert read(b, clock).entries == 20
+    st = os.stat(log)
+    log.unlink()
+    log.write_bytes(b"APPEND user." + b"x" * 60 + b"\n" * 1 * 1 + b"MAILBOX user.y\n" * 40)
+    if os.stat(log).st_ino != st.st_ino:      # force the reuse the filesystem did not give us
+        b._log.ident = (os.stat(log).st_dev, os.stat(log).st_ino)
+    snap = read(b, clock)
+    assert (snap.entries, snap.malformed) == (41, 0)
+    log.write_bytes(LINES)                    # truncate-and-rewrite of the same file
+    assert read(b, clock).entries == 2

@@ -1,0 +1,164 @@
+"""The drain protocol, with fake units that act on real sync log files like sync_client -R -1."""
+
+import os
+
+from supervisor.drain import MAX_FAILED_PASSES, WORKER_FINISH_GRACE
+from supervisor.states import LinkState
+
+from .test_core import W1, make, state, step
+
+D1 = "syncwarden-drain@replica1.service"
+LINES = "APPEND user.bob\nMAILBOX user.bob\n"
+
+
+def sync_dir(tmp_path):
+    d = tmp_path / "sync" / "replica1"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def one_pass(d, works=True):
+    """What `sync_client -R -1` does: one file, log-run first; the file goes only on success."""
+    def run():
+        if not (d / "log-run").exists():
+            if not (d / "log").exists():
+                return
+            os.rename(d / "log", d / "log-run")
+        if works:
+            (d / "log-run").unlink()
+    return run
+
+
+def live(tmp_path):
+    sup, env = make(tmp_path)
+    env["prober"].reachable["replica1"] = True
+    env["prober"].reachable["replica2"] = True
+    step(sup, env, n=3)
+    assert state(sup) is LinkState.LIVE
+    return sup, env
+
+
+def test_drain_command_sends_everything_then_holds(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log-run").write_text(LINES * 3)
+    (d / "log").write_text(LINES * 5)
+    env["systemd"].oneshot[D1] = one_pass(d)
+    sup.drain("replica1")
+    step(sup, env)
+    assert (d / "shutdown").exists()              # the rolling worker was asked to finish
+    env["systemd"].stop(W1)                       # ... and it does (exit 0, file removed)
+    (d / "shutdown").unlink()
+    step(sup, env, n=4)
+    assert state(sup) is LinkState.DOWN and "drained" in sup.links["replica1"].link.reason
+    assert not (d / "log").exists() and not (d / "log-run").exists()
+    assert env["systemd"].calls.count(("start", D1)) == 2      # log-run, then log
+    assert "replica1" in env["holds"]
+    step(sup, env, n=3)
+    assert state(sup) is LinkState.DOWN and not env["systemd"].running(W1)  # held
+    finished = [e for e in env["journal"].entries if e["ID"] == "drain-finished"]
+    assert finished and finished[0]["SYNCWARDEN_ENTRIES_LEFT"] == 0
+    assert sup.status()["links"][0]["last_drain"]["drained"] is True
+
+
+def test_worker_that_does_not_finish_is_terminated(tmp_path):
+    sup, env = live(tmp_path)
+    sync_dir(tmp_path)
+    sup.drain("replica1")
+    step(sup, env)
+    assert env["systemd"].running(W1)
+    step(sup, env, seconds=WORKER_FINISH_GRACE + 1, n=2)
+    assert ("stop", W1) in env["systemd"].calls
+
+
+def test_unreachable_replica_leaves_files_and_reports_count(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES * 50)
+    env["systemd"].oneshot[D1] = one_pass(d, works=False)
+    env["prober"].reachable["replica1"] = False
+    step(sup, env, seconds=2.0, n=3)              # the replica is lost
+    sup.drain("replica1", hold_after=False)
+    step(sup, env, n=2)
+    assert state(sup) is LinkState.DOWN
+    assert (d / "log").read_text() == LINES * 50   # untouched
+    (entry,) = [e for e in env["journal"].entries if e["ID"] == "drain-incomplete"]
+    assert entry["SYNCWARDEN_ENTRIES_LEFT"] == 100 and "unreachable" in entry["MESSAGE"]
+    assert str(d / "log") in entry["MESSAGE"]
+
+
+def test_passes_that_keep_failing_give_up(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log-run").write_text(LINES)
+    env["systemd"].oneshot[D1] = one_pass(d, works=False)
+    env["systemd"].stop(W1)
+    sup.drain("replica1")
+    step(sup, env, n=MAX_FAILED_PASSES + 3)
+    assert state(sup) is LinkState.DOWN
+    assert env["systemd"].calls.count(("start", D1)) == MAX_FAILED_PASSES
+    assert sup.last_drain["replica1"]["drained"] is False
+    assert (d / "log-run").exists()
+
+
+def test_timeout_stops_a_pass_and_keeps_files(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES)
+    env["systemd"].stop(W1)
+    sup.drain("replica1")
+    step(sup, env)                                # a pass starts and never ends (no hook)
+    assert env["systemd"].running(D1)
+    step(sup, env, seconds=sup.config.drain.timeout)
+    step(sup, env)
+    assert ("stop", D1) in env["systemd"].calls and (d / "log").exists()
+    assert "drain.timeout" in sup.last_drain["replica1"]["message"]
+
+
+def test_entries_written_during_drain_do_not_keep_it_going(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES * 2)
+    env["systemd"].stop(W1)
+    passes = one_pass(d)
+
+    def busy_writers():
+        passes()
+        (d / "log").write_text(LINES)             # a writer is faster than every pass
+    env["systemd"].oneshot[D1] = busy_writers
+    sup.drain("replica1")
+    step(sup, env, n=4)
+    assert sup.last_drain["replica1"]["drained"] is True
+    assert (d / "log").exists()                   # the new entry waits for resume
+
+
+def test_stop_drains_every_link_and_starts_nothing_after(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES)
+    env["systemd"].oneshot[D1] = one_pass(d)
+    env["systemd"].oneshot["syncwarden-drain@replica2.service"] = lambda: None
+    sup.drain_all("because syncwarden is stopping")
+    assert sup.draining
+    for _ in range(10):
+        step(sup, env)
+        env["systemd"].units.pop(W1, None)        # workers obey the shutdown file
+        env["systemd"].units.pop("syncwarden-sync@replica2.service", None)
+    assert not sup.draining
+    assert state(sup) is LinkState.DOWN and state(sup, "replica2") is LinkState.DOWN
+    assert "replica1" not in env["holds"]         # a stop does not hold: the next start resumes
+    starts = [c for c in env["systemd"].calls if c[0] == "start" and "sync@" in c[1]]
+    assert len(starts) == 2                       # only the two original worker starts
+
+
+def test_second_stop_request_aborts(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES)
+    env["systemd"].stop(W1)
+    sup.drain_all("stopping")
+    step(sup, env)
+    sup.abort_drains("aborted by a second stop request")
+    step(sup, env)
+    assert sup.last_drain["replica1"]["message"] == "aborted by a second stop request"
+    assert (d / "log").exists() or (d / "log-run").exists()
