@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("release", "let a quarantined link start again")):
         c = sub.add_parser(name, help=text)
         c.add_argument("link")
+    sub.add_parser("promote", help="make this host the master: workers may start")
+    sub.add_parser("demote", help="make this host a replica: never start workers here")
     dr = sub.add_parser("drain", help="send everything queued for a link, then hold it")
     which = dr.add_mutually_exclusive_group(required=True)
     which.add_argument("link", nargs="?")
@@ -142,6 +144,42 @@ def _link_command(args) -> int:
     return EXIT_OK
 
 
+def cmd_role(args) -> int:
+    """promote/demote through the daemon when it runs (it owns holds and the role)."""
+    try:
+        answer = request(args.command, path=args.socket)
+    except ControlError:
+        return _role_offline(args)
+    if not answer.get("ok"):
+        print(f"syncwarden {args.command}: {answer.get('error')}", file=sys.stderr)
+        return EXIT_PROBLEM
+    print("\n".join(answer["result"]))
+    return EXIT_OK
+
+
+def _role_offline(args) -> int:
+    from .core import Supervisor
+    from .daemon import ConfigProblem, SystemClock, load_checked
+    from .journal import Journal
+    from .roles import RoleStore
+    from .store import STATE_DIR, Holds
+
+    try:
+        cfg, imapd = load_checked(args.config)
+    except ConfigProblem as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    sup = Supervisor(cfg, imapd, None, None, Journal(), SystemClock(),
+                     Holds(STATE_DIR / "holds.json"), roles=RoleStore(STATE_DIR / "role.json"))
+    new = "master" if args.command == "promote" else "replica"
+    try:
+        print("\n".join(sup.change_role(new, f"syncwarden {args.command} (daemon not running)")))
+    except ValueError as exc:
+        print(f"syncwarden {args.command}: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    return EXIT_OK
+
+
 def cmd_drain(args) -> int:
     started = time.time()
     try:
@@ -179,7 +217,7 @@ def _wait_for_drains(args, started: float) -> int:
 
 
 COMMANDS = {
-    "drain": cmd_drain,
+    "drain": cmd_drain, "promote": cmd_role, "demote": cmd_role,
     "daemon": cmd_daemon, "worker": cmd_worker, "check-config": cmd_check_config,
     "status": cmd_status, "hold": _link_command, "resume": _link_command,
     "release": _link_command,

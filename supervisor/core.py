@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from . import __version__
+from . import report
 from .backlog import Backlog, BacklogSnapshot
 from .config import Config, LinkSettings
 from .drain import DrainJob, SyncFiles
 from .imapdconf import ImapdConf
+from .roles import RoleRecord, RoleStore, clear_sync_caches, effective_role, leftover_backlogs
 from .probe import ProbeResult
 from .states import Link, LinkState, Transition, WORKER_STATES
 from .units import UnitStatus, worker_unit
@@ -62,13 +63,15 @@ class LinkRuntime:
 
 class Supervisor:
     def __init__(self, config: Config, imapd: ImapdConf, systemd, prober, journal, clock,
-                 holds, instance: str = "default"):
+                 holds, instance: str = "default", roles: RoleStore | None = None):
         self.systemd = systemd
         self.prober = prober
         self.journal = journal
         self.clock = clock
         self.holds = holds
         self.instance = instance
+        self.roles = roles
+        self.role, self.role_source = config.role, "config"
         self.links: dict[str, LinkRuntime] = {}
         self.config = config
         self.imapd = imapd
@@ -84,6 +87,10 @@ class Supervisor:
         """Apply a (re)loaded config: add, drop and restart links whose settings changed."""
         old = self.links
         self.config, self.imapd = config, imapd
+        if self.roles is not None:
+            self.role, self.role_source = effective_role(config.role, self.roles)
+        else:
+            self.role, self.role_source = config.role, "config"
         self.links = {}
         for name, settings in config.links.items():
             rt = old.pop(name, None)
@@ -111,9 +118,9 @@ class Supervisor:
             self._reconcile(rt, mono, units)
             self._schedule_probe(rt, mono)
             self._journal_history(rt)
-        if not self.ready and all(self._classified(rt) for rt in self.links.values()):
+        if not self.ready and all(self.classified(rt) for rt in self.links.values()):
             self.ready = True
-        self.summary = "; ".join(self._describe(rt, mono) for rt in self.links.values())
+        self.summary = "; ".join(report.describe(self, rt, mono) for rt in self.links.values())
         return self.summary
 
     def _take_probe_results(self, mono: float) -> None:
@@ -144,18 +151,18 @@ class Supervisor:
             rt.next_probe = mono + self.config.probe.interval
 
     def _wants_probe(self, rt: LinkRuntime) -> bool:
-        return self.config.role == "master" and rt.settings.enabled
+        return self.role == "master" and rt.settings.enabled
 
-    def _classified(self, rt: LinkRuntime) -> bool:
+    def classified(self, rt: LinkRuntime) -> bool:
         return rt.probe is not None or not self._wants_probe(rt)
 
     # -- deciding ----------------------------------------------------------------------------
-    def _blocker(self, rt: LinkRuntime) -> str | None:
+    def blocker(self, rt: LinkRuntime) -> str | None:
         """Why this link must have no worker, whatever the replica does."""
         if self.stopping:
             return "daemon stopping"
-        if self.config.role != "master":
-            return f"role is {self.config.role}: this host never starts workers"
+        if self.role != "master":
+            return f"role is {self.role}: this host never starts workers"
         if not rt.settings.enabled:
             return "disabled in the configuration"
         if rt.settings.name in self.holds:
@@ -169,7 +176,7 @@ class Supervisor:
             if units_known:
                 self._step_drain(rt, mono, units)
             return
-        blocker = self._blocker(rt)
+        blocker = self.blocker(rt)
         if state in WORKER_STATES:
             if blocker is not None:
                 self._fire(rt, "hold" if "held" in blocker else "disable", blocker)
@@ -179,7 +186,7 @@ class Supervisor:
                 self._worker_exited(rt, mono)
             else:
                 self._judge_backlog(rt)
-        elif state is LinkState.DOWN and blocker is None and self._classified(rt):
+        elif state is LinkState.DOWN and blocker is None and self.classified(rt):
             if rt.reachable and mono >= rt.restart_after:
                 if rt.worker_running:
                     rt.worker_ours = True
@@ -222,7 +229,7 @@ class Supervisor:
         rt.restart_backoff = min(rt.restart_backoff * 2, RESTART_BACKOFF_MAX)
 
     def _converge_worker(self, rt: LinkRuntime, mono: float) -> None:
-        if not self._classified(rt):
+        if not self.classified(rt):
             return  # a worker found at daemon start keeps running until the first probe
         want = rt.link.state in WORKER_STATES
         if want and not rt.worker_running and not rt.worker_ours:
@@ -254,8 +261,8 @@ class Supervisor:
         rt = self._get(name)
         if name in self.drains:
             return f"{name}: already draining"
-        if self.config.role != "master":
-            raise ValueError(f"{name}: role is {self.config.role}: this host sends nothing")
+        if self.role != "master":
+            raise ValueError(f"{name}: role is {self.role}: this host sends nothing")
         if not self._fire(rt, "drain", f"drain {why}"):
             raise ValueError(f"{name} is {rt.link.state.value}: release it first")
         mono = self.clock.monotonic()
@@ -273,7 +280,7 @@ class Supervisor:
         """Drain every link this host replicates (used when the daemon stops)."""
         self.stopping = True
         for name, rt in self.links.items():
-            if (self.config.role == "master" and rt.settings.enabled
+            if (self.role == "master" and rt.settings.enabled
                     and rt.link.state is not LinkState.QUARANTINED):
                 self.drain(name, hold_after=False, why=why)
 
@@ -300,7 +307,7 @@ class Supervisor:
         rt.worker_ours = False
         snap = rt.snapshot = rt.backlog.read(mono, self.clock.wall())
         took = mono - job.started
-        self.last_drain[name] = {"at": iso(self.clock.wall()), "drained": outcome.drained,
+        self.last_drain[name] = {"at": report.iso(self.clock.wall()), "drained": outcome.drained,
                                  "message": outcome.message, "entries_left": snap.entries,
                                  "duration_seconds": round(took, 3), "passes": job.passes}
         fields = dict(SYNCWARDEN_LINK=name, SYNCWARDEN_ENTRIES_LEFT=snap.entries,
@@ -337,6 +344,30 @@ class Supervisor:
         self._journal_history(rt)
         return f"{name}: released"
 
+    def change_role(self, new: str, by: str) -> list[str]:
+        """promote/demote: persist the role; clear what described the old peer."""
+        if self.roles is None:
+            raise ValueError("this daemon has no role store")
+        if new == self.role:
+            return [f"already {new}"]
+        if self.drains:
+            raise ValueError("a drain is running: wait for it, then change the role")
+        old = self.role
+        self.roles.save(RoleRecord(new, self.clock.wall(), by))
+        self.role, self.role_source = new, f"{self.roles.path} ({by})"
+        done = [f"role {old} -> {new}"] + clear_sync_caches(self.imapd, self.links)
+        if new == "master":
+            # A backlog from before the change was meant for the former peer: replaying it
+            # needs the operator's explicit word, which is `syncwarden resume LINK`.
+            for link, files in leftover_backlogs(self.imapd, self.links).items():
+                self.holds.set(link, True)
+                done.append(f"{link}: held, because {' and '.join(files)} predate this"
+                            f" promotion; check them, then `syncwarden resume {link}`")
+        self.journal.send(f"role changed from {old} to {new} ({by}): " + "; ".join(done[1:]),
+                          "notice", "role-changed", SYNCWARDEN_ROLE=new,
+                          SYNCWARDEN_OLD_ROLE=old)
+        return done
+
     def _get(self, name: str) -> LinkRuntime:
         if name not in self.links:
             raise KeyError(f"no link named {name!r} (links: {', '.join(self.links)})")
@@ -356,60 +387,5 @@ class Supervisor:
             SYNCWARDEN_STATE_CODE=t.dest.code, SYNCWARDEN_REASON=t.reason,
             SYNCWARDEN_TRIGGER=t.trigger)
 
-    def _describe(self, rt: LinkRuntime, mono: float) -> str:
-        name, state = rt.settings.name, rt.link.state
-        if state in WORKER_STATES:
-            return f"{name} {state.value}, {rt.snapshot.entries} queued"
-        if state is LinkState.DOWN:
-            blocker = self._blocker(rt)
-            if blocker is not None:
-                why = blocker.split(":")[0]
-            elif not self._classified(rt):
-                why = "probing"
-            elif rt.unreachable_since is not None:
-                why = f"unreachable {human_duration(mono - rt.unreachable_since)}"
-            else:
-                why = "starting"
-            return f"{name} down ({why}), {rt.snapshot.entries} queued"
-        return f"{name} {state.value}"
-
     def status(self) -> dict:
-        return {
-            "instance": self.instance, "role": self.config.role, "version": __version__,
-            "summary": self.summary,
-            "links": [self._link_json(rt) for rt in self.links.values()],
-            "quarantine": [],
-        }
-
-    def _link_json(self, rt: LinkRuntime) -> dict:
-        s, link = rt.settings, rt.link
-        return {
-            "name": s.name, "state": link.state.value, "state_code": link.state.code,
-            "since": iso(link.since), "reason": link.reason,
-            "replica": {"host": s.host, "port": s.port, "reachable": rt.reachable,
-                        "detail": rt.probe.detail if rt.probe else None},
-            "backlog": rt.snapshot.as_json(),
-            "worker": {"unit": rt.unit, "active": rt.worker_running,
-                       "state": rt.worker.active_state if rt.worker else "inactive"},
-            "held": s.name in self.holds, "enabled": s.enabled,
-            "last_drain": self.last_drain.get(s.name),
-            "quarantined": 0,
-        }
-
-
-def human_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-    return f"{seconds // 86400}d{(seconds % 86400) // 3600:02d}h"
-
-
-def iso(wall: float) -> str:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(wall, datetime.timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")
+        return report.status(self)

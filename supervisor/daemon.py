@@ -24,6 +24,7 @@ from .core import Supervisor
 from .journal import Journal, JournalHandler
 from .notify import Notifier
 from .probe import Prober
+from .roles import RoleStore
 from .store import RUNTIME_DIR, STATE_DIR, Holds, atomic_write
 
 log = logging.getLogger("syncwarden")
@@ -116,7 +117,7 @@ class Daemon:
         if holds.problem:
             log.error("%s", holds.problem)
         sup = Supervisor(cfg, imapd, systemd, prober, self.journal, self.clock, holds,
-                         self.instance)
+                         self.instance, RoleStore(self.state_dir / "role.json"))
         control = ControlServer(self.socket_path, configmod.control_gid(cfg),
                                 lambda req, admin: self._handle(sup, req), selector)
         self.journal.send(f"syncwarden started: {len(cfg.links)} link(s) from {cfg.source},"
@@ -199,6 +200,9 @@ class Daemon:
             return sup.hold(str(link), cmd == "hold")
         if cmd == "release":
             return sup.release(str(link))
+        if cmd in ("promote", "demote"):
+            return sup.change_role("master" if cmd == "promote" else "replica",
+                                   f"syncwarden {cmd}")
         if cmd == "drain":
             names = list(sup.links) if req.get("all") else [str(link)]
             return "; ".join(sup.drain(n) for n in names)

@@ -1,0 +1,82 @@
+"""The host's replication role, persisted under /var/lib/syncwarden, and what a change implies.
+
+A role set by an operator command (promote, demote, failover) outranks ``role:`` in the config:
+it records what actually happened to this host, and a demoted master must never start pushing
+to its former replica because someone restarted it with an old config (SPEC guarantee 5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .imapdconf import ImapdConf
+from .store import atomic_write
+
+ROLES = ("master", "replica")
+
+
+@dataclass(frozen=True)
+class RoleRecord:
+    role: str
+    since: float
+    by: str
+
+
+class RoleStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> RoleRecord | None:
+        """The persisted role; a damaged file reads as ``replica``, the safe side."""
+        try:
+            data = json.loads(self.path.read_text())
+            if data.get("role") not in ROLES:
+                raise ValueError(f"role must be one of {ROLES}")
+            return RoleRecord(data["role"], float(data.get("since", 0)), str(data.get("by", "")))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, AttributeError) as exc:
+            return RoleRecord("replica", 0.0, f"unreadable {self.path} ({exc}): assumed replica")
+
+    def save(self, record: RoleRecord) -> None:
+        atomic_write(self.path, json.dumps(record.__dict__).encode() + b"\n")
+
+
+def effective_role(config_role: str, store: RoleStore) -> tuple[str, str]:
+    """(role, where it comes from)."""
+    record = store.load()
+    if record is None:
+        return config_role, "config"
+    return record.role, f"{store.path} ({record.by})"
+
+
+def sync_cache_paths(imapd: ImapdConf, links) -> list[Path]:
+    """Cyrus's replica-state caches (sync_cache_db_path, per channel or global), if set."""
+    paths = {imapd.get("sync_cache_db_path", link) for link in links}
+    return sorted(Path(p) for p in paths if p)
+
+
+def clear_sync_caches(imapd: ImapdConf, links) -> list[str]:
+    """The cache describes the old replica's state; stale, it would make sync_client skip work."""
+    done = []
+    for path in sync_cache_paths(imapd, links):
+        try:
+            os.unlink(path)
+            done.append(f"removed sync cache {path}")
+        except FileNotFoundError:
+            pass
+    return done
+
+
+def leftover_backlogs(imapd: ImapdConf, links) -> dict[str, list[str]]:
+    """Sync log files written before a role change: they target the host's former peer."""
+    found = {}
+    for link in links:
+        d = imapd.sync_dir(link)
+        files = [name for name in ("log-run", "log") if (d / name).exists()]
+        if files:
+            found[link] = [str(d / f) for f in files]
+    return found
