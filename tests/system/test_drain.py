@@ -1,0 +1,130 @@
+"""Drain on stop and soft failover against real Cyrus under real systemd."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from .swlab import Syncwarden, log_lines, wait_same
+
+pytestmark = pytest.mark.system
+
+USERS = ("bob", "alice", "carol", "dave", "erin")
+DRAIN_STARTED = "1298f2b758144975a8594738b542a373"
+DRAIN_FINISHED = "581662cb1fa54a15a0fc686c70a56e53"
+DRAIN_INCOMPLETE = "c11644a4ea7e4edb80dd7a5ec88a19aa"
+
+
+@pytest.fixture
+def sw(sandbox, cyrus):
+    return Syncwarden(sandbox, cyrus)
+
+
+def held_backlog(sw, cyrus, per_user: int, link="replica1") -> int:
+    """Hold the link and queue per_user messages for every user; returns the log lines."""
+    sw.cli("hold", link)
+    assert sw.wait_state(link, "down")
+    cyrus.deliver_many(USERS, per_user, "queued", sessions=4)
+    lines = log_lines(sw.sb, cyrus, link)
+    return lines["log"] + lines["log-run"]
+
+
+def test_stop_drains_a_held_backlog_of_5000(sandbox, cyrus, sw):
+    sw.setup()
+    assert sw.wait_state("replica1", "live") and sw.wait_state("replica2", "live")
+    queued = held_backlog(sw, cyrus, 1000)
+    assert queued >= 10_000                                   # APPEND + MAILBOX per message
+    t0 = time.monotonic()
+    sandbox.systemctl("stop", "cyrus-imapd", "syncwarden", timeout=300)
+    took = time.monotonic() - t0
+    assert log_lines(sandbox, cyrus, "replica1") == {"log": 0, "log-run": 0}
+    assert not sandbox.host_path(cyrus.sync_dir("replica1") + "/log").exists()
+    assert not sandbox.host_path(cyrus.sync_dir("replica1") + "/log-run").exists()
+    cyrus.start("master")                                     # to read it over IMAP
+    assert wait_same(cyrus, "replica1", USERS, timeout=5) == {}
+    assert all(len(cyrus.messages("replica1", u)) == 1000 for u in USERS)
+    started = sw.journal_messages(message_id=DRAIN_STARTED)
+    finished = [e for e in sw.journal_messages(message_id=DRAIN_FINISHED)
+                if e["SYNCWARDEN_LINK"] == "replica1"]
+    assert any(e["SYNCWARDEN_LINK"] == "replica1" and int(e["SYNCWARDEN_ENTRIES"]) == queued
+               for e in started)
+    assert len(finished) == 1 and int(finished[0]["SYNCWARDEN_ENTRIES_LEFT"]) == 0
+    assert 0 < float(finished[0]["SYNCWARDEN_DURATION"]) < took
+    # the passes ran as units, visible in the journal
+    assert sandbox.journal(unit="syncwarden-drain@replica1.service")
+
+
+def test_stop_with_unreachable_replica_keeps_files_and_reports(sandbox, cyrus, sw):
+    sw.setup(drain_timeout="20s")
+    assert sw.wait_state("replica1", "live")
+    queued = held_backlog(sw, cyrus, 20)
+    cyrus.stop("replica1")
+    time.sleep(3)                                             # the probe notices
+    before = {name: sandbox.host_path(cyrus.sync_dir("replica1") + "/" + name).read_bytes()
+              for name in ("log", "log-run")
+              if sandbox.host_path(cyrus.sync_dir("replica1") + "/" + name).exists()}
+    t0 = time.monotonic()
+    sandbox.systemctl("stop", "cyrus-imapd", "syncwarden", timeout=120)
+    assert time.monotonic() - t0 < 20 + 5
+    after = {name: sandbox.host_path(cyrus.sync_dir("replica1") + "/" + name).read_bytes()
+             for name in before}
+    assert after == before                                    # untouched
+    (entry,) = [e for e in sw.journal_messages(message_id=DRAIN_INCOMPLETE)
+                if e["SYNCWARDEN_LINK"] == "replica1"]
+    assert int(entry["SYNCWARDEN_ENTRIES_LEFT"]) == queued
+    assert cyrus.sync_dir("replica1") in entry["SYNCWARDEN_WHERE"]
+    assert "unreachable" in entry["MESSAGE"]
+    # the next start, with the replica back, sends everything
+    cyrus.start("replica1")
+    cyrus.start("master")
+    sandbox.systemctl("start", "syncwarden")
+    sw.cli("resume", "replica1")
+    assert sw.wait_state("replica1", "live", timeout=30)
+    assert wait_same(cyrus, "replica1", USERS) == {}
+
+
+def test_drain_command_holds_until_resume(sandbox, cyrus, sw):
+    sw.setup()
+    assert sw.wait_state("replica1", "live")
+    cyrus.deliver_many(USERS, 50, "before-drain")
+    r = sw.cli("drain", "replica1", "--wait", timeout=120)
+    assert re.search(r"replica1: drained in [\d.]+s", r.stdout)
+    assert sw.link("replica1")["state"] == "down" and sw.link("replica1")["held"] is True
+    assert wait_same(cyrus, "replica1", USERS, timeout=5) == {}
+    cyrus.deliver("bob", 5, "after-drain")                    # writers still run: it stays queued
+    time.sleep(3)
+    assert sw.link("replica1")["state"] == "down"
+    assert len(cyrus.messages("replica1", "bob")) == 50
+    sw.cli("resume", "replica1")
+    assert sw.wait_state("replica1", "live")
+    assert wait_same(cyrus, "replica1", USERS) == {}
+
+
+def test_second_sigterm_during_a_pass_loses_nothing(sandbox, cyrus, sw):
+    sw.setup()
+    assert sw.wait_state("replica1", "live")
+    held_backlog(sw, cyrus, 1000)
+    sandbox.systemctl("stop", "cyrus-imapd")
+    sandbox.systemctl("stop", "--no-block", "syncwarden")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = sandbox.systemctl("is-active", "syncwarden-drain@replica1.service",
+                                  check=False).stdout.strip()
+        if state in ("activating", "active"):
+            break
+        time.sleep(0.05)
+    sandbox.systemctl("kill", "--signal=TERM", "syncwarden")   # the second SIGTERM
+    sandbox.run("bash", "-c", "while systemctl is-active -q syncwarden; do sleep 0.1; done",
+                timeout=60)
+    (entry,) = [e for e in sw.journal_messages(message_id=DRAIN_INCOMPLETE)
+                if e["SYNCWARDEN_LINK"] == "replica1"]
+    assert "aborted by a second stop request" in entry["MESSAGE"]
+    lines = log_lines(sandbox, cyrus, "replica1")
+    assert lines["log-run"] > 0                               # the interrupted file, kept whole
+    sandbox.systemctl("start", "cyrus-imapd", "syncwarden")
+    sw.cli("resume", "replica1")
+    assert sw.wait_state("replica1", "live", timeout=60)
+    assert wait_same(cyrus, "replica1", USERS) == {}
+    assert all(len(cyrus.messages("replica1", u)) == 1000 for u in USERS)
