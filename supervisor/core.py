@@ -297,10 +297,13 @@ class Supervisor:
         try:
             outcome = job.step(mono, rt.worker, units.get(job.unit),
                                rt.probe_failures >= LOST_AFTER, self.systemd)
-        except Exception as exc:  # D-Bus refused a start or stop: the files are untouched
-            log.error("drain of %s: %s", name, exc)
-            job.abort(f"systemd refused: {exc}")
-            return
+        except Exception as exc:  # D-Bus or the file system refused: the logs are untouched
+            outcome = job.fail(f"{type(exc).__name__}: {exc}")
+            for unit in (rt.unit, job.unit):
+                try:
+                    self.systemd.stop(unit)   # SIGTERM keeps log-run whole
+                except Exception:
+                    pass
         if outcome is None:
             return
         del self.drains[name]

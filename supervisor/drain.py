@@ -90,6 +90,10 @@ class DrainJob:
     def abort(self, reason: str) -> None:
         self.abort_reason = reason
 
+    def fail(self, reason: str) -> Outcome:
+        """End the drain now (an edge refused to act); the files stay as they are."""
+        return self._finish(False, reason)
+
     def step(self, now: float, worker: UnitStatus | None, drainer: UnitStatus | None,
              replica_lost: bool, systemd) -> Outcome | None:
         """Advance by one tick; returns the outcome once the drain is over."""

@@ -162,3 +162,19 @@ def test_second_stop_request_aborts(tmp_path):
     step(sup, env)
     assert sup.last_drain["replica1"]["message"] == "aborted by a second stop request"
     assert (d / "log").exists() or (d / "log-run").exists()
+
+
+def test_an_edge_error_ends_the_drain_instead_of_looping(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES)
+
+    def refuse(unit):
+        raise PermissionError(30, "Read-only file system")
+    sup.drain("replica1", hold_after=False)
+    env["systemd"].start = refuse
+    env["systemd"].stop(W1)
+    step(sup, env, n=3)
+    assert not sup.draining and ("draining", "down") in env["journal"].transitions("replica1")
+    assert "Read-only file system" in sup.last_drain["replica1"]["message"]
+    assert (d / "log").read_text() == LINES
