@@ -1,0 +1,246 @@
+#!/usr/bin/python3
+"""IMAP/LMTP client for the Cyrus lab, run INSIDE the test container (stdlib only, JSON on stdout).
+
+The container has a private network, so the test process on the host cannot reach Cyrus; CyrusLab
+runs this script through nsenter instead.  Each subcommand does a whole batch in one process
+(many messages, many users, a polling loop) to keep the per-call overhead to one exec.
+
+  create   PORT MAILBOX...                   admin CREATE      -> {"created": [...], "failed": {mb: why}}
+  deliver  PORT USERS N TAG [--sessions S]   LMTP, N messages per user
+                                             -> {"accepted": {user: [message-id, ...]}, "failed": [...], "seconds": s}
+  messages PORT USERS [--folder F]           UID FETCH 1:* (DIGEST.SHA1) as each user
+                                             -> {user: [[uid, guid], ...] or null if the folder is missing}
+  status   PORT USER [--folder F]            -> {"messages", "uidnext", "uidvalidity", "highestmodseq",
+                                                 "mailboxid"} or null
+  wait     PORT USERS COUNT [--timeout T]    poll until every user has >= COUNT messages
+                                             -> {"ok": bool, "counts": {user: n}, "seconds": s}
+  port     PORT... [--closed] [--timeout T]  wait until every port accepts (or refuses) connections
+                                             -> {"ok": bool, "seconds": s}
+
+USERS is comma-separated.  A server that cannot be reached gives {"error": "..."} and exit status 3.  Reading a user's mail uses SASL PLAIN with authzid=user and the admin
+as authcid: Cyrus admins may not SELECT or STATUS other users' mailboxes, but may act as them.
+"""
+
+import argparse
+import imaplib
+import json
+import re
+import smtplib
+import socket
+import sys
+import threading
+import time
+import uuid
+
+HOST = "127.0.0.1"
+ADMIN, ADMIN_PW = "cyrus", "adminpw"
+
+
+def imap(port):
+    m = imaplib.IMAP4(HOST, port, timeout=30)
+    # imaplib writes a continuation and its CRLF separately: with Nagle and delayed ACKs every
+    # AUTHENTICATE would take 40 ms.
+    m.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return m
+
+
+def imap_as(port, user):
+    m = imap(port)
+    m.authenticate("PLAIN", lambda _: f"{user}\0{ADMIN}\0{ADMIN_PW}".encode())
+    return m
+
+
+def cmd_create(a):
+    m = imap(a.port)
+    m.login(ADMIN, ADMIN_PW)
+    created, failed = [], {}
+    for mb in a.mailboxes:
+        typ, data = m.create(mb)
+        if typ == "OK":
+            created.append(mb)
+        else:
+            failed[mb] = b" ".join(data).decode(errors="replace")
+    m.logout()
+    return {"created": created, "failed": failed}
+
+
+def message(user, i, tag, token):
+    now = time.time()
+    # Unique Message-IDs: LMTP duplicate suppression would silently drop repeats.
+    mid = "<%s-%d-%s-%s@cyrlab.test>" % (re.sub(r"[^\w.-]", "_", tag), i, user, token)
+    text = ("From: lab@cyrlab.test\r\nTo: %s@cyrlab.test\r\nSubject: %s %d t=%.6f\r\n"
+            "Message-ID: %s\r\nDate: %s\r\n\r\nbody of %s %d for %s\r\n") % (
+        user, tag, i, now, mid, time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(now)),
+        tag, i, user)
+    return mid, text
+
+
+def cmd_deliver(a):
+    users = a.users.split(",")
+    token = uuid.uuid4().hex[:10]
+    jobs = [(u, i) for i in range(1, a.n + 1) for u in users]
+    accepted, failed = {}, []
+
+    def session(part):
+        lm = None
+        for user, i in part:
+            mid, text = message(user, i, a.tag, token)
+            try:
+                if lm is None:         # (re)connect lazily: a server restart loses only one message
+                    lm = smtplib.LMTP(HOST, a.port, timeout=30)
+                lm.sendmail("lab@cyrlab.test", [user], text)
+                accepted[(user, i)] = mid
+            except (smtplib.SMTPException, OSError) as e:
+                failed.append("%s %d: %s" % (user, i, e))
+                if not isinstance(e, (smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError)):
+                    lm = None
+        if lm is not None:
+            try:
+                lm.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+
+    t0 = time.time()
+    threads = [threading.Thread(target=session, args=(jobs[k::a.sessions],))
+               for k in range(a.sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out = {u: [accepted[(u, i)] for i in range(1, a.n + 1) if (u, i) in accepted] for u in users}
+    return {"accepted": out, "failed": failed, "seconds": round(time.time() - t0, 3)}
+
+
+def fetch_guids(port, user, folder):
+    m = imap_as(port, user)
+    try:
+        typ, data = m.select(folder, readonly=True)
+        if typ != "OK":
+            return None
+        if int(data[0]) == 0:
+            return []
+        typ, data = m.uid("FETCH", "1:*", "(DIGEST.SHA1)")
+        rows = []
+        for item in data:
+            if isinstance(item, tuple):
+                item = item[0]
+            if item:
+                uid = re.search(rb"UID (\d+)", item)
+                guid = re.search(rb"DIGEST\.SHA1 ([0-9a-f]+)", item)
+                rows.append([int(uid.group(1)), guid.group(1).decode() if guid else None])
+        return sorted(rows)
+    finally:
+        m.logout()
+
+
+def cmd_messages(a):
+    return {u: fetch_guids(a.port, u, a.folder) for u in a.users.split(",")}
+
+
+def cmd_status(a):
+    m = imap_as(a.port, a.user)
+    try:
+        typ, data = m.status(a.folder, "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)")
+        if typ != "OK":
+            return None
+        items = data[0].decode().split("(", 1)[1]
+        res = {k.lower(): int(v) for k, v in re.findall(r"([A-Z]+) (\d+)", items)}
+        # Cyrus 3.6.1 returns garbage for MAILBOXID asked together with other items: ask alone.
+        typ, data = m.status(a.folder, "(MAILBOXID)")
+        mid = re.search(rb"MAILBOXID \(([^)]*)\)", data[0]) if typ == "OK" else None
+        res["mailboxid"] = mid.group(1).decode() if mid else None
+        return res
+    finally:
+        m.logout()
+
+
+def cmd_wait(a):
+    users, t0 = a.users.split(","), time.monotonic()
+    conns, counts = {}, {u: 0 for u in a.users.split(",")}
+    while True:
+        for u in users:
+            if counts[u] >= a.count:
+                continue
+            try:
+                if u not in conns:
+                    conns[u] = imap_as(a.port, u)
+                typ, data = conns[u].status(a.folder, "(MESSAGES)")
+                if typ == "OK":       # NO: the mailbox does not exist (yet)
+                    counts[u] = int(re.search(rb"MESSAGES (\d+)", data[0]).group(1))
+            except (imaplib.IMAP4.error, OSError):
+                conns.pop(u, None)    # server restarting: reconnect on the next round
+        ok = all(n >= a.count for n in counts.values())
+        if ok or time.monotonic() - t0 > a.timeout:
+            break
+        time.sleep(0.05)
+    for m in conns.values():
+        try:
+            m.logout()
+        except (imaplib.IMAP4.error, OSError):
+            pass
+    return {"ok": ok, "counts": counts, "seconds": round(time.monotonic() - t0, 3)}
+
+
+def port_open(port):
+    try:
+        socket.create_connection((HOST, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def cmd_port(a):
+    t0 = time.monotonic()
+    while True:
+        ok = all(port_open(p) != a.closed for p in a.ports)
+        if ok or time.monotonic() - t0 > a.timeout:
+            return {"ok": ok, "seconds": round(time.monotonic() - t0, 3)}
+        time.sleep(0.05)
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("create")
+    s.add_argument("port", type=int)
+    s.add_argument("mailboxes", nargs="+")
+    s = sub.add_parser("deliver")
+    s.add_argument("port", type=int)
+    s.add_argument("users")
+    s.add_argument("n", type=int)
+    s.add_argument("tag")
+    s.add_argument("--sessions", type=int, default=1)
+    s = sub.add_parser("messages")
+    s.add_argument("port", type=int)
+    s.add_argument("users")
+    s.add_argument("--folder", default="INBOX")
+    s = sub.add_parser("status")
+    s.add_argument("port", type=int)
+    s.add_argument("user")
+    s.add_argument("--folder", default="INBOX")
+    s = sub.add_parser("wait")
+    s.add_argument("port", type=int)
+    s.add_argument("users")
+    s.add_argument("count", type=int)
+    s.add_argument("--timeout", type=float, default=30)
+    s.add_argument("--folder", default="INBOX")
+    s = sub.add_parser("port")
+    s.add_argument("ports", type=int, nargs="+")
+    s.add_argument("--closed", action="store_true")
+    s.add_argument("--timeout", type=float, default=10)
+    a = p.parse_args(argv)
+    try:
+        result = globals()["cmd_" + a.cmd](a)
+    except (OSError, imaplib.IMAP4.error, smtplib.SMTPException) as e:
+        # e.g. the instance is down: one clear line for the caller instead of a traceback
+        json.dump({"error": "%s: %s" % (type(e).__name__, e)}, sys.stdout)
+        print()
+        return 3
+    json.dump(result, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
