@@ -390,13 +390,17 @@ class Sandbox:
             _LIVE.discard(self.folder)
             self.pid1 = None
 
-    def poweroff(self, timeout: float = 60) -> int:
-        """`systemctl poweroff` inside (a real shutdown: units stop in order); returns nspawn's rc."""
+    def poweroff(self, timeout: float = 60, keep_files: bool = False) -> int:
+        """`systemctl poweroff` inside (a real shutdown: units stop in order); returns nspawn's rc.
+
+        keep_files: leave the overlay mounted, so host_path() still reads what the container
+        left on disk; stop() (the fixture calls it) unmounts it afterwards."""
         self.run("systemctl", "poweroff", check=False)
         try:
             rc = self.popen.wait(timeout)
         finally:
-            self.stop()      # SIGKILL-free if it has exited already; unmounts either way
+            if not keep_files or self.running:
+                self.stop()  # SIGKILL-free if it has exited already; unmounts either way
         return rc
 
     @property
