@@ -14,18 +14,17 @@ from dataclasses import dataclass, field
 from . import report
 from .backlog import Backlog, BacklogSnapshot
 from .config import Config, LinkSettings
-from .drain import DrainJob, SyncFiles
+from .draining import DrainControl
 from .imapdconf import ImapdConf
+from .isolation import Isolation
+from .quarantine import QuarantineStore
 from .roles import RoleRecord, RoleStore, clear_sync_caches, effective_role, leftover_backlogs
-from .probe import ProbeResult
+from .probe import LOST_AFTER, ProbeResult
 from .states import Link, LinkState, Transition, WORKER_STATES
 from .units import UnitStatus, worker_unit
 
 log = logging.getLogger(__name__)
 
-# Consecutive failed probes before a running link is declared lost: one lost probe on a busy
-# replica should not interrupt a sync pass, two in a row (~2 intervals) is an outage.
-LOST_AFTER = 2
 # Back-off between worker restarts when sync_client keeps exiting while the replica answers.
 RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX = 1.0, 300.0
 # sync_client exit codes that mean "fix the configuration" (sysexits USAGE, SOFTWARE, CONFIG):
@@ -49,6 +48,7 @@ class LinkRuntime:
     restart_after: float = 0.0
     restart_backoff: float = RESTART_BACKOFF_MIN
     worker_started: float = 0.0
+    isolation: Isolation | None = None
 
     @property
     def reachable(self) -> bool | None:
@@ -61,9 +61,10 @@ class LinkRuntime:
         return self.worker is not None and self.worker.running
 
 
-class Supervisor:
+class Supervisor(DrainControl):
     def __init__(self, config: Config, imapd: ImapdConf, systemd, prober, journal, clock,
-                 holds, instance: str = "default", roles: RoleStore | None = None):
+                 holds, instance: str = "default", roles: RoleStore | None = None,
+                 store: QuarantineStore | None = None, users_dir=None):
         self.systemd = systemd
         self.prober = prober
         self.journal = journal
@@ -71,13 +72,15 @@ class Supervisor:
         self.holds = holds
         self.instance = instance
         self.roles = roles
+        self.store = store
+        self.users_dir = users_dir
         self.role, self.role_source = config.role, "config"
         self.links: dict[str, LinkRuntime] = {}
         self.config = config
         self.imapd = imapd
         self.ready = False
         self.summary = ""
-        self.drains: dict[str, DrainJob] = {}
+        self.drains: dict = {}           # link -> drain.DrainJob
         self.stopping = False
         self.last_drain: dict[str, dict] = {}
         self.reconfigure(config, imapd)
@@ -100,6 +103,10 @@ class Supervisor:
             if rt is None:
                 rt = LinkRuntime(settings, Link(name, self.clock.wall),
                                  Backlog(imapd.sync_dir(name)), worker_unit(name, self.instance))
+            if self.store is not None:
+                rt.isolation = Isolation(name, rt.unit, imapd.sync_dir(name),
+                                         self.users_dir / name, self.store, self.journal,
+                                         config.quarantine.retry_interval)
             self.links[name] = rt
         for name, rt in old.items():  # removed from the config: stop replicating it
             if rt.worker_running:
@@ -138,7 +145,8 @@ class Supervisor:
 
     def _list_workers(self) -> dict[str, UnitStatus] | None:
         try:
-            return self.systemd.list("syncwarden-sync@*.service", "syncwarden-drain@*.service")
+            return self.systemd.list("syncwarden-sync@*.service", "syncwarden-drain@*.service",
+                                     "syncwarden-user@*.service")
         except Exception as exc:  # D-Bus hiccup: act on units next tick, keep observing files
             log.warning("cannot list worker units over D-Bus: %s", exc)
             return None
@@ -185,6 +193,8 @@ class Supervisor:
             elif units_known and not rt.worker_running and rt.worker_ours:
                 self._worker_exited(rt, mono)
             else:
+                if units_known and rt.isolation is not None:
+                    self._isolate(rt, mono, units)
                 self._judge_backlog(rt)
         elif state is LinkState.DOWN and blocker is None and self.classified(rt):
             if rt.reachable and mono >= rt.restart_after:
@@ -195,6 +205,24 @@ class Supervisor:
                     self._fire(rt, "replica_up", f"replica answered: {rt.probe.detail}")
         if units_known:
             self._converge_worker(rt, mono)
+
+    def _isolate(self, rt: LinkRuntime, mono: float, units: dict) -> None:
+        iso = rt.isolation
+        try:
+            stuck = iso.step(mono, self.clock.wall(), rt.worker_running, units.get(iso.unit),
+                             self.systemd, lambda: self._stop_worker(rt))
+        except OSError as exc:   # the store or a sync log could not be written: hold the link
+            stuck = f"quarantine store or sync log: {exc}"
+            iso.job = None
+        if stuck:
+            self._fire(rt, "quarantine", f"failures cannot be pinned on users: {stuck}")
+
+    def feed_worker_log(self, unit: str, message: str) -> None:
+        """A line from a worker's journal (sync_client logs through syslog)."""
+        for rt in self.links.values():
+            if rt.isolation is not None and unit in (rt.unit, rt.isolation.unit):
+                rt.isolation.feed(unit, message)
+                return
 
     def _judge_backlog(self, rt: LinkRuntime) -> None:
         if not rt.worker_running:
@@ -231,7 +259,7 @@ class Supervisor:
     def _converge_worker(self, rt: LinkRuntime, mono: float) -> None:
         if not self.classified(rt):
             return  # a worker found at daemon start keeps running until the first probe
-        want = rt.link.state in WORKER_STATES
+        want = rt.link.state in WORKER_STATES and not (rt.isolation and rt.isolation.busy)
         if want and not rt.worker_running and not rt.worker_ours:
             try:
                 self.systemd.start(rt.unit)
@@ -251,85 +279,6 @@ class Supervisor:
 
     def _fire(self, rt: LinkRuntime, trigger: str, reason: str) -> bool:
         return rt.link.fire(trigger, reason)
-
-    # -- draining ----------------------------------------------------------------------------
-    @property
-    def draining(self) -> bool:
-        return bool(self.drains)
-
-    def drain(self, name: str, hold_after: bool = True, why: str = "requested by operator") -> str:
-        rt = self._get(name)
-        if name in self.drains:
-            return f"{name}: already draining"
-        if self.role != "master":
-            raise ValueError(f"{name}: role is {self.role}: this host sends nothing")
-        if not self._fire(rt, "drain", f"drain {why}"):
-            raise ValueError(f"{name} is {rt.link.state.value}: release it first")
-        mono = self.clock.monotonic()
-        snap = rt.backlog.read(mono, self.clock.wall())
-        job = DrainJob(name, rt.unit, SyncFiles(self.imapd.sync_dir(name)), mono,
-                       self.config.drain.timeout, snap.entries, hold_after, why)
-        self.drains[name] = job
-        self.journal.send(f"link {name}: drain started ({why}), {snap.entries} entries queued",
-                          "notice", "drain-started", SYNCWARDEN_LINK=name,
-                          SYNCWARDEN_ENTRIES=snap.entries)
-        self._journal_history(rt)
-        return f"{name}: draining {snap.entries} entries"
-
-    def drain_all(self, why: str) -> None:
-        """Drain every link this host replicates (used when the daemon stops)."""
-        self.stopping = True
-        for name, rt in self.links.items():
-            if (self.role == "master" and rt.settings.enabled
-                    and rt.link.state is not LinkState.QUARANTINED):
-                self.drain(name, hold_after=False, why=why)
-
-    def abort_drains(self, why: str) -> None:
-        for job in self.drains.values():
-            job.abort(why)
-
-    def _step_drain(self, rt: LinkRuntime, mono: float, units: dict) -> None:
-        name = rt.settings.name
-        job = self.drains.get(name)
-        if job is None:   # e.g. reloaded mid-drain: nothing left to run, count it as stopped
-            self._fire(rt, "drain_failed", "drain interrupted")
-            return
-        try:
-            outcome = job.step(mono, rt.worker, units.get(job.unit),
-                               rt.probe_failures >= LOST_AFTER, self.systemd)
-        except Exception as exc:  # D-Bus or the file system refused: the logs are untouched
-            outcome = job.fail(f"{type(exc).__name__}: {exc}")
-            for unit in (rt.unit, job.unit):
-                try:
-                    self.systemd.stop(unit)   # SIGTERM keeps log-run whole
-                except Exception:
-                    pass
-        if outcome is None:
-            return
-        del self.drains[name]
-        rt.worker_ours = False
-        snap = rt.snapshot = rt.backlog.read(mono, self.clock.wall())
-        took = mono - job.started
-        self.last_drain[name] = {"at": report.iso(self.clock.wall()), "drained": outcome.drained,
-                                 "message": outcome.message, "entries_left": snap.entries,
-                                 "duration_seconds": round(took, 3), "passes": job.passes}
-        fields = dict(SYNCWARDEN_LINK=name, SYNCWARDEN_ENTRIES_LEFT=snap.entries,
-                      SYNCWARDEN_DURATION=f"{took:.3f}", SYNCWARDEN_PASSES=job.passes)
-        if outcome.drained:
-            self.journal.send(f"link {name}: drained in {took:.1f}s ({job.passes} passes,"
-                              f" {job.entries_at_start} entries queued at the start;"
-                              f" {snap.entries} written since)", "notice", "drain-finished",
-                              **fields)
-            self._fire(rt, "drained", f"drained: {outcome.message}")
-        else:
-            where = f"{rt.backlog.log_path} and {rt.backlog.run_path}"
-            self.journal.send(f"link {name}: drain incomplete: {outcome.message};"
-                              f" {snap.entries} entries left in {where}; they are sent at the"
-                              " next start", "err", "drain-incomplete", SYNCWARDEN_WHERE=where,
-                              SYNCWARDEN_REASON=outcome.message, **fields)
-            self._fire(rt, "drain_failed", f"drain incomplete: {outcome.message}")
-        if job.hold_after:
-            self.holds.set(name, True)
 
     # -- operator commands -------------------------------------------------------------------
     def hold(self, name: str, held: bool) -> str:
@@ -370,6 +319,20 @@ class Supervisor:
                           "notice", "role-changed", SYNCWARDEN_ROLE=new,
                           SYNCWARDEN_OLD_ROLE=old)
         return done
+
+    def quarantine_command(self, action: str, user: str, link: str | None) -> str:
+        names = [link] if link else [n for n, rt in self.links.items()
+                                     if rt.isolation and user in rt.isolation.quarantined()]
+        if not names:
+            raise KeyError(f"{user} is not quarantined on any link")
+        out = []
+        for name in names:
+            iso = self._get(name).isolation
+            if iso is None:
+                raise ValueError("this daemon keeps no quarantine")
+            out.append(iso.retry_now(user, self.clock.wall()) if action == "retry"
+                       else iso.drop(user))
+        return "; ".join(out)
 
     def _get(self, name: str) -> LinkRuntime:
         if name not in self.links:

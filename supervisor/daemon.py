@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 
 from . import config as configmod
-from . import imapdconf
+from . import imapdconf, report
 from .control import SOCKET_PATH, ControlServer
 from .core import Supervisor
 from .journal import Journal, JournalHandler
 from .notify import Notifier
+from .follow import JournalFollower
 from .probe import Prober
+from .quarantine import QuarantineStore
 from .roles import RoleStore
 from .store import RUNTIME_DIR, STATE_DIR, Holds, atomic_write
 
@@ -65,7 +67,8 @@ class Daemon:
     def __init__(self, config_path: Path, instance: str = "default", systemd_factory=None,
                  journal: Journal | None = None, notifier: Notifier | None = None,
                  clock=SystemClock(), socket_path: Path = SOCKET_PATH,
-                 status_path: Path = STATUS_PATH, state_dir: Path = STATE_DIR):
+                 status_path: Path = STATUS_PATH, state_dir: Path = STATE_DIR,
+                 journalctl: str = "journalctl"):
         self.config_path = Path(config_path)
         self.instance = instance
         self.systemd_factory = systemd_factory
@@ -75,6 +78,8 @@ class Daemon:
         self.socket_path = Path(socket_path)
         self.status_path = Path(status_path)
         self.state_dir = Path(state_dir)
+        self.users_dir = self.socket_path.parent / "users"
+        self.journalctl = journalctl
         self.stop_requests = 0
         self.reload_requested = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -117,7 +122,11 @@ class Daemon:
         if holds.problem:
             log.error("%s", holds.problem)
         sup = Supervisor(cfg, imapd, systemd, prober, self.journal, self.clock, holds,
-                         self.instance, RoleStore(self.state_dir / "role.json"))
+                         self.instance, RoleStore(self.state_dir / "role.json"),
+                         QuarantineStore(self.state_dir / "quarantine"),
+                         users_dir=self.users_dir)
+        follower = JournalFollower(sup.feed_worker_log, selector, self.clock.monotonic,
+                                   argv0=self.journalctl)
         control = ControlServer(self.socket_path, configmod.control_gid(cfg),
                                 lambda req, admin: self._handle(sup, req), selector)
         self.journal.send(f"syncwarden started: {len(cfg.links)} link(s) from {cfg.source},"
@@ -138,6 +147,7 @@ class Daemon:
                 if self.reload_requested:
                     self.reload_requested = False
                     self._reload(sup)
+                follower.ensure_running()
                 summary = sup.tick()
                 if sup.ready and not ready_sent:
                     self.notifier.ready()
@@ -156,6 +166,7 @@ class Daemon:
             self.notifier.stopping()
             control.close()
             prober.close()
+            follower.close()
             self.journal.send("syncwarden stopped" if stopping else
                               "syncwarden exiting on an error", "info", "daemon-stopped")
         return 0
@@ -203,6 +214,11 @@ class Daemon:
         if cmd in ("promote", "demote"):
             return sup.change_role("master" if cmd == "promote" else "replica",
                                    f"syncwarden {cmd}")
+        if cmd == "quarantine":
+            if req.get("action") == "list":
+                return report.quarantine_json(sup)
+            return sup.quarantine_command(req.get("action"), str(req.get("user")),
+                                          req.get("link"))
         if cmd == "drain":
             names = list(sup.links) if req.get("all") else [str(link)]
             return "; ".join(sup.drain(n) for n in names)

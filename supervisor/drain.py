@@ -102,7 +102,7 @@ class DrainJob:
         worker_running = worker is not None and worker.running
         drainer_running = drainer is not None and drainer.running
         give_up = self.abort_reason or (
-            f"the replica is unreachable" if replica_lost else None) or (
+            "the replica is unreachable" if replica_lost else None) or (
             f"drain.timeout ({self.timeout:g}s) reached" if now >= self.deadline else None)
         if give_up:
             for unit, running in ((self.worker_unit, worker_running), (self.unit, drainer_running)):

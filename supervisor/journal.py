@@ -25,9 +25,14 @@ MESSAGE_IDS = {
     "drain-finished": "581662cb1fa54a15a0fc686c70a56e53",
     "drain-incomplete": "c11644a4ea7e4edb80dd7a5ec88a19aa",
     "role-changed": "6674d3b951824ead8428a0fa5e30776c",
-    # reserved for the quarantine and check work:
     "user-quarantined": "45c01d22db55461db7e54216c2522d47",
+    "user-retried": "b5d8f33847524ca5999b9aba9400e760",
+    "user-released": "5219f7cc06734648ba41f2991540bf0d",
     "divergence-found": "02ddff89b4fb4d0aae9a70c778cdd4a9",
+    "check-finished": "7ea2d6779cb9475db33529d5a233cb83",    # in sync (lag aside)
+    "check-failed": "3fe20adece62470ca23bef6bda41dea9",      # a side or user unreadable
+    "repair-action": "731e5034f2ae471c8c0cc739e53ee141",     # one per action of a repair
+    "repair-finished": "1149416023f04f0089f7768230c5c314",
 }
 
 PRIORITY = {"err": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 
+# Consecutive failed probes before a running link is declared lost: one lost probe on a busy
+# replica should not interrupt a sync pass, two in a row (~2 intervals) is an outage.
+LOST_AFTER = 2
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     reachable: bool

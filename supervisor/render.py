@@ -29,9 +29,25 @@ def status_table(doc: dict, now: float) -> str:
     lines = ["  ".join(c.ljust(wd) for c, wd in zip(row, widths)).rstrip() for row in rows]
     for link in doc.get("links", []):
         lines.append(f"{link['name']}: {link['reason']}")
+        if link.get("quarantined"):
+            lines.append(f"{link['name']}: {link['quarantined']} user(s) quarantined"
+                         " (syncwarden quarantine list)")
         if link["backlog"].get("malformed"):
             lines.append(f"{link['name']}: {link['backlog']['malformed']} malformed sync log"
                          " line(s) (Cyrus skips them)")
     head = f"syncwarden {doc.get('version', '?')}, instance {doc.get('instance')}," \
            f" role {doc.get('role', '?')}"
     return "\n".join([head] + lines)
+
+
+def quarantine_table(rows: list[dict]) -> str:
+    if not rows:
+        return "no quarantined users"
+    out = [("LINK", "USER", "SINCE", "ATTEMPTS", "ENTRIES", "NEXT RETRY")]
+    for q in rows:
+        out.append((q["link"], q["user"], q["since"], str(q["attempts"]), str(q["entries"]),
+                    q["next_retry"]))
+    widths = [max(len(r[i]) for r in out) for i in range(len(out[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in out]
+    lines += [f"{q['link']}/{q['user']}: {q['error']}" for q in rows]
+    return "\n".join(lines)

@@ -34,8 +34,15 @@ def status(sup) -> dict:
         "version": __version__,
         "summary": sup.summary,
         "links": [link_json(sup, rt) for rt in sup.links.values()],
-        "quarantine": [],
+        "quarantine": quarantine_json(sup),
     }
+
+
+def quarantine_json(sup) -> list[dict]:
+    if sup.store is None:
+        return []
+    return [q.as_json(sup.store.count(q.link, q.user)) for q in sup.store.records()
+            if q.link in sup.links]
 
 
 def link_json(sup, rt) -> dict:
@@ -50,7 +57,7 @@ def link_json(sup, rt) -> dict:
                    "state": rt.worker.active_state if rt.worker else "inactive"},
         "held": s.name in sup.holds, "enabled": s.enabled,
         "last_drain": sup.last_drain.get(s.name),
-        "quarantined": 0,
+        "quarantined": len(rt.isolation.quarantined()) if rt.isolation else 0,
     }
 
 

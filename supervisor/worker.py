@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import config as configmod
 from . import imapdconf
+from .store import RUNTIME_DIR
 from .units import parse_worker_instance
 
 EX_CONFIG = 78
@@ -24,13 +25,21 @@ def shutdown_file(sync_dir: Path) -> Path:
     return sync_dir / "shutdown"
 
 
-def argv(cfg: configmod.Config, link: str, shutdown: Path, once: bool = False) -> list[str]:
-    # -R: rolling without fork (-r forks and the parent exits, which systemd would see as done).
-    # -1: one drain pass over one file (log-run if present, else log), then exit.
-    base = [str(cfg.cyrus.sync_client), "-C", str(cfg.cyrus.imapd_conf), "-R"]
-    if once:
-        return base + ["-1", "-n", link]
-    return base + ["-n", link, "-F", str(shutdown)]
+def users_file(link: str, instance: str = "default") -> Path:
+    """The list of users a one-shot user sync works on, written by the daemon."""
+    name = link if instance == "default" else f"{instance}:{link}"
+    return RUNTIME_DIR / "users" / name
+
+
+def argv(cfg: configmod.Config, link: str, shutdown: Path, mode: str = "rolling",
+         users: Path | None = None) -> list[str]:
+    base = [str(cfg.cyrus.sync_client), "-C", str(cfg.cyrus.imapd_conf)]
+    if mode == "once":      # one drain pass over one file (log-run if present, else log)
+        return base + ["-R", "-1", "-n", link]
+    if mode == "users":     # full sync of the listed users; exit 1 if any of them failed
+        return base + ["-n", link, "-u", "-f", str(users)]
+    # -R: rolling without fork (-r forks and the parent exits, which systemd would see as done)
+    return base + ["-R", "-n", link, "-F", str(shutdown)]
 
 
 def config_path_for(instance: str) -> Path:
@@ -39,7 +48,7 @@ def config_path_for(instance: str) -> Path:
     return configmod.DEFAULT_PATH.with_name(f"{instance}.yaml")
 
 
-def main(name: str, config_path: Path | None = None, once: bool = False) -> int:
+def main(name: str, config_path: Path | None = None, mode: str = "rolling") -> int:
     instance, link = parse_worker_instance(name)
     path = config_path or config_path_for(instance)
     try:
@@ -63,7 +72,7 @@ def main(name: str, config_path: Path | None = None, once: bool = False) -> int:
     except OSError as exc:
         print(f"cannot remove stale shutdown file {stale}: {exc.strerror}", file=sys.stderr)
         return EX_CONFIG
-    args = argv(cfg, link, stale, once)
+    args = argv(cfg, link, stale, mode, users_file(link, instance))
     sys.stderr.flush()
     os.execv(args[0], args)
     return 127  # not reached

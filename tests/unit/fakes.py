@@ -37,8 +37,9 @@ class FakeSystemd:
     def start(self, unit):
         self.calls.append(("start", unit))
         if unit in self.oneshot:
-            self.oneshot[unit]()
-            self.units[unit] = UnitStatus(unit, "inactive", "dead")
+            status = self.oneshot[unit]() or 0
+            self.exits[unit] = ExitInfo("success" if status == 0 else "exit-code", status)
+            self.units[unit] = UnitStatus(unit, "inactive" if status == 0 else "failed", "dead")
             return
         self.units[unit] = UnitStatus(unit, "active", "running")
 

@@ -6,7 +6,8 @@ import pytest
 
 from supervisor import config as configmod
 from supervisor import imapdconf
-from supervisor.core import LOST_AFTER, Supervisor
+from supervisor.core import Supervisor
+from supervisor.probe import LOST_AFTER
 from supervisor.states import WORKER_STATES, LinkState
 from supervisor.units import UnitStatus
 from supervisor.store import Holds

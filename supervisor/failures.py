@@ -1,0 +1,87 @@
+"""Reading a worker's log for failed passes and the users to blame (cyrus-lab.md 4c).
+
+sync_client logs through syslog, so its lines are in the worker unit's journal. A failed pass
+ends with ``bailing out!`` or ``Processing sync log file ... failed``; the lines before it in the
+same pass may name the culprit: ``do_folders(): update failed: <mailbox>``, ``Promoting: MAILBOX
+<m> -> USER <u>`` or ``IOERROR: user replication failed: ... userid=<u>``. Some failures name
+nobody (a refused USER command says only "Unknown error"): then the supervisor bisects.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_UPDATE_FAILED = re.compile(r"do_folders\(\): update failed: (\S+) '(.*)'")
+_PROMOTING = re.compile(r"Promoting: MAILBOX (\S+) -> USER (\S+)")
+_USER_FAILED = re.compile(r"user replication failed: error=<([^>]*)> userid=<([^>]*)>")
+_DO_USER_FAILED = re.compile(r"Error in sync_do_user\(([^)]*)\): bailing out!")
+_NO_RESPONSE = re.compile(r"(\w+) received NO response: (.*)")
+_BAILING_OUT = re.compile(r"bailing out!")
+_FILE_FAILED = re.compile(r"Processing sync log file \S+ failed")
+_REPROCESSING = re.compile(r"Reprocessing sync log file")
+
+
+def mailbox_user(mailbox: str) -> str | None:
+    """The userid owning an internal mailbox name: user.bob.Sent -> bob,
+    example.com!user.bob -> bob@example.com, user.john^doe -> john.doe; None if shared."""
+    domain, sep, rest = mailbox.strip('"').rpartition("!")
+    if not rest.startswith("user."):
+        return None
+    user = rest[5:].split(".", 1)[0].replace("^", ".")
+    return f"{user}@{domain}" if sep and domain else user
+
+
+@dataclass
+class FailedPass:
+    users: dict[str, str] = field(default_factory=dict)   # userid -> error as logged
+    error: str = ""                                         # the pass's own error line
+
+
+class FailureDetector:
+    """Feed one link's worker log lines in order; ``feed`` returns a FailedPass when one ends."""
+
+    def __init__(self):
+        self.pending: dict[str, str] = {}
+        self.last_error = ""
+        self.reprocessing = 0     # consecutive passes over the same stuck log-run
+        self.bailed_out = False   # "Processing ... failed" after "bailing out!" is the same pass
+
+    def feed(self, message: str) -> FailedPass | None:
+        if _REPROCESSING.search(message):
+            self.reprocessing += 1
+            return None
+        m = _UPDATE_FAILED.search(message)
+        if m:
+            user = mailbox_user(m.group(1))
+            if user:
+                self.pending[user] = f"update of {m.group(1)} failed: {m.group(2)}"
+            return None
+        m = _PROMOTING.search(message)
+        if m:
+            self.pending.setdefault(m.group(2).replace("^", "."), f"mailbox {m.group(1)} failed")
+            return None
+        m = _USER_FAILED.search(message) or _DO_USER_FAILED.search(message)
+        if m:
+            user, err = (m.group(2), m.group(1)) if m.re is _USER_FAILED else (m.group(1), "")
+            self.pending[user.replace("^", ".")] = err or self.last_error or message
+            if m.re is _USER_FAILED:
+                return None
+        m = _NO_RESPONSE.search(message)
+        if m:
+            self.last_error = f"{m.group(1)} refused by the replica: {m.group(2)}"
+            return None
+        if _FILE_FAILED.search(message) and self.bailed_out:
+            self.bailed_out = False
+            return None
+        if _BAILING_OUT.search(message) or _FILE_FAILED.search(message):
+            self.bailed_out = bool(_BAILING_OUT.search(message))
+            failed = FailedPass(dict(self.pending), message.strip())
+            self.pending = {}
+            return failed
+        return None
+
+    def pass_succeeded(self) -> None:
+        """The stuck log-run went away: the next failure starts a new count."""
+        self.reprocessing = 0
+        self.pending = {}

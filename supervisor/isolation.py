@@ -1,0 +1,252 @@
+"""Keeping a link flowing past failing users (goal f).
+
+Cyrus spins forever on a ``log-run`` that holds one broken user, and every user not in that
+file stalls (cyrus-lab.md 4c). Per link, this module:
+
+1. reads the worker's log for failed passes (failures.py) and the users they name;
+2. quarantines those users: stops the worker (SIGTERM keeps log-run whole), moves their entries
+   out of log-run and log into the store (synclog.py, quarantine.py), and lets the core start
+   the worker again;
+3. when the log names nobody, bisects the stuck log-run's users with one-shot
+   ``sync_client -n LINK -u -f LIST`` runs (exit 1 when any user failed);
+4. retries each quarantined user with back-off, as a one-shot unit, and releases it on success.
+
+``step`` makes one tick's decisions; units are started and read through the systemd edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import synclog
+from .failures import FailedPass, FailureDetector
+from .quarantine import QuarantineStore
+
+RETRY_MAX = 86400.0
+# Failed passes that name nobody before the stuck log-run is bisected.
+BISECT_AFTER = 2
+
+
+def user_unit(worker_unit: str) -> str:
+    return worker_unit.replace("syncwarden-sync@", "syncwarden-user@", 1)
+
+
+@dataclass
+class Job:
+    """Pin the failure on users (bisecting if needed), then move their entries out."""
+    culprits: dict[str, str]                 # user -> error
+    bisect: bool
+    phase: str = "stop-worker"
+    queue: list[list[str]] = field(default_factory=list)
+    candidates: set[str] = field(default_factory=set)
+    running: list[str] | None = None
+
+
+class Isolation:
+    def __init__(self, link: str, worker_unit: str, sync_dir: Path, users_file: Path,
+                 store: QuarantineStore, journal, retry_interval: float):
+        self.link = link
+        self.worker_unit = worker_unit
+        self.unit = user_unit(worker_unit)
+        self.sync_dir = Path(sync_dir)
+        self.users_file = Path(users_file)
+        self.store = store
+        self.journal = journal
+        self.retry_interval = retry_interval
+        self.detector = FailureDetector()
+        self.failure: FailedPass | None = None
+        self.job: Job | None = None
+        self.retrying: str | None = None
+        self.unit_error = ""
+        self.log_seen: tuple | None = None
+
+    # -- input -------------------------------------------------------------------------------
+    def feed(self, unit: str, message: str) -> None:
+        if unit == self.worker_unit:
+            failed = self.detector.feed(message)
+            if failed is not None:
+                self.failure = failed
+        elif unit == self.unit and ("NO response" in message or "bailing out" in message
+                                    or "IOERROR" in message or "update failed" in message):
+            self.unit_error = message.strip()
+
+    @property
+    def busy(self) -> bool:
+        """While a job runs the rolling worker must stay stopped."""
+        return self.job is not None
+
+    def quarantined(self) -> set[str]:
+        return self.store.users(self.link)
+
+    # -- one tick ----------------------------------------------------------------------------
+    def step(self, mono: float, wall: float, worker_running: bool, unit_status, systemd,
+             stop_worker) -> str | None:
+        """Returns a reason when failures cannot be pinned on users (the link must wait)."""
+        unit_running = unit_status is not None and unit_status.running
+        if self.job is None and self.failure is not None and self.retrying is None:
+            self._open_job()
+        if self.job is not None:
+            return self._step_job(wall, worker_running, unit_running, systemd, stop_worker)
+        if self.retrying is not None:
+            if not unit_running:
+                self._retry_done(wall, systemd)
+            return None
+        self._filter_log()
+        due = [q for q in self.store.records(self.link) if q.next_retry <= wall]
+        if due and not unit_running:
+            self._start_retry(min(due, key=lambda q: q.next_retry), systemd)
+        return None
+
+    def _open_job(self) -> None:
+        failed, self.failure = self.failure, None
+        if failed.users:
+            self.job = Job(dict(failed.users), bisect=False)
+        elif self.detector.reprocessing >= BISECT_AFTER:
+            self.job = Job({}, bisect=True)
+            self.detector.reprocessing = 0
+        # else: one anonymous failure; wait for the spin to repeat before bisecting
+
+    def _step_job(self, wall, worker_running, unit_running, systemd, stop_worker):
+        job = self.job
+        if job.phase == "stop-worker":
+            if worker_running:
+                stop_worker()
+                return None
+            if job.bisect:
+                job.candidates = synclog.users_in(self.sync_dir / "log-run")
+                if not job.candidates:
+                    self.job = None
+                    return ("a pass failed and the stuck log-run names no user (shared"
+                            " mailboxes only, or no log-run at all)")
+                job.queue = [sorted(job.candidates)]
+                job.phase = "bisect"
+            else:
+                job.phase = "move"
+        if job.phase == "bisect":
+            if unit_running:
+                return None
+            if job.running is not None:
+                self._judge_group(job, systemd)
+            if job.queue:
+                job.running = job.queue.pop(0)
+                self._run_users(job.running, systemd)
+                return None
+            if not job.culprits:
+                self.job = None   # every user synced on its own: the stall is over
+                return None
+            if len(job.candidates) > 1 and set(job.culprits) == job.candidates:
+                self.job = None
+                return (f"every user of the stuck log-run fails ({len(job.candidates)}):"
+                        f" not a per-user problem, e.g. {next(iter(job.culprits.values()))}")
+            job.phase = "move"
+        if job.phase == "move":
+            self._quarantine(job.culprits, wall)
+            self.job = None
+            self.detector.pass_succeeded()
+        return None
+
+    def _judge_group(self, job: Job, systemd) -> None:
+        group, job.running = job.running, None
+        status = systemd.exit_info(self.unit).status
+        if status == 0:
+            return
+        if len(group) == 1:
+            job.culprits[group[0]] = self.unit_error or f"sync_client -u exited {status}"
+            return
+        half = len(group) // 2
+        job.queue[:0] = [group[:half], group[half:]]
+
+    def _run_users(self, users: list[str], systemd) -> None:
+        self.unit_error = ""
+        self.users_file.parent.mkdir(parents=True, exist_ok=True)
+        self.users_file.write_text("".join(f"{u}\n" for u in users))
+        self.users_file.chmod(0o644)
+        systemd.start(self.unit)
+
+    def _quarantine(self, culprits: dict[str, str], wall: float) -> None:
+        users = set(culprits)
+        for user, error in sorted(culprits.items()):
+            self.store.add(self.link, user, error, wall, self.retry_interval)
+        moved = 0
+        for name in ("log-run", "log"):
+            moved += synclog.move_out(self.sync_dir / name, users, self._store_entries)
+        for user, error in sorted(culprits.items()):
+            self.journal.send(f"link {self.link}: user {user} quarantined: {error};"
+                              f" {self.store.count(self.link, user)} entries held in the store",
+                              "warning", "user-quarantined", SYNCWARDEN_LINK=self.link,
+                              SYNCWARDEN_USER=user, SYNCWARDEN_ERROR=error,
+                              SYNCWARDEN_ENTRIES=moved)
+
+    def _store_entries(self, moved: dict[str, list[bytes]]) -> None:
+        self.store.append(self.link, moved)
+
+    def _filter_log(self) -> None:
+        """Entries for quarantined users that reach log are kept out of the stream too."""
+        users = self.quarantined()
+        if not users:
+            return
+        log = self.sync_dir / "log"
+        try:
+            st = log.stat()
+        except FileNotFoundError:
+            return
+        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if seen != self.log_seen:
+            synclog.move_out(log, users, self._store_entries)
+            self.log_seen = seen
+
+    # -- retries -----------------------------------------------------------------------------
+    def _start_retry(self, q, systemd) -> None:
+        q.retry_offset = self.store.entries_size(self.link, q.user)
+        self.store.save(q)
+        self.retrying = q.user
+        self._run_users([q.user], systemd)
+        self.journal.send(f"link {self.link}: retrying quarantined user {q.user} (attempt"
+                          f" {q.attempts + 1})", "info", "user-retried",
+                          SYNCWARDEN_LINK=self.link, SYNCWARDEN_USER=q.user)
+
+    def _retry_done(self, wall: float, systemd) -> None:
+        user, self.retrying = self.retrying, None
+        q = self.store.get(self.link, user)
+        if q is None:
+            return   # dropped meanwhile
+        status = systemd.exit_info(self.unit).status
+        if status == 0:
+            # The user sync covered every entry stored before it began; later ones go back.
+            later = self.store.entries(self.link, user, max(q.retry_offset, 0))
+            owner = self.sync_dir.stat()
+            synclog.append(self.sync_dir / "log", later, (owner.st_uid, owner.st_gid))
+            self.store.remove(self.link, user)
+            self.journal.send(f"link {self.link}: user {user} released after {q.attempts + 1}"
+                              f" attempt(s)", "notice", "user-released",
+                              SYNCWARDEN_LINK=self.link, SYNCWARDEN_USER=user)
+            return
+        q.attempts += 1
+        q.error = self.unit_error or f"sync_client -u {user} exited {status}"
+        q.next_retry = wall + min(self.retry_interval * 2 ** q.attempts, RETRY_MAX)
+        q.retry_offset = -1
+        self.store.save(q)
+        self.journal.send(f"link {self.link}: retry of {user} failed: {q.error}", "warning",
+                          "user-retried", SYNCWARDEN_LINK=self.link, SYNCWARDEN_USER=user,
+                          SYNCWARDEN_ERROR=q.error)
+
+    # -- operator ----------------------------------------------------------------------------
+    def retry_now(self, user: str, wall: float) -> str:
+        q = self.store.get(self.link, user)
+        if q is None:
+            raise KeyError(f"{user} is not quarantined on {self.link}")
+        q.next_retry = wall
+        self.store.save(q)
+        return f"{self.link}: {user} will be retried now"
+
+    def drop(self, user: str) -> str:
+        q = self.store.get(self.link, user)
+        if q is None:
+            raise KeyError(f"{user} is not quarantined on {self.link}")
+        n = self.store.count(self.link, user)
+        self.store.remove(self.link, user)
+        self.journal.send(f"link {self.link}: quarantined user {user} dropped by the operator;"
+                          f" {n} stored entries given up", "warning", "user-released",
+                          SYNCWARDEN_LINK=self.link, SYNCWARDEN_USER=user)
+        return f"{self.link}: {user} dropped, {n} stored entries given up"

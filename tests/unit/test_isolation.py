@@ -1,0 +1,180 @@
+"""Quarantine of failing users through the core, with fake units acting on real files."""
+
+import json
+
+from supervisor.quarantine import QuarantineStore
+from supervisor.states import LinkState
+
+from .test_core import W1, make, state, step
+from .test_failures import ANONYMOUS, PASS_METHOD1
+
+U1 = "syncwarden-user@replica1.service"
+
+
+def live_link(tmp_path):
+    sup, env = make(tmp_path)
+    sup.store = QuarantineStore(tmp_path / "quarantine")
+    sup.users_dir = tmp_path / "users"
+    sup.reconfigure(sup.config, sup.imapd)
+    env["prober"].reachable["replica1"] = True
+    step(sup, env, n=3)
+    assert state(sup) is LinkState.LIVE
+    d = tmp_path / "sync" / "replica1"
+    d.mkdir(parents=True)
+    return sup, env, d
+
+
+def entries(*users, n=2):
+    return b"".join(b"APPEND user.%s\nMAILBOX user.%s\n" % (u.encode(), u.encode())
+                    for u in users for _ in range(n))
+
+
+def all_lines(tmp_path, d):
+    """Every entry anywhere: log, log-run and the store (what must never shrink)."""
+    out = []
+    for p in [d / "log", d / "log-run", *(tmp_path / "quarantine").glob("*/*.entries")]:
+        if p.exists():
+            out += p.read_bytes().splitlines()
+    return sorted(out)
+
+
+def test_named_user_is_quarantined_and_the_rest_flows(tmp_path):
+    sup, env, d = live_link(tmp_path)
+    (d / "log-run").write_bytes(entries("bob", "alice", "carol"))
+    (d / "log").write_bytes(entries("alice", "dave"))
+    before = all_lines(tmp_path, d)
+    for line in PASS_METHOD1:
+        sup.feed_worker_log(W1, line)
+    step(sup, env)
+    assert ("stop", W1) in env["systemd"].calls            # SIGTERM: log-run stays whole
+    step(sup, env, n=2)
+    assert b"alice" not in (d / "log-run").read_bytes() + (d / "log").read_bytes()
+    assert b"user.bob" in (d / "log-run").read_bytes() and b"dave" in (d / "log").read_bytes()
+    assert all_lines(tmp_path, d) == before                # moved, not lost
+    assert env["systemd"].running(W1)                      # the worker runs again
+    assert state(sup) in (LinkState.LIVE, LinkState.CATCHING_UP)
+    doc = sup.status()
+    (q,) = doc["quarantine"]
+    assert q["user"] == "alice" and q["entries"] == 8 and "user.alice" in q["error"]
+    assert doc["links"][0]["quarantined"] == 1
+    (entry,) = [e for e in env["journal"].entries if e["ID"] == "user-quarantined"]
+    assert entry["SYNCWARDEN_USER"] == "alice" and entry["SYNCWARDEN_ERROR"]
+
+
+def test_later_entries_for_a_quarantined_user_are_kept_out(tmp_path):
+    sup, env, d = live_link(tmp_path)
+    (d / "log-run").write_bytes(entries("alice"))
+    for line in PASS_METHOD1:
+        sup.feed_worker_log(W1, line)
+    step(sup, env, n=3)
+    with open(d / "log", "ab") as f:
+        f.write(entries("alice", "bob", n=1))
+    step(sup, env)
+    assert (d / "log").read_bytes() == entries("bob", n=1)
+    assert sup.status()["quarantine"][0]["entries"] == 6
+
+
+def test_bisection_finds_the_user_the_logs_do_not_name(tmp_path):
+    sup, env, d = live_link(tmp_path)
+    users = ["u%02d" % i for i in range(10)]
+    (d / "log-run").write_bytes(entries(*users))
+    tried = []
+
+    def user_sync():
+        listed = (tmp_path / "users" / "replica1").read_text().split()
+        tried.append(listed)
+        return 1 if "u07" in listed else 0
+    env["systemd"].oneshot[U1] = user_sync
+    for _ in range(2):
+        sup.feed_worker_log(W1, "Reprocessing sync log file /x/log-run")
+        for line in ANONYMOUS:
+            sup.feed_worker_log(W1, line)
+        step(sup, env)
+    step(sup, env, n=12)
+    assert tried[0] == users and ["u07"] in tried
+    assert [q["user"] for q in sup.status()["quarantine"]] == ["u07"]
+    assert b"u07" not in (d / "log-run").read_bytes()
+    assert env["systemd"].running(W1) and state(sup) is not LinkState.QUARANTINED
+
+
+def test_every_user_failing_quarantines_the_link(tmp_path):
+    sup, env, d = live_link(tmp_path)
+    (d / "log-run").write_bytes(entries("bob", "alice", "carol"))
+    env["systemd"].oneshot[U1] = lambda: 1          # e.g. the replica's disk is full
+    for _ in range(2):
+        sup.feed_worker_log(W1, "Reprocessing sync log file /x/log-run")
+        for line in ANONYMOUS:
+            sup.feed_worker_log(W1, line)
+        step(sup, env)
+    step(sup, env, n=10)
+    assert state(sup) is LinkState.QUARANTINED
+    assert "every user of the stuck log-run fails (3)" in sup.links["replica1"].link.reason
+    assert sup.status()["quarantine"] == []          # nobody was singled out
+    assert (d / "log-run").read_bytes() == entries("bob", "alice", "carol")
+
+
+def test_retry_releases_and_puts_later_entries_back(tmp_path):
+    sup, env, d = live_link(tmp_path)
+    (d / "log-run").write_bytes(entries("alice"))
+    for line in PASS_METHOD1:
+        sup.feed_worker_log(W1, line)
+    step(sup, env, n=3)
+    ok = {"now": False}
+
+    def retry():
+        # while the user sync runs, a new entry for alice is moved into the store
+        with open(d / "log", "ab") as f:
+            f.write(b"APPEND user.alice\n")
+        return 0 if ok["now"] else 1
+    env["systemd"].oneshot[U1] = retry
+    env["clock"].advance(sup.config.quarantine.retry_interval)
+    step(sup, env, n=3)
+    q = sup.status()["quarantine"][0]
+    assert q["attempts"] == 1 and q["error"].startswith("sync_client -u alice exited 1")
+    (d / "log").unlink()
+    ok["now"] = True
+    sup.quarantine_command("retry", "alice", None)
+    step(sup, env, n=3)
+    assert sup.status()["quarantine"] == []
+    kinds = [e["ID"] for e in env["journal"].entries]
+    assert "user-retried" in kinds and "user-released" in kinds
+    # the entry that reached the store during the successful retry went back to the stream
+    assert (d / "log").read_bytes() == b"APPEND user.alice\n"
+
+
+def test_back_off_doubles(tmp_path):
+    sup, env, d = live_link(tmp_path)
+    (d / "log-run").write_bytes(entries("alice"))
+    for line in PASS_METHOD1:
+        sup.feed_worker_log(W1, line)
+    step(sup, env, n=3)
+    env["systemd"].oneshot[U1] = lambda: 1
+    iv = sup.config.quarantine.retry_interval
+    env["clock"].advance(iv)
+    step(sup, env, n=2)
+    q = sup.store.get("replica1", "alice")
+    assert q.attempts == 1 and q.next_retry - env["clock"].wall() > 1.9 * iv - 5
+
+
+def test_drop_needs_the_user_and_gives_entries_up(tmp_path):
+    sup, env, d = live_link(tmp_path)
+    (d / "log-run").write_bytes(entries("alice"))
+    for line in PASS_METHOD1:
+        sup.feed_worker_log(W1, line)
+    step(sup, env, n=3)
+    assert "4 stored entries given up" in sup.quarantine_command("drop", "alice", None)
+    assert sup.status()["quarantine"] == []
+    assert not list((tmp_path / "quarantine").glob("*/*"))
+
+
+def test_store_survives_a_restart(tmp_path):
+    sup, env, d = live_link(tmp_path)
+    (d / "log-run").write_bytes(entries("alice"))
+    for line in PASS_METHOD1:
+        sup.feed_worker_log(W1, line)
+    step(sup, env, n=3)
+    again = QuarantineStore(tmp_path / "quarantine")
+    (q,) = again.records()
+    assert q.user == "alice" and again.count("replica1", "alice") == 4
+    meta = json.loads(next((tmp_path / "quarantine" / "replica1").glob("*.json")).read_text())
+    assert meta["user"] == "alice"
