@@ -38,6 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
                        ("release", "let a quarantined link start again")):
         c = sub.add_parser(name, help=text)
         c.add_argument("link")
+    q = sub.add_parser("quarantine", help="users held out of replication")
+    qsub = q.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ql = qsub.add_parser("list", help="quarantined users, their errors and stored entries")
+    ql.add_argument("--json", action="store_true")
+    for name, text in (("retry", "retry a quarantined user now"),
+                       ("drop", "give up a user's stored entries and release it")):
+        qa = qsub.add_parser(name, help=text)
+        qa.add_argument("user")
+        qa.add_argument("--link", help="only this link (default: every link holding the user)")
+        if name == "drop":
+            qa.add_argument("--yes", action="store_true",
+                            help="confirm: the stored entries are discarded")
     sub.add_parser("promote", help="make this host the master: workers may start")
     sub.add_parser("demote", help="make this host a replica: never start workers here")
     dr = sub.add_parser("drain", help="send everything queued for a link, then hold it")
@@ -47,7 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--wait", action="store_true", help="wait until the drain is over")
     w = sub.add_parser("worker", help="run sync_client for a link (the worker unit's ExecStart)")
     w.add_argument("link", help="LINK, or INSTANCE:LINK")
-    w.add_argument("--once", action="store_true", help="one drain pass (sync_client -R -1)")
+    mode = w.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_const", dest="mode", const="once",
+                      help="one drain pass (sync_client -R -1)")
+    mode.add_argument("--users", action="store_const", dest="mode", const="users",
+                      help="full sync of the users listed by the daemon (sync_client -u)")
+    ck = sub.add_parser("check", help="compare master and replica of a link (read-only)")
+    ck.add_argument("link")
+    ck.add_argument("--user", action="append", dest="users", metavar="U",
+                    help="only this user (repeatable)")
+    ck.add_argument("--deep", action="store_true", help="compare every message (UID, GUID, flags)")
+    ck.add_argument("--json", action="store_true")
+    rp = sub.add_parser("repair", help="copy replica-only mail back to the master")
+    rp.add_argument("link")
+    rp.add_argument("--user", action="append", dest="users", metavar="U",
+                    help="only this user (repeatable)")
+    rp.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     return p
 
 
@@ -71,7 +98,7 @@ def cmd_worker(args) -> int:
     from .worker import main as worker_main
 
     return worker_main(args.link, None if args.config == configmod.DEFAULT_PATH else args.config,
-                       once=args.once)
+                       mode=args.mode or "rolling")
 
 
 def cmd_check_config(args) -> int:
@@ -124,10 +151,14 @@ def _show_status(args, doc: dict) -> int:
             print(f"syncwarden: no link named {args.link!r}", file=sys.stderr)
             return EXIT_USAGE
         doc = {**doc, "links": links}
+    from .checkcmd import add_last_checks, last_check_lines
+
+    add_last_checks(doc)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        print(render.status_table(doc, now=time.time()))
+        print("\n".join([render.status_table(doc, now=time.time())]
+                        + last_check_lines(doc, time.time())))
     return EXIT_OK
 
 
@@ -180,6 +211,30 @@ def _role_offline(args) -> int:
     return EXIT_OK
 
 
+def cmd_quarantine(args) -> int:
+    if args.action == "drop" and not args.yes:
+        print(f"syncwarden quarantine drop: this discards {args.user}'s stored entries, which"
+              " were never replicated; add --yes to confirm", file=sys.stderr)
+        return EXIT_USAGE
+    extra = {} if args.action == "list" else {"user": args.user, "link": args.link}
+    try:
+        answer = request("quarantine", path=args.socket, action=args.action, **extra)
+    except ControlError as exc:
+        print(f"syncwarden: daemon not running: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if not answer.get("ok"):
+        print(f"syncwarden quarantine {args.action}: {answer.get('error')}", file=sys.stderr)
+        return EXIT_PROBLEM
+    result = answer["result"]
+    if args.action != "list":
+        print(result)
+    elif args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(render.quarantine_table(result))
+    return EXIT_OK
+
+
 def cmd_drain(args) -> int:
     started = time.time()
     try:
@@ -216,9 +271,22 @@ def _wait_for_drains(args, started: float) -> int:
         time.sleep(0.2)
 
 
+def cmd_check(args) -> int:
+    from .checkcmd import cmd_check as check
+
+    return check(args)
+
+
+def cmd_repair(args) -> int:
+    from .checkcmd import cmd_repair as repair
+
+    return repair(args)
+
+
 COMMANDS = {
-    "drain": cmd_drain, "promote": cmd_role, "demote": cmd_role,
+    "drain": cmd_drain, "promote": cmd_role, "quarantine": cmd_quarantine, "demote": cmd_role,
     "daemon": cmd_daemon, "worker": cmd_worker, "check-config": cmd_check_config,
     "status": cmd_status, "hold": _link_command, "resume": _link_command,
     "release": _link_command,
+    "check": cmd_check, "repair": cmd_repair,
 }

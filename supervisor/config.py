@@ -85,6 +85,31 @@ class ControlSettings:
 
 
 @dataclass(frozen=True)
+class ImapEndpoint:
+    """Where `syncwarden check` reads one side over IMAP."""
+    host: str
+    port: int = 143
+    tls: str = "none"               # none | starttls | imaps
+    ca_file: Path | None = None     # None: the system's CAs
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    # An admin login for both sides, in a root-only file (see supervisor/credentials.py).
+    credentials: Path = Path("/etc/syncwarden/imap-credentials")
+    master: ImapEndpoint = ImapEndpoint("localhost")
+    # Per link; a link not listed is read at its sync host, port 143, with STARTTLS.
+    replicas: Mapping[str, ImapEndpoint] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}))
+    parallel: int = 4               # users read at the same time
+
+    def replica(self, link: LinkSettings) -> ImapEndpoint:
+        return self.replicas.get(link.name) or ImapEndpoint(link.host, 143, "starttls",
+                                                            timeout=self.master.timeout)
+
+
+@dataclass(frozen=True)
 class Config:
     links: Mapping[str, LinkSettings]
     cyrus: CyrusSettings = CyrusSettings()
@@ -94,6 +119,7 @@ class Config:
     drain: DrainSettings = DrainSettings()
     quarantine: QuarantineSettings = QuarantineSettings()
     control: ControlSettings = ControlSettings()
+    check: CheckSettings = CheckSettings()
     source: str = str(DEFAULT_PATH)
 
 
@@ -213,7 +239,8 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
-TOP_KEYS = ("cyrus", "role", "links", "probe", "live", "drain", "quarantine", "control")
+TOP_KEYS = ("cyrus", "role", "links", "probe", "live", "drain", "quarantine", "control",
+            "check")
 
 
 def parse(text: str, source: str = str(DEFAULT_PATH)) -> Config:
@@ -253,10 +280,11 @@ def parse(text: str, source: str = str(DEFAULT_PATH)) -> Config:
     control = ControlSettings(group=r.string(ct, "control", "group", "adm"))
 
     links = _links(r, top)
+    check = _check(r, top.get("check"), links)
     if r.problems:
         raise ConfigError(source, r.problems)
     return Config(cyrus=cyrus, role=role, links=links, probe=probe, live=live, drain=drain,
-                  quarantine=quarantine, control=control, source=source)
+                  quarantine=quarantine, control=control, check=check, source=source)
 
 
 def _links(r: _Reader, top: dict) -> Mapping[str, LinkSettings]:
@@ -284,6 +312,44 @@ def _links(r: _Reader, top: dict) -> Mapping[str, LinkSettings]:
         enabled = r.boolean(s, path, "enabled", True)
         links[name] = LinkSettings(name=name, host=host or "", port=port or 0, enabled=enabled)
     return MappingProxyType(links)
+
+
+_ENDPOINT_KEYS = ("host", "port", "tls", "ca_file")
+
+
+def _endpoint(r: _Reader, data: Any, path: str, timeout: float, default: ImapEndpoint):
+    e = r.section(data, path, _ENDPOINT_KEYS)
+    ca = r.path(e, path, "ca_file", Path("/")) if "ca_file" in e else None
+    return ImapEndpoint(host=r.string(e, path, "host", default.host) or default.host,
+                        port=r.integer(e, path, "port", default.port, 1, 65535),
+                        tls=r.string(e, path, "tls", default.tls,
+                                     choices=("none", "starttls", "imaps")) or default.tls,
+                        ca_file=ca, timeout=timeout)
+
+
+def _check(r: _Reader, data: Any, links: Mapping[str, LinkSettings]) -> CheckSettings:
+    c = r.section(data, "check", ("credentials", "master", "replicas", "timeout", "parallel"))
+    timeout = r.duration(c, "check", "timeout", 60.0, minimum=1.0)
+    master = _endpoint(r, c.get("master"), "check.master", timeout, ImapEndpoint("localhost"))
+    replicas = {}
+    raw = c.get("replicas")
+    if raw is not None and not isinstance(raw, dict):
+        r.problem("check.replicas",
+                  f"expected a mapping of link names to endpoints, got {_show(raw)}")
+        raw = None
+    for name, body in (raw or {}).items():
+        path = f"check.replicas.{name}"
+        if name not in links:
+            r.problem(path, f"no such link (links: {', '.join(links) or 'none'})")
+            continue
+        if not isinstance(body, dict) or "host" not in body:
+            r.problem(_join(path, "host"), "required")
+        replicas[name] = _endpoint(r, body, path, timeout,
+                                   ImapEndpoint(links[name].host, 143, "starttls"))
+    return CheckSettings(
+        credentials=r.path(c, "check", "credentials", CheckSettings.credentials),
+        master=master, replicas=MappingProxyType(replicas),
+        parallel=r.integer(c, "check", "parallel", 4, 1, 64))
 
 
 def load(path: Path | str = DEFAULT_PATH) -> Config:

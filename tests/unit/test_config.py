@@ -111,3 +111,33 @@ def test_durations(text, seconds):
 @pytest.mark.parametrize("bad", ["2 weeks", "-1s", True, None, "", [1]])
 def test_bad_durations(bad):
     assert parse_duration(bad) is None
+
+
+def test_check_section_defaults_and_endpoints():
+    cfg = parse(GOOD)
+    assert cfg.check.master.host == "localhost" and cfg.check.master.tls == "none"
+    assert str(cfg.check.credentials) == "/etc/syncwarden/imap-credentials"
+    default = cfg.check.replica(cfg.links["replica1"])
+    assert (default.host, default.port, default.tls) == ("10.0.0.2", 143, "starttls")
+    cfg = parse(GOOD + "check:\n  master: {host: 127.0.0.1, port: 10143}\n"
+                "  replicas: {replica1: {host: 127.0.0.1, port: 11143, tls: none}}\n"
+                "  timeout: 5s\n  parallel: 8\n")
+    r = cfg.check.replica(cfg.links["replica1"])
+    assert (r.port, r.tls, r.timeout, cfg.check.parallel) == (11143, "none", 5.0, 8)
+
+
+def test_check_section_problems_have_paths():
+    found = problems(GOOD + """check:
+  credentials: relative/path
+  master: {hots: x, tls: ssl}
+  replicas: {replica9: {host: x}, replica1: {port: 0}}
+  parallel: 0
+""")
+    assert "check.credentials: expected an absolute path, got 'relative/path'" in found
+    assert "check.master.hots: unknown key (did you mean 'host'?)" in found
+    assert "check.master.tls: expected one of none, starttls, imaps, got 'ssl'" in found
+    assert "check.replicas.replica9: no such link (links: replica1)" in found
+    assert "check.replicas.replica1.host: required" in found
+    assert "check.replicas.replica1.port: expected an integer 1-65535, got 0" in found
+    assert "check.parallel: expected an integer 1-64, got 0" in found
+    assert len(found) == 7

@@ -1,0 +1,255 @@
+"""``syncwarden check LINK``: read both sides of a link, compare, report; changes nothing.
+
+Order matters while replication runs: each user is read on the replica first, then on the
+master. In a healthy pair the replica never holds what the master has not had, so a change that
+lands between the two reads can only make the master look ahead (lag), never the replica
+(which would be a false split brain). Users that differ (or could not be read) are read a second
+time after a pause, with a fresh look at the backlog, so changes that were merely in flight
+drop out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import compare, credentials
+from .imapclient import AdminView, ImapError, read_user, user_session
+from .store import STATE_DIR, atomic_write
+
+CONFIRM_PAUSE = 2.0          # seconds: a sync_client pass (repeat interval 1 s) lands in this
+PROGRESS_EVERY = 2.0         # seconds between progress lines on stderr
+JOURNAL_LINES = 40           # differences listed in the journal entry itself
+
+# --- the backlog: which users have entries still to send (pure parsing + one file edge) -------
+
+_ARG = re.compile(rb'"((?:[^"\\]|\\.)*)"|(\S+)')
+_MAILBOX_ARGS = {b"APPEND": 1, b"MAILBOX": 1, b"UNMAILBOX": 1, b"QUOTA": 1, b"ANNOTATION": 1,
+                 b"DOUBLEMAILBOX": 2, b"RENAME": 2}
+_USER_ARG = {b"USER", b"UNUSER", b"META", b"SIEVE", b"SEEN", b"SUB", b"UNSUB"}
+
+
+def user_of_internal(name: str) -> str | None:
+    """Cyrus's internal name -> userid: 'example.com!user.bob^x.Sent' -> 'bob.x@example.com'."""
+    domain, _, rest = name.rpartition("!")
+    parts = rest.split(".")
+    if len(parts) < 2 or parts[0] != "user" or not parts[1]:
+        return None
+    return parts[1].replace("^", ".") + (f"@{domain}" if domain else "")
+
+
+def pending_users(data: bytes) -> set[str]:
+    """Users named by sync log lines (imap/sync_log.c format: TYPE SP astring [SP astring])."""
+    users: set[str] = set()
+    for line in data.splitlines():
+        kind, _, rest = line.strip().partition(b" ")
+        kind = kind.upper()
+        args = [(q if q is not None else a) for q, a in (m.groups() for m in _ARG.finditer(rest))]
+        args = [re.sub(rb"\\(.)", rb"\1", a).decode("utf-8", "replace") for a in args]
+        if kind in _MAILBOX_ARGS:
+            found = [user_of_internal(a) for a in args[:_MAILBOX_ARGS[kind]]]
+        elif kind in _USER_ARG and args:
+            found = [args[0].replace("^", ".")]
+        else:
+            continue
+        users.update(u for u in found if u)
+    return users
+
+
+def read_backlog(sync_dir: Path) -> set[str]:
+    users: set[str] = set()
+    for name in ("log-run", "log"):
+        try:
+            users |= pending_users((sync_dir / name).read_bytes())
+        except FileNotFoundError:
+            pass
+    return users
+
+
+# --- reading both sides -------------------------------------------------------------------------
+
+def sides_for(cfg, link: str) -> "Sides":
+    """Endpoints from the config, logins from the root-only file (CredentialsError if bad)."""
+    logins = credentials.load(cfg.check.credentials, ["master", link])
+    return Sides(link, cfg.check.master, cfg.check.replica(cfg.links[link]), logins["master"],
+                 logins[link])
+
+
+@dataclass
+class Sides:
+    """Where and as whom to read each side of one link."""
+    link: str
+    master: object             # config.ImapEndpoint
+    replica: object
+    master_login: object       # imapclient.Login
+    replica_login: object
+
+    def listings(self) -> tuple[dict, dict]:
+        """({user: [mailboxes]} on the master, same on the replica); the replica first."""
+        out = []
+        for endpoint, login in ((self.replica, self.replica_login),
+                                (self.master, self.master_login)):
+            view = AdminView(endpoint, login)
+            try:
+                out.append(view.users())
+            finally:
+                view.close()
+        return out[1], out[0]
+
+    def read(self, user: str, m_names, r_names, deep: bool):
+        """(master view, replica view) of one user; None for a side the user is not on."""
+        r = read_user(self.replica, self.replica_login, user, r_names, deep) if r_names else None
+        m = read_user(self.master, self.master_login, user, m_names, deep) if m_names else None
+        return m, r
+
+    def _side(self, side: str):
+        return (self.master, self.master_login) if side == "master" else (self.replica,
+                                                                          self.replica_login)
+
+    def session(self, side: str, user: str):
+        """A context manager: an imapclient.UserSession as ``user`` on "master" or "replica"."""
+        return user_session(*self._side(side), user)
+
+    @contextmanager
+    def admin(self, side: str):
+        view = AdminView(*self._side(side))
+        try:
+            yield view
+        finally:
+            view.close()
+
+
+class Progress:
+    """A line on stderr every few seconds, for runs long enough to wonder about."""
+
+    def __init__(self, link: str, total: int, out=sys.stderr, clock=time.monotonic):
+        self.link, self.total, self.out, self.clock = link, total, out, clock
+        self.next = clock() + PROGRESS_EVERY
+        self.done = self.mailboxes = self.differences = 0
+
+    def step(self, mailboxes: int, differences: int) -> None:
+        self.done += 1
+        self.mailboxes += mailboxes
+        self.differences += differences
+        if self.out is not None and self.clock() >= self.next:
+            self.next = self.clock() + PROGRESS_EVERY
+            print(f"check {self.link}: {self.done}/{self.total} users, {self.mailboxes}"
+                  f" mailboxes, {self.differences} differences so far", file=self.out,
+                  flush=True)
+
+
+def run(sides: Sides, sync_dir: Path, deep: bool, only_users: list[str] | None = None,
+        parallel: int = 4, progress_out=sys.stderr, clock=time.time, pause=time.sleep,
+        confirm: bool = True, keep_views: bool = False) -> compare.Report:
+    """Compare every user (or only_users) of one link; per-user read errors go into the report."""
+    report = compare.Report(sides.link, deep, started=clock())
+    masters, replicas = sides.listings()
+    users = sorted(set(masters) | set(replicas)) if not only_users else list(only_users)
+    for u in users:
+        if only_users and u not in masters and u not in replicas:
+            report.errors.append(f"{u}: no such user on the master or the replica")
+    users = [u for u in users if u in masters or u in replicas]
+    results = _compare_users(sides, users, masters, replicas, read_backlog(sync_dir), deep,
+                             parallel, Progress(sides.link, len(users), progress_out))
+    differing = [u for u, outcome in results.items() if outcome[0] or outcome[2]]
+    if differing and confirm:
+        pause(CONFIRM_PAUSE)
+        masters, replicas = sides.listings()
+        again = _compare_users(sides, differing, masters, replicas, read_backlog(sync_dir),
+                               deep, parallel, Progress(sides.link, len(differing), None))
+        results.update(again)
+    for user in users:
+        diffs, counted, error, views = results[user]
+        if error:
+            report.errors.append(f"{user}: {error}")
+        if diffs and keep_views:
+            report.views[user] = views
+        report.differences += diffs
+        report.mailboxes += counted[0]
+        report.messages += counted[1]
+    report.users = len(users)
+    report.finished = clock()
+    return report
+
+
+def _compare_users(sides, users, masters, replicas, pending, deep, parallel, progress):
+    def one(user):
+        try:
+            m, r = sides.read(user, masters.get(user), replicas.get(user), deep)
+        except ImapError as exc:
+            return user, ([], (0, 0), str(exc), None)
+        diffs = compare.compare_user(user, m, r, pending=user in pending)
+        return user, (diffs, _size(m, r), None, (m, r) if diffs else None)
+
+    results = {}
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        for user, outcome in pool.map(one, users):
+            results[user] = outcome
+            progress.step(outcome[1][0], len(outcome[0]))
+    return results
+
+
+def _size(m, r) -> tuple[int, int]:
+    """(mailboxes, messages) compared: each mailbox once, at its larger side."""
+    names = set(m or {}) | set(r or {})
+
+    def count(view, name):
+        return view[name].status.messages if view and name in view else 0
+
+    return len(names), sum(max(count(m, x), count(r, x)) for x in names)
+
+
+# --- recording the outcome --------------------------------------------------------------------
+
+def result_path(link: str, state_dir: Path = STATE_DIR) -> Path:
+    return Path(state_dir) / "check" / f"{link}.json"
+
+
+def save(report: compare.Report, state_dir: Path = STATE_DIR) -> None:
+    """The last full check of a link, for `syncwarden status` (written atomically)."""
+    atomic_write(result_path(report.link, state_dir),
+                 json.dumps(report.summary()).encode() + b"\n")
+
+
+def load_last(link: str, state_dir: Path = STATE_DIR) -> dict | None:
+    try:
+        doc = json.loads(result_path(link, state_dir).read_text())
+        return doc if isinstance(doc, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def journal_report(journal, report: compare.Report, only_users=None) -> None:
+    counts = report.counts()
+    fields = {f"SYNCWARDEN_{c.upper().replace('-', '_')}": n for c, n in counts.items()}
+    fields.update(SYNCWARDEN_LINK=report.link, SYNCWARDEN_RESULT=report.result,
+                  SYNCWARDEN_DEEP=int(report.deep), SYNCWARDEN_USERS=report.users,
+                  SYNCWARDEN_MAILBOXES=report.mailboxes, SYNCWARDEN_MESSAGES=report.messages,
+                  SYNCWARDEN_ERRORS=len(report.errors),
+                  SYNCWARDEN_DURATION=f"{report.finished - report.started:.3f}",
+                  SYNCWARDEN_ONLY_USERS=" ".join(only_users) if only_users else None)
+    scope = f" ({', '.join(only_users)})" if only_users else ""
+    if report.result == "error":
+        lines = report.errors[:JOURNAL_LINES]
+        journal.send(f"check of link {report.link}{scope} incomplete: {len(report.errors)}"
+                     " user(s) could not be read:\n" + "\n".join(lines), "err",
+                     "check-failed", **fields)
+    elif report.divergent:
+        lines = compare.render(report).splitlines()
+        shown = lines[:JOURNAL_LINES]
+        if len(lines) - 1 > JOURNAL_LINES:
+            shown.append(f"... and {len(lines) - 1 - JOURNAL_LINES} more"
+                         f" (syncwarden check {report.link})")
+        journal.send(f"link {report.link}{scope}: master and replica differ:"
+                     f" {compare.counts_line(counts)}\n" + "\n".join(shown), "warning",
+                     "divergence-found", **fields)
+    else:
+        journal.send(f"link {report.link}{scope}: master and replica in sync ({report.users}"
+                     f" users, {report.mailboxes} mailboxes; {counts[compare.REPLICA_BEHIND]}"
+                     " difference(s) still in the backlog)", "info", "check-finished", **fields)

@@ -1,0 +1,112 @@
+"""The ``check`` and ``repair`` subcommands, and the last check's line in ``status``.
+
+Exit codes as everywhere: 0 in sync (or repaired), 1 differences found (or repair incomplete or
+refused), 2 usage, configuration, credentials or a side that cannot be read at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from . import check, compare
+from .credentials import CredentialsError
+from .imapclient import ImapError
+from .journal import Journal
+from .repair import RepairError
+from .store import STATE_DIR
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+def _setup(args):
+    """(config, imapd) for a known link, or an exit code after saying what is wrong."""
+    from .daemon import ConfigProblem, load_checked
+
+    try:
+        cfg, imapd = load_checked(args.config)
+    except ConfigProblem as exc:
+        print(exc, file=sys.stderr)
+        return None, EXIT_USAGE
+    if args.link not in cfg.links:
+        print(f"syncwarden {args.command}: no link named {args.link!r} (links:"
+              f" {', '.join(cfg.links)})", file=sys.stderr)
+        return None, EXIT_USAGE
+    return (cfg, imapd), None
+
+
+def cmd_check(args, journal=None, state_dir=STATE_DIR) -> int:
+    loaded, code = _setup(args)
+    if loaded is None:
+        return code
+    cfg, imapd = loaded
+    journal = journal or Journal()
+    try:
+        sides = check.sides_for(cfg, args.link)
+        report = check.run(sides, imapd.sync_dir(args.link), deep=args.deep,
+                           only_users=args.users, parallel=cfg.check.parallel)
+    except (CredentialsError, OSError) as exc:    # OSError: the sync logs (not root?)
+        print(f"syncwarden check: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImapError as exc:
+        # A whole side is unreachable: that is a result too, for status and the journal.
+        report = compare.Report(args.link, args.deep, started=time.time())
+        report.errors.append(str(exc))
+        report.finished = time.time()
+        print(f"syncwarden check: {exc}", file=sys.stderr)
+    if not args.users:
+        try:
+            check.save(report, state_dir)
+        except OSError as exc:
+            print(f"syncwarden check: cannot record the result: {exc}", file=sys.stderr)
+    check.journal_report(journal, report, args.users)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(compare.render(report))
+    return report.exit_code
+
+
+def cmd_repair(args, journal=None, state_dir=STATE_DIR) -> int:
+    from . import repaircmd
+
+    loaded, code = _setup(args)
+    if loaded is None:
+        return code
+    cfg, imapd = loaded
+    try:
+        return repaircmd.run(cfg, imapd, args.link, args.users, args.dry_run,
+                             journal or Journal(), args.socket, state_dir)
+    except (CredentialsError, OSError) as exc:
+        print(f"syncwarden repair: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ImapError, RepairError) as exc:
+        print(f"syncwarden repair: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+
+
+def add_last_checks(doc: dict, state_dir=STATE_DIR) -> None:
+    """Put each link's last full check into a status document (field ``last_check``)."""
+    for link in doc.get("links", []):
+        link["last_check"] = check.load_last(link["name"], state_dir)
+
+
+def last_check_lines(doc: dict, now: float) -> list[str]:
+    from .report import human_duration
+
+    lines = []
+    for link in doc.get("links", []):
+        last = link.get("last_check")
+        if not last:
+            continue
+        ago = human_duration(now - float(last.get("finished") or 0))
+        kind = "deep check" if last.get("deep") else "check"
+        if last.get("result") == "error":
+            what = f"incomplete ({last.get('errors')} error(s))"
+        elif last.get("result") == "differences":
+            what = "DIFFERENCES: " + compare.counts_line(last.get("counts", {}))
+        else:
+            what = "in sync"
+        lines.append(f"{link['name']}: last {kind} {ago} ago: {what}")
+    return lines

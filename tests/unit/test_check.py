@@ -1,0 +1,136 @@
+"""check.run over an in-memory pair: users, backlog, the second look, recording the result."""
+
+import io
+import json
+
+from supervisor import check
+from supervisor.check import pending_users, user_of_internal
+
+from .fakecyrus import Box, Pair
+from .fakes import FakeJournal
+
+
+def failover_pair() -> Pair:
+    """The issue's hard failover, in memory (see test_check_repair.py for the real one)."""
+    p = Pair()
+    for server in (p.master, p.replica):
+        server.boxes["user.bob"] = Box("bob-inbox")
+        server.boxes["user.alice"] = Box("alice-inbox")
+    for i in (1, 2):
+        for server in (p.master, p.replica):
+            server.deliver("bob", None, f"base {i}")
+            server.deliver("alice", None, f"base {i}")
+    p.replica.deliver("bob", None, "while the master was down")      # UID 3 on the replica
+    p.replica.boxes["user.bob.New"] = Box()
+    p.replica.deliver("bob", "New", "in a folder made on the replica")
+    p.replica.boxes["user.zed"] = Box()
+    p.replica.deliver("zed", None, "zed 1")
+    p.replica.deliver("zed", None, "zed 2", flags=["\\Seen"])
+    p.replica.subs["zed"] = {"INBOX"}
+    p.replica.boxes["user.bob.Proj"] = Box("proj-on-replica")
+    p.replica.deliver("bob", "Proj", "proj on the replica")
+    p.master.boxes["user.bob.Proj"] = Box("proj-on-master")
+    p.master.deliver("bob", "Proj", "proj on the master")
+    p.master.deliver("bob", None, "after the master came back")     # UID 3 on the master
+    return p
+
+
+def run(pair, tmp_path, deep=True, **kw):
+    kw.setdefault("pause", lambda s: None)
+    return check.run(pair, tmp_path / "sync", deep, progress_out=None, clock=lambda: 100.0, **kw)
+
+
+def test_failover_cases_each_in_their_category(tmp_path):
+    report = run(failover_pair(), tmp_path)
+    got = sorted((d.category, d.kind, d.user, d.mailbox or "", d.uid or 0)
+                 for d in report.differences)
+    assert got == [("guid-mismatch", "message", "bob", "user.bob", 3),
+                   ("replica-only", "mailbox", "bob", "user.bob.New", 0),
+                   ("replica-only", "message", "bob", "user.bob.Proj", 1),
+                   ("replica-only", "user", "zed", "", 0),
+                   ("uniqueid-conflict", "mailbox", "bob", "user.bob.Proj", 0)]
+    assert (report.users, report.result, report.exit_code) == (3, "differences", 1)
+    shallow = run(failover_pair(), tmp_path, deep=False)
+    # Both sides got one message in user.bob: same counters, only the sync CRC tells.
+    assert sorted(d.category for d in shallow.differences) == [
+        "guid-mismatch", "replica-only", "replica-only", "uniqueid-conflict"]
+
+
+def test_only_named_users_and_unknown_ones(tmp_path):
+    report = run(failover_pair(), tmp_path, only_users=["alice", "nobody"])
+    assert report.users == 1 and report.differences == []
+    assert report.errors == ["nobody: no such user on the master or the replica"]
+    assert report.exit_code == 2
+
+
+def test_master_ahead_with_backlog_is_lag(tmp_path):
+    p = Pair()
+    for server in (p.master, p.replica):
+        server.boxes["user.bob"] = Box("same")
+    p.master.deliver("bob", None, "new")
+    (tmp_path / "sync").mkdir()
+    (tmp_path / "sync" / "log").write_text("APPEND user.bob\nMAILBOX user.bob\n")
+    report = run(p, tmp_path)
+    assert [d.category for d in report.differences] == ["replica-behind"]
+    assert report.exit_code == 0
+
+
+def test_second_look_drops_what_was_in_flight(tmp_path):
+    p = Pair()
+    for server in (p.master, p.replica):
+        server.boxes["user.bob"] = Box("same")
+    p.master.deliver("bob", None, "replicated during the pause")
+    pauses = []
+
+    def pause(seconds):            # the rolling worker catches up meanwhile
+        pauses.append(seconds)
+        p.replica.boxes["user.bob"] = Box("same")
+        p.replica.deliver("bob", None, "replicated during the pause")
+
+    report = run(p, tmp_path, pause=pause)
+    assert pauses == [check.CONFIRM_PAUSE] and report.differences == []
+
+
+def test_unreadable_user_is_an_error_not_a_crash(tmp_path):
+    p = failover_pair()
+    p.unreadable.add("alice")
+    report = run(p, tmp_path)
+    assert report.errors == ["alice: 127.0.0.1:143 as alice: login refused"]
+    assert report.result == "error"
+
+
+def test_progress_lines_on_stderr():
+    out, now = io.StringIO(), [0.0]
+    prog = check.Progress("replica1", 3, out, clock=lambda: now[0])
+    prog.step(2, 0)
+    now[0] = 5.0
+    prog.step(5, 1)
+    assert out.getvalue() == "check replica1: 2/3 users, 7 mailboxes, 1 differences so far\n"
+
+
+def test_backlog_names_users():
+    log = (b'APPEND user.bob\nMAILBOX "user.bob.My Folder"\nDOUBLEMAILBOX user.a.X user.c\n'
+           b"SEEN erin 6f1c2a0e\nSUB frank user.frank.Sent\nUSER john^doe\nQUOTA user.gina\n"
+           b"MAILBOX shared.news\nMAILBOX example.com!user.hal^x.Sent\ngarbage\n")
+    assert pending_users(log) == {"bob", "a", "c", "erin", "frank", "john.doe", "gina",
+                                  "hal.x@example.com"}
+    assert user_of_internal("user") is None and user_of_internal("shared.x") is None
+
+
+def test_result_file_and_journal(tmp_path):
+    report = run(failover_pair(), tmp_path)
+    check.save(report, tmp_path)
+    last = check.load_last("replica1", tmp_path)
+    assert last["result"] == "differences" and last["counts"]["uniqueid-conflict"] == 1
+    assert "differences" not in last            # the summary only, not every message
+    journal = FakeJournal()
+    check.journal_report(journal, report)
+    [entry] = journal.entries
+    assert entry["ID"] == "divergence-found" and entry["SYNCWARDEN_REPLICA_ONLY"] == 3
+    assert entry["SYNCWARDEN_GUID_MISMATCH"] == 1 and entry["PRIORITY"] == "warning"
+    assert "replica-only 3, uniqueid-conflict 1, guid-mismatch 1" in entry["MESSAGE"]
+    clean = check.run(Pair(), tmp_path / "s", True, progress_out=None)
+    check.journal_report(journal, clean)
+    assert journal.entries[-1]["ID"] == "check-finished"
+    assert json.loads(check.result_path("replica1", tmp_path).read_text())["users"] == 3
+    assert check.load_last("nolink", tmp_path) is None
