@@ -17,7 +17,7 @@ install:
 	install -m 644 supervisor/*.py $(DESTDIR)$(LIBDIR)/supervisor/
 	printf '#!$(PYTHON)\nimport sys\nsys.path.insert(0, "$(LIBDIR)")\nfrom supervisor.cli import main\nsys.exit(main())\n' > $(DESTDIR)$(BINDIR)/syncwarden
 	chmod 755 $(DESTDIR)$(BINDIR)/syncwarden
-	for u in units/*.service; do \
+	for u in units/*.service units/*.timer; do \
 	  sed 's|/usr/bin/syncwarden|$(BINDIR)/syncwarden|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
 	  chmod 644 $(DESTDIR)$(UNITDIR)/$$(basename $$u); done
 	[ -e $(DESTDIR)$(CONFDIR)/syncwarden.yaml ] || install -m 644 config/syncwarden.yaml $(DESTDIR)$(CONFDIR)/syncwarden.yaml
@@ -26,6 +26,7 @@ install:
 uninstall:
 	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR)/syncwarden
 	rm -f $(DESTDIR)$(UNITDIR)/syncwarden.service $(DESTDIR)$(UNITDIR)/syncwarden-sync@.service
+	rm -f $(DESTDIR)$(UNITDIR)/syncwarden-check@.service $(DESTDIR)$(UNITDIR)/syncwarden-check@.timer
 
 test:
 	./scripts/test
@@ -38,3 +39,18 @@ system-test:
 
 demo:
 	./scripts/demo
+
+# Packages, each built from a copy of the sources under $(BUILDDIR) and checked with lintian /
+# rpmlint (packaging/build; the build tools are listed in packaging/README.md):
+#   $(BUILDDIR)/deb/syncwarden_<version>_all.deb
+#   $(BUILDDIR)/rpm/RPMS/noarch/syncwarden-<version>-1.noarch.rpm
+BUILDDIR ?= build
+.PHONY: deb rpm packages
+
+deb:
+	packaging/build deb $(BUILDDIR)
+
+rpm:
+	packaging/build rpm $(BUILDDIR)
+
+packages: deb rpm
