@@ -15,16 +15,18 @@ import subprocess
 
 log = logging.getLogger(__name__)
 
-UNITS = ("syncwarden-sync@*.service", "syncwarden-user@*.service")
+# The template units' slices (systemd escapes their "-" as \x2d). Field matches, not
+# `--unit GLOB`: journalctl refuses a glob that matches no unit yet ("No data available").
+SLICES = ("system-syncwarden\\x2dsync.slice", "system-syncwarden\\x2duser.slice")
 
 
 class JournalFollower:
-    def __init__(self, on_line, selector: selectors.BaseSelector, clock, units=UNITS,
+    def __init__(self, on_line, selector: selectors.BaseSelector, clock, slices=SLICES,
                  argv0: str = "journalctl"):
         self.on_line = on_line
         self.selector = selector
         self.clock = clock
-        self.units = units
+        self.slices = slices
         self.argv0 = argv0
         self.proc: subprocess.Popen | None = None
         self.buf = b""
@@ -40,11 +42,10 @@ class JournalFollower:
             return
         argv = [self.argv0, "--follow", "--lines=0", "--output=json",
                 "--output-fields=MESSAGE,_SYSTEMD_UNIT"]
-        for unit in self.units:
-            argv += ["--unit", unit]
+        argv += [f"_SYSTEMD_SLICE={s}" for s in self.slices]
         try:
             self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL)  # its errors: our journal
         except OSError as exc:
             log.error("cannot follow the workers' journal (%s): failed users will not be"
                       " detected until it works", exc)

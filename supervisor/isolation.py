@@ -16,12 +16,15 @@ file stalls (cyrus-lab.md 4c). Per link, this module:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import synclog
 from .failures import FailedPass, FailureDetector
 from .quarantine import QuarantineStore
+
+log = logging.getLogger(__name__)
 
 RETRY_MAX = 86400.0
 # Failed passes that name nobody before the stuck log-run is bisected.
@@ -66,6 +69,8 @@ class Isolation:
         if unit == self.worker_unit:
             failed = self.detector.feed(message)
             if failed is not None:
+                log.info("link %s: a sync pass failed (%s); users named: %s", self.link,
+                         failed.error, ", ".join(sorted(failed.users)) or "none")
                 self.failure = failed
         elif unit == self.unit and ("NO response" in message or "bailing out" in message
                                     or "IOERROR" in message or "update failed" in message):
@@ -159,7 +164,9 @@ class Isolation:
 
     def _run_users(self, users: list[str], systemd) -> None:
         self.unit_error = ""
+        # sync_client runs as cyrus and must read the list (the daemon's UMask is 0027)
         self.users_file.parent.mkdir(parents=True, exist_ok=True)
+        self.users_file.parent.chmod(0o755)
         self.users_file.write_text("".join(f"{u}\n" for u in users))
         self.users_file.chmod(0o644)
         systemd.start(self.unit)

@@ -1,0 +1,147 @@
+"""Replicating past a failing user (goal f) against real Cyrus under real systemd."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .swlab import Syncwarden, wait_same
+
+pytestmark = pytest.mark.system
+
+USERS = tuple(f"u{i:02d}" for i in range(1, 21))
+BROKEN = "u05"
+OTHERS = tuple(u for u in USERS if u != BROKEN)
+QUARANTINED = "45c01d22db55461db7e54216c2522d47"
+RELEASED = "5219f7cc06734648ba41f2991540bf0d"
+BIN = "/usr/lib/cyrus/bin"
+R1 = "/srv/cyrlab/replica1/imapd.conf"
+
+# Round-robin LMTP delivery at a steady pace for a while (the "continuous mail" of the issue).
+DELIVER_STEADY = r'''
+import smtplib, sys, time, uuid
+users, seconds, rate = sys.argv[1].split(","), float(sys.argv[2]), float(sys.argv[3])
+token, lm, i, end = uuid.uuid4().hex[:8], None, 0, time.time() + seconds
+while time.time() < end:
+    user = users[i % len(users)]
+    i += 1
+    msg = ("From: a@b\r\nTo: %s@x\r\nSubject: steady %d\r\nMessage-ID: <steady-%d-%s@x>\r\n"
+           "\r\nx\r\n") % (user, i, i, token)
+    try:
+        lm = lm or smtplib.LMTP("127.0.0.1", 10024, timeout=10)
+        lm.sendmail("a@b", [user], msg)
+    except (smtplib.SMTPException, OSError):
+        lm = None
+    time.sleep(1.0 / rate)
+'''
+
+# The same folder created on the replica while it was cut off, with mail in it (cyrus-lab 4c-3).
+REPLICA_FOLDER = r'''
+import imaplib, sys
+port, user, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+c = imaplib.IMAP4("127.0.0.1", port)
+c.authenticate("PLAIN", lambda _: ("%s\0cyrus\0adminpw" % user).encode())
+c.create(folder)
+c.append(folder, None, None, b"From: a@b\r\nSubject: replica only\r\n\r\nx\r\n")
+c.logout()
+'''
+
+
+@pytest.fixture
+def sw(sandbox, cyrus):
+    return Syncwarden(sandbox, cyrus)
+
+
+def break_user(sandbox, cyrus, sw, method: str) -> None:
+    if method == "unreadable":
+        path = cyrus.mbpath("replica1", f"user.{BROKEN}")
+        sandbox.run("chmod", "000", path)
+    elif method == "corrupt-index":
+        path = cyrus.mbpath("replica1", f"user.{BROKEN}")
+        sandbox.run("dd", "if=/dev/zero", f"of={path}/cyrus.index", "bs=64", "count=1",
+                    "conv=notrunc", user="cyrus")
+    elif method == "same-folder":
+        # replica1 is held while the folder appears on both sides, as after a split brain
+        sw.cli("hold", "replica1")
+        assert sw.wait_state("replica1", "down")
+        sandbox.write_file("/srv/replica_folder.py", REPLICA_FOLDER)
+        sandbox.run("/usr/bin/python3", "/srv/replica_folder.py", "11143", BROKEN, "Proj")
+        cyrus.create_mailbox("master", f"user.{BROKEN}.Proj")
+        sw.cli("resume", "replica1")
+
+
+def repair_user(sandbox, cyrus, method: str) -> None:
+    if method == "unreadable":
+        sandbox.run("chmod", "700", cyrus.mbpath("replica1", f"user.{BROKEN}"))
+    else:   # the safe repair of cyrus-lab.md 4c: drop the user on the replica, resync it
+        sandbox.run(f"{BIN}/sync_reset", "-C", R1, "-f", BROKEN, user="cyrus")
+
+
+@pytest.mark.cyrus(users=USERS, replicas=("replica1",))
+@pytest.mark.parametrize("method", ["unreadable", "corrupt-index", "same-folder"])
+def test_broken_user_is_quarantined_and_the_others_flow(sandbox, cyrus, sw, method):
+    sw.setup()
+    assert sw.wait_state("replica1", "live")
+    cyrus.deliver_many(USERS, 2, "before")
+    assert wait_same(cyrus, "replica1", USERS) == {}
+    break_user(sandbox, cyrus, sw, method)
+    assert sw.wait_state("replica1", "live")
+    sandbox.write_file("/srv/deliver_steady.py", DELIVER_STEADY)
+    t0 = time.monotonic()
+    sandbox.run("systemd-run", "--unit=lab-deliver", "--quiet", "/usr/bin/python3",
+                "/srv/deliver_steady.py", ",".join(USERS), "20", "20")
+    # the broken user is quarantined within 15 s
+    while time.monotonic() - t0 < 30:
+        quarantined = [e for e in sw.journal_messages(message_id=QUARANTINED)]
+        if quarantined:
+            break
+        time.sleep(0.2)
+    took = time.monotonic() - t0
+    assert [e["SYNCWARDEN_USER"] for e in quarantined] == [BROKEN]
+    assert took < 15, f"quarantined after {took:.1f}s"
+    doc = sw.status()
+    (q,) = doc["quarantine"]
+    assert q["user"] == BROKEN and q["link"] == "replica1" and q["error"]
+    assert doc["links"][0]["quarantined"] == 1
+    assert doc["links"][0]["state"] in ("live", "catching-up")
+    listed = sw.cli("quarantine", "list").stdout
+    assert BROKEN in listed and q["error"] in listed
+    # every message to the other 19 arrives
+    sandbox.run("bash", "-c", "while systemctl is-active -q lab-deliver; do sleep 0.2; done",
+                timeout=120)
+    assert wait_same(cyrus, "replica1", OTHERS, timeout=60) == {}
+    assert sw.link("replica1")["state"] == "live"
+    # repaired on the replica, a retry releases the user and all of its mail arrives
+    repair_user(sandbox, cyrus, method)
+    sw.cli("quarantine", "retry", BROKEN)
+    deadline = time.monotonic() + 60
+    while sw.status()["quarantine"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert sw.status()["quarantine"] == []
+    assert [e["SYNCWARDEN_USER"] for e in sw.journal_messages(message_id=RELEASED)] == [BROKEN]
+    assert wait_same(cyrus, "replica1", USERS, timeout=60) == {}
+
+
+@pytest.mark.cyrus(users=USERS, replicas=("replica1",))
+def test_user_the_logs_do_not_name_is_found_by_bisection(sandbox, cyrus, sw):
+    sw.setup()
+    assert sw.wait_state("replica1", "live")
+    cyrus.deliver_many(USERS, 1, "before")
+    assert wait_same(cyrus, "replica1", USERS) == {}
+    sw.cli("hold", "replica1")
+    assert sw.wait_state("replica1", "down")
+    sandbox.run("chmod", "000", cyrus.mbpath("replica1", f"user.{BROKEN}"))
+    # USER entries only: a failing USER command logs no user name (cyrus-lab.md 4c)
+    for user in USERS[:10]:
+        sandbox.run(f"{BIN}/cyr_synclog", "-C", cyrus.master_conf, "-u", user, user="cyrus")
+    sw.cli("resume", "replica1")
+    deadline = time.monotonic() + 60
+    while not sw.status()["quarantine"] and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert [q["user"] for q in sw.status()["quarantine"]] == [BROKEN]
+    bisected = sandbox.journal(unit="syncwarden-user@replica1.service")
+    assert any("Starting" in line for line in bisected)      # one-shot -u runs did the search
+    cyrus.deliver_many(OTHERS, 2, "after")
+    assert wait_same(cyrus, "replica1", OTHERS, timeout=60) == {}
+    assert sw.link("replica1")["state"] in ("live", "catching-up")
