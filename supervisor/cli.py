@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "drop":
             qa.add_argument("--yes", action="store_true",
                             help="confirm: the stored entries are discarded")
+    fo = sub.add_parser("failover", help="soft failover: drain every link, verify both sides"
+                        " match, then make this host a replica")
+    fo.add_argument("--force", action="store_true",
+                    help="go on although the mail services are still active")
     sub.add_parser("promote", help="make this host the master: workers may start")
     sub.add_parser("demote", help="make this host a replica: never start workers here")
     dr = sub.add_parser("drain", help="send everything queued for a link, then hold it")
@@ -271,6 +275,19 @@ def _wait_for_drains(args, started: float) -> int:
         time.sleep(0.2)
 
 
+def cmd_failover(args) -> int:
+    from . import failover
+    from .daemon import ConfigProblem, load_checked
+    from .units import Systemd
+
+    try:
+        cfg, imapd = load_checked(args.config)
+    except ConfigProblem as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    return failover.run(args, cfg, imapd, Systemd())
+
+
 def cmd_check(args) -> int:
     from .checkcmd import cmd_check as check
 
@@ -288,5 +305,5 @@ COMMANDS = {
     "daemon": cmd_daemon, "worker": cmd_worker, "check-config": cmd_check_config,
     "status": cmd_status, "hold": _link_command, "resume": _link_command,
     "release": _link_command,
-    "check": cmd_check, "repair": cmd_repair,
+    "check": cmd_check, "repair": cmd_repair, "failover": cmd_failover,
 }

@@ -191,3 +191,42 @@ def test_poweroff_while_delivering_loses_no_accepted_message(sandbox, cyrus, sw)
     for replica in ("replica1", "replica2"):
         assert not sandbox.host_path(cyrus.sync_dir(replica) + "/log").exists()
         assert not sandbox.host_path(cyrus.sync_dir(replica) + "/log-run").exists()
+
+
+CHECK_CONFIG = """\
+check:
+  credentials: /etc/syncwarden/imap-credentials
+  master: {host: 127.0.0.1, port: 10143, tls: none}
+  replicas:
+    replica1: {host: 127.0.0.1, port: 11143, tls: none}
+    replica2: {host: 127.0.0.1, port: 12143, tls: none}
+"""
+
+
+def test_failover_refuses_then_drains_verifies_and_demotes(sandbox, cyrus, sw):
+    sandbox.write_file("/etc/syncwarden/imap-credentials", "user: cyrus\npassword: adminpw\n",
+                       mode=0o600)
+    sw.setup(extra=CHECK_CONFIG)
+    assert sw.wait_state("replica1", "live") and sw.wait_state("replica2", "live")
+    sw.cli("hold", "replica2")
+    cyrus.deliver_many(USERS, 40, "before-failover")
+    r = sw.cli("failover", check=False)
+    assert r.returncode == 1 and "cyrus-imapd.service is active" in r.stderr
+    assert sw.status()["role"] == "master"
+    sandbox.systemctl("stop", "cyrus-imapd")
+    r = sw.cli("failover", check=False, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "started an IMAP-only Cyrus on 127.0.0.1:10143 to read the master" in r.stdout
+    assert not cyrus.wait_port("master", "lmtp", timeout=0)      # no mail was accepted
+    assert re.search(r"replica1: drained in [\d.]+s; verified: 5 users, \d+ mailboxes match",
+                     r.stdout)
+    assert re.search(r"replica2: drained in [\d.]+s; verified:", r.stdout)
+    assert sw.status()["role"] == "replica"
+    cyrus.start("master")
+    assert wait_same(cyrus, "replica2", USERS, timeout=5) == {}   # the held link too
+    # a daemon restart afterwards starts no workers
+    sandbox.systemctl("restart", "syncwarden")
+    time.sleep(4)
+    doc = sw.status()
+    assert doc["role"] == "replica" and all(x["state"] == "down" for x in doc["links"])
+    assert sw.sync_clients("replica1") == [] and sw.sync_clients("replica2") == []
