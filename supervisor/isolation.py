@@ -106,6 +106,8 @@ class Isolation:
     def _open_job(self) -> None:
         failed, self.failure = self.failure, None
         if failed.users:
+            # Also for users quarantined already: the worker took new entries of theirs from
+            # log before the filter below moved them; they must leave log-run too.
             self.job = Job(dict(failed.users), bisect=False)
         elif self.detector.reprocessing >= BISECT_AFTER:
             self.job = Job({}, bisect=True)
@@ -148,6 +150,7 @@ class Isolation:
         if job.phase == "move":
             self._quarantine(job.culprits, wall)
             self.job = None
+            self.failure = None   # reported by the stopped worker: its log-run is gone now
             self.detector.pass_succeeded()
         return None
 
@@ -173,12 +176,16 @@ class Isolation:
 
     def _quarantine(self, culprits: dict[str, str], wall: float) -> None:
         users = set(culprits)
-        for user, error in sorted(culprits.items()):
+        new = {u: e for u, e in culprits.items() if u not in self.quarantined()}
+        for user, error in sorted(new.items()):
             self.store.add(self.link, user, error, wall, self.retry_interval)
         moved = 0
         for name in ("log-run", "log"):
             moved += synclog.move_out(self.sync_dir / name, users, self._store_entries)
-        for user, error in sorted(culprits.items()):
+        if len(new) < len(culprits):
+            log.info("link %s: moved %d more entries of quarantined users %s", self.link, moved,
+                     ", ".join(sorted(set(culprits) - set(new))))
+        for user, error in sorted(new.items()):
             self.journal.send(f"link {self.link}: user {user} quarantined: {error};"
                               f" {self.store.count(self.link, user)} entries held in the store",
                               "warning", "user-quarantined", SYNCWARDEN_LINK=self.link,
@@ -225,6 +232,7 @@ class Isolation:
             owner = self.sync_dir.stat()
             synclog.append(self.sync_dir / "log", later, (owner.st_uid, owner.st_gid))
             self.store.remove(self.link, user)
+            self.failure = None   # passes that failed on this user before it was repaired
             self.journal.send(f"link {self.link}: user {user} released after {q.attempts + 1}"
                               f" attempt(s)", "notice", "user-released",
                               SYNCWARDEN_LINK=self.link, SYNCWARDEN_USER=user)

@@ -42,8 +42,8 @@ import imaplib, sys
 port, user, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 c = imaplib.IMAP4("127.0.0.1", port)
 c.authenticate("PLAIN", lambda _: ("%s\0cyrus\0adminpw" % user).encode())
-c.create(folder)
-c.append(folder, None, None, b"From: a@b\r\nSubject: replica only\r\n\r\nx\r\n")
+assert c.create(folder)[0] == "OK"
+assert c.append(folder, None, None, b"From: a@b\r\nSubject: replica only\r\n\r\nx\r\n")[0] == "OK"
 c.logout()
 '''
 
@@ -66,7 +66,7 @@ def break_user(sandbox, cyrus, sw, method: str) -> None:
         sw.cli("hold", "replica1")
         assert sw.wait_state("replica1", "down")
         sandbox.write_file("/srv/replica_folder.py", REPLICA_FOLDER)
-        sandbox.run("/usr/bin/python3", "/srv/replica_folder.py", "11143", BROKEN, "Proj")
+        sandbox.run("/usr/bin/python3", "/srv/replica_folder.py", "11143", BROKEN, "INBOX.Proj")
         cyrus.create_mailbox("master", f"user.{BROKEN}.Proj")
         sw.cli("resume", "replica1")
 

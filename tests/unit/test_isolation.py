@@ -178,3 +178,34 @@ def test_store_survives_a_restart(tmp_path):
     assert q.user == "alice" and again.count("replica1", "alice") == 4
     meta = json.loads(next((tmp_path / "quarantine" / "replica1").glob("*.json")).read_text())
     assert meta["user"] == "alice"
+
+
+def test_entries_the_worker_took_before_the_filter_are_moved_again(tmp_path):
+    sup, env, d = live_link(tmp_path)
+    (d / "log-run").write_bytes(entries("alice"))
+    for line in PASS_METHOD1:
+        sup.feed_worker_log(W1, line)
+    step(sup, env, n=3)
+    (d / "log-run").write_bytes(entries("alice", "bob", n=1))   # taken from log meanwhile
+    for line in PASS_METHOD1:
+        sup.feed_worker_log(W1, line)
+    step(sup, env, n=3)
+    assert (d / "log-run").read_bytes() == entries("bob", n=1)
+    assert sup.status()["quarantine"][0]["entries"] == 6
+    assert [e["ID"] for e in env["journal"].entries].count("user-quarantined") == 1
+
+
+def test_failures_from_before_a_release_are_forgotten(tmp_path):
+    sup, env, d = live_link(tmp_path)
+    (d / "log-run").write_bytes(entries("alice"))
+    for line in PASS_METHOD1:
+        sup.feed_worker_log(W1, line)
+    step(sup, env, n=3)
+    env["systemd"].oneshot[U1] = lambda: 0
+    sup.quarantine_command("retry", "alice", None)
+    step(sup, env)                                   # the retry unit runs (and succeeds)
+    for line in PASS_METHOD1:                        # late lines of a pass before the repair
+        sup.feed_worker_log(W1, line)
+    step(sup, env, n=3)
+    assert sup.status()["quarantine"] == []
+    assert [e["ID"] for e in env["journal"].entries].count("user-quarantined") == 1
