@@ -17,14 +17,28 @@ file stalls (cyrus-lab.md 4c). Per link, this module:
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import synclog
 from .failures import FailedPass, FailureDetector
 from .quarantine import QuarantineStore
+from .store import RUNTIME_DIR
 
 log = logging.getLogger(__name__)
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the crash-safety tests: SIGKILL ourselves here, once, when the file
+    /run/syncwarden/test-crash-at-NAME exists (a test creates it). Never present otherwise."""
+    flag = RUNTIME_DIR / f"test-crash-at-{name}"
+    try:
+        flag.unlink()
+    except FileNotFoundError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 RETRY_MAX = 86400.0
 # Failed passes that name nobody before the stuck log-run is bisected.
@@ -120,6 +134,7 @@ class Isolation:
             if worker_running:
                 stop_worker()
                 return None
+            crash_point("worker-stopped")
             if job.bisect:
                 job.candidates = synclog.users_in(self.sync_dir / "log-run")
                 if not job.candidates:
@@ -179,9 +194,11 @@ class Isolation:
         new = {u: e for u, e in culprits.items() if u not in self.quarantined()}
         for user, error in sorted(new.items()):
             self.store.add(self.link, user, error, wall, self.retry_interval)
+        crash_point("record-saved")
         moved = 0
         for name in ("log-run", "log"):
             moved += synclog.move_out(self.sync_dir / name, users, self._store_entries)
+            crash_point(f"{name}-rewritten")
         if len(new) < len(culprits):
             log.info("link %s: moved %d more entries of quarantined users %s", self.link, moved,
                      ", ".join(sorted(set(culprits) - set(new))))
@@ -194,6 +211,7 @@ class Isolation:
 
     def _store_entries(self, moved: dict[str, list[bytes]]) -> None:
         self.store.append(self.link, moved)
+        crash_point("entries-stored")    # stored, not yet removed from the sync log
 
     def _filter_log(self) -> None:
         """Entries for quarantined users that reach log are kept out of the stream too."""

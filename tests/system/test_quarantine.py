@@ -145,3 +145,30 @@ def test_user_the_logs_do_not_name_is_found_by_bisection(sandbox, cyrus, sw):
     cyrus.deliver_many(OTHERS, 2, "after")
     assert wait_same(cyrus, "replica1", OTHERS, timeout=60) == {}
     assert sw.link("replica1")["state"] in ("live", "catching-up")
+
+
+@pytest.mark.cyrus(users=USERS, replicas=("replica1",))
+@pytest.mark.parametrize("point", ["worker-stopped", "record-saved", "entries-stored",
+                                   "log-run-rewritten"])
+def test_daemon_killed_at_each_step_of_a_quarantine_loses_nothing(sandbox, cyrus, sw, point):
+    sw.setup()
+    assert sw.wait_state("replica1", "live")
+    break_user(sandbox, cyrus, sw, "unreadable")
+    flag = f"/run/syncwarden/test-crash-at-{point}"      # /run is the container's own tmpfs
+    sandbox.run("touch", flag)
+    old_pid = sw.main_pid()
+    cyrus.deliver_many(USERS, 10, "crash", sessions=2)
+    deadline = time.monotonic() + 60
+    while not sw.status().get("quarantine") and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert sandbox.run("test", "-e", flag, check=False).returncode == 1   # it crashed there
+    assert sw.main_pid() != old_pid                      # it was SIGKILLed there, and restarted
+    assert [q["user"] for q in sw.status()["quarantine"]] == [BROKEN]
+    assert wait_same(cyrus, "replica1", OTHERS, timeout=60) == {}
+    repair_user(sandbox, cyrus, "unreadable")
+    sw.cli("quarantine", "retry", BROKEN)
+    deadline = time.monotonic() + 60
+    while sw.status()["quarantine"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert wait_same(cyrus, "replica1", USERS, timeout=60) == {}
+    assert len(cyrus.messages("replica1", BROKEN)) == 10
