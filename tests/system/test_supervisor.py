@@ -19,6 +19,10 @@ def sw(sandbox, cyrus):
 
 
 def test_happy_path_500_messages_reach_both_replicas(sandbox, cyrus, sw):
+    # a shutdown file left from an earlier drain would make sync_client exit without work
+    stale = cyrus.sync_dir("replica1") + "/shutdown"
+    sandbox.run("install", "-d", "-o", "cyrus", "-g", "mail", cyrus.sync_dir("replica1"))
+    sandbox.run("touch", stale, user="cyrus")
     sw.setup()
     assert sw.wait_state("replica1", "live") and sw.wait_state("replica2", "live")
     accepted = cyrus.deliver_many(USERS, 100, "happy")
@@ -39,6 +43,17 @@ def test_happy_path_500_messages_reach_both_replicas(sandbox, cyrus, sw):
     user = sandbox.run("systemctl", "show", "-p", "User", "--value",
                        "syncwarden-sync@replica1.service").stdout.strip()
     assert user == "cyrus"
+    assert not sandbox.host_path(stale).exists()
+    # a reload with a bad config is logged and the running one kept
+    sandbox.sh("cp /etc/syncwarden/syncwarden.yaml /root/good.yaml; "
+               "echo 'quarantine: {retry_interval: often}' >> /etc/syncwarden/syncwarden.yaml")
+    sandbox.systemctl("reload", "syncwarden")
+    assert sandbox.wait_journal("reload rejected, keeping the running configuration: .*"
+                                "quarantine.retry_interval: expected a duration",
+                                unit="syncwarden.service")
+    cyrus.deliver("bob", 3, "after-bad-reload")
+    assert wait_same(cyrus, "replica1", ["bob"]) == {}
+    assert sw.link("replica1")["state"] == "live"
 
 
 def test_replica_down_at_start_then_resumes(sandbox, cyrus, sw):
