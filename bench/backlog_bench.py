@@ -6,7 +6,6 @@ next to the naive baseline of re-reading the whole file every tick (what a size-
 implementation would cost). Target: the tick after 1,000 lines <= 5 ms.
 """
 
-import os
 import statistics
 import sys
 import tempfile

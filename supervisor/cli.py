@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import __version__, render
 from . import config as configmod
-from .control import SOCKET_PATH, ControlError, request
+from .control import SOCKET_PATH, ControlError, request, wait_for_drains
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -194,16 +194,15 @@ def cmd_role(args) -> int:
 
 def _role_offline(args) -> int:
     from .core import Supervisor
-    from .daemon import ConfigProblem, SystemClock, load_checked
+    from .daemon import SystemClock
     from .journal import Journal
     from .roles import RoleStore
     from .store import STATE_DIR, Holds
 
-    try:
-        cfg, imapd = load_checked(args.config)
-    except ConfigProblem as exc:
-        print(exc, file=sys.stderr)
+    loaded = _load(args)
+    if loaded is None:
         return EXIT_USAGE
+    cfg, imapd = loaded
     sup = Supervisor(cfg, imapd, None, None, Journal(), SystemClock(),
                      Holds(STATE_DIR / "holds.json"), roles=RoleStore(STATE_DIR / "role.json"))
     new = "master" if args.command == "promote" else "replica"
@@ -256,36 +255,34 @@ def cmd_drain(args) -> int:
 
 
 def _wait_for_drains(args, started: float) -> int:
-    """Poll status until every named link's drain has an outcome newer than our request."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(started)))
-    while True:
-        doc = request("status", path=args.socket)["result"]
-        links = [x for x in doc["links"] if args.all or x["name"] == args.link]
-        done = [x for x in links if x["state"] != "draining" and x.get("last_drain")
-                and x["last_drain"]["at"] >= stamp]
-        if len(done) == len(links):
-            ok = True
-            for x in done:
-                d = x["last_drain"]
-                ok &= d["drained"]
-                print(f"{x['name']}: {'drained' if d['drained'] else 'drain incomplete'}"
-                      f" in {d['duration_seconds']}s: {d['message']};"
-                      f" {d['entries_left']} entries queued now")
-            return EXIT_OK if ok else EXIT_PROBLEM
-        time.sleep(0.2)
+    ok = True
+    for name, d in wait_for_drains(args.socket, started, None if args.all else args.link).items():
+        ok &= d["drained"]
+        print(f"{name}: {'drained' if d['drained'] else 'drain incomplete'}"
+              f" in {d['duration_seconds']}s: {d['message']}; {d['entries_left']} entries"
+              " queued now")
+    return EXIT_OK if ok else EXIT_PROBLEM
+
+
+def _load(args):
+    """(config, imapd), or None after printing every problem."""
+    from .daemon import ConfigProblem, load_checked
+
+    try:
+        return load_checked(args.config)
+    except ConfigProblem as exc:
+        print(exc, file=sys.stderr)
+        return None
 
 
 def cmd_failover(args) -> int:
     from . import failover
-    from .daemon import ConfigProblem, load_checked
     from .units import Systemd
 
-    try:
-        cfg, imapd = load_checked(args.config)
-    except ConfigProblem as exc:
-        print(exc, file=sys.stderr)
+    loaded = _load(args)
+    if loaded is None:
         return EXIT_USAGE
-    return failover.run(args, cfg, imapd, Systemd())
+    return failover.run(args, *loaded, Systemd())
 
 
 def cmd_check(args) -> int:

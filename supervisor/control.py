@@ -163,3 +163,19 @@ def request(cmd: str, path: Path = SOCKET_PATH, timeout: float = 10.0, **args) -
     if not buf:
         raise ControlError(f"the daemon closed {path} without answering")
     return json.loads(buf)
+
+
+def wait_for_drains(path: Path, started: float, link: str | None = None,
+                    poll: float = 0.2) -> dict[str, dict]:
+    """Poll status until the drain of ``link`` (or of every link) has an outcome newer than
+    ``started`` (wall clock); returns {link: last_drain}."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(started)))
+    while True:
+        links = [x for x in request("status", path=path)["result"]["links"]
+                 if link is None or x["name"] == link]
+        done = {x["name"]: x["last_drain"] for x in links
+                if x["state"] != "draining" and x.get("last_drain")
+                and x["last_drain"]["at"] >= stamp}
+        if len(done) == len(links):
+            return done
+        time.sleep(poll)

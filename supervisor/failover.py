@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import check
-from .control import ControlError, request
+from .control import ControlError, request, wait_for_drains
 from .credentials import CredentialsError
 from .imapclient import ImapError
 
@@ -42,19 +42,12 @@ def mail_services_active(systemd) -> list[str]:
 
 def drain_all(socket, out) -> dict[str, dict]:
     """Drain every link through the daemon; {link: last_drain} once all are over."""
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(time.time())))
+    started = time.time()
     answer = request("drain", path=socket, all=True, link=None)
     if not answer.get("ok"):
         raise ControlError(answer.get("error"))
     print(f"failover: {answer['result']}", file=out, flush=True)
-    while True:
-        links = request("status", path=socket)["result"]["links"]
-        done = {x["name"]: x["last_drain"] for x in links
-                if x["state"] != "draining" and x.get("last_drain")
-                and x["last_drain"]["at"] >= started}
-        if len(done) == len(links):
-            return done
-        time.sleep(0.2)
+    return wait_for_drains(socket, started)
 
 
 def _port_open(host: str, port: int) -> bool:

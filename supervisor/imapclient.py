@@ -22,7 +22,7 @@ import ssl
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .compare import Mailbox, Status
+from .compare import Mailbox, Message, Status
 from .imapparse import (by_name, message_from, parse_fetch, parse_list, parse_status, quote,
                         userid_of)
 
