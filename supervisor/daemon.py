@@ -155,7 +155,9 @@ class Daemon:
                 self.notifier.status(summary)
                 self._write_status(sup)
                 self.notifier.watchdog()
-                if stopping and sup.draining:
+                if stopping and not sup.draining:
+                    break   # at once: a stop waits for nothing else
+                if stopping:
                     # The hard ceiling is drain.timeout, enforced by each drain itself; this
                     # only keeps systemd's TimeoutStopSec= from cutting a working drain short.
                     self.notifier.extend_timeout(EXTEND_WHILE_DRAINING)
