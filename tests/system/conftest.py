@@ -73,6 +73,12 @@ def sandbox(request):
             try:
                 print(f"--- journal of {sb.name} (last 200 lines) ---")
                 print("\n".join(sb.journal(lines=200)))
+                # what the supervisor and its units said, without the mail traffic around it
+                r = sb.run("journalctl", "--no-pager", "-n", "150", "-o", "short-monotonic",
+                           "-u", "syncwarden*", check=False)
+                print(f"--- syncwarden units of {sb.name} (last 150 lines) ---\n{r.stdout}")
+                r = sb.run("syncwarden", "status", check=False)
+                print(f"--- syncwarden status ---\n{r.stdout}{r.stderr}")
             except Exception as e:          # the dump must not hide the test's own failure
                 print(f"(journal unavailable: {e})")
         sb.stop()

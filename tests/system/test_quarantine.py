@@ -153,6 +153,8 @@ def test_user_the_logs_do_not_name_is_found_by_bisection(sandbox, cyrus, sw):
 def test_daemon_killed_at_each_step_of_a_quarantine_loses_nothing(sandbox, cyrus, sw, point):
     sw.setup()
     assert sw.wait_state("replica1", "live")
+    cyrus.deliver_many(USERS, 1, "before")
+    assert wait_same(cyrus, "replica1", USERS) == {}        # every user exists on the replica
     break_user(sandbox, cyrus, sw, "unreadable")
     flag = f"/run/syncwarden/test-crash-at-{point}"      # /run is the container's own tmpfs
     sandbox.run("touch", flag)
@@ -171,4 +173,4 @@ def test_daemon_killed_at_each_step_of_a_quarantine_loses_nothing(sandbox, cyrus
     while sw.status()["quarantine"] and time.monotonic() < deadline:
         time.sleep(0.5)
     assert wait_same(cyrus, "replica1", USERS, timeout=60) == {}
-    assert len(cyrus.messages("replica1", BROKEN)) == 10
+    assert len(cyrus.messages("replica1", BROKEN)) == 11
