@@ -30,6 +30,8 @@ RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX = 1.0, 300.0
 # sync_client exit codes that mean "fix the configuration" (sysexits USAGE, SOFTWARE, CONFIG):
 # restarting cannot help, so the link waits for an operator.
 OPERATOR_EXITS = {64, 70, 78}
+# Live links are probed every LIVE_PROBE_FACTOR intervals, at most every LIVE_PROBE_MAX seconds.
+LIVE_PROBE_FACTOR, LIVE_PROBE_MAX = 5, 10.0
 
 
 @dataclass
@@ -140,6 +142,7 @@ class Supervisor(DrainControl):
                 rt.probe_failures, rt.unreachable_since = 0, None
             else:
                 rt.probe_failures += 1
+                rt.next_probe = min(rt.next_probe, mono + self.config.probe.interval)
                 if rt.unreachable_since is None:
                     rt.unreachable_since = mono
 
@@ -156,7 +159,16 @@ class Supervisor(DrainControl):
             return
         s = rt.settings
         if self.prober.request(s.name, s.host, s.port, self.config.probe.timeout):
-            rt.next_probe = mono + self.config.probe.interval
+            rt.next_probe = mono + self._probe_period(rt)
+
+    def _probe_period(self, rt: LinkRuntime) -> float:
+        """Every interval while a link waits for its replica. A live link's worker talks to
+        the replica anyway and exits when it loses it, so it is probed less often, and at
+        the full rate again as soon as one probe fails."""
+        interval = self.config.probe.interval
+        if rt.link.state is LinkState.LIVE and rt.probe_failures == 0:
+            return min(interval * LIVE_PROBE_FACTOR, max(interval, LIVE_PROBE_MAX))
+        return interval
 
     def _wants_probe(self, rt: LinkRuntime) -> bool:
         return self.role == "master" and rt.settings.enabled

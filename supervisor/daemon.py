@@ -32,6 +32,7 @@ from .store import RUNTIME_DIR, STATE_DIR, Holds, atomic_write
 log = logging.getLogger("syncwarden")
 
 TICK = 1.0   # seconds between reconcile ticks when nothing wakes the loop earlier
+STATUS_REFRESH = 10.0
 TICK_DRAINING = 0.1  # a drain pass ends whenever sync_client does: notice it promptly
 EXTEND_WHILE_DRAINING = 30.0
 STATUS_PATH = RUNTIME_DIR / "status.json"
@@ -82,6 +83,7 @@ class Daemon:
         self.journalctl = journalctl
         self.stop_requests = 0
         self.reload_requested = False
+        self._status_body, self._status_written = "", float("-inf")
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
@@ -227,11 +229,18 @@ class Daemon:
         raise ValueError(f"unknown command {cmd!r}")
 
     def _write_status(self, sup: Supervisor) -> None:
+        """The status file, when it changed, and at least every STATUS_REFRESH seconds so
+        that its written_at shows the daemon alive."""
         doc = sup.status()
+        body = json.dumps(doc, sort_keys=True)
+        now = self.clock.monotonic()
+        if body == self._status_body and now - self._status_written < STATUS_REFRESH:
+            return
         doc["written_at"] = self.clock.wall()
         doc["pid"] = os.getpid()
         try:
             atomic_write(self.status_path, json.dumps(doc).encode() + b"\n")
+            self._status_body, self._status_written = body, now
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
 
