@@ -229,11 +229,11 @@ class Supervisor(DrainControl):
         if stuck:
             self._fire(rt, "quarantine", f"failures cannot be pinned on users: {stuck}")
 
-    def feed_worker_log(self, unit: str, message: str) -> None:
+    def feed_worker_log(self, unit: str, message: str, invocation: str | None = None) -> None:
         """A line from a worker's journal (sync_client logs through syslog)."""
         for rt in self.links.values():
             if rt.isolation is not None and unit in (rt.unit, rt.isolation.unit):
-                rt.isolation.feed(unit, message)
+                rt.isolation.feed(unit, message, invocation)
                 return
 
     def _judge_backlog(self, rt: LinkRuntime) -> None:

@@ -41,7 +41,7 @@ class JournalFollower:
         if self.clock() < self.restart_after:
             return
         argv = [self.argv0, "--follow", "--lines=0", "--output=json",
-                "--output-fields=MESSAGE,_SYSTEMD_UNIT"]
+                "--output-fields=MESSAGE,_SYSTEMD_UNIT,_SYSTEMD_INVOCATION_ID"]
         argv += [f"_SYSTEMD_SLICE={s}" for s in self.slices]
         try:
             self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
@@ -75,7 +75,7 @@ class JournalFollower:
                 message = bytes(message).decode("utf-8", "replace")
             unit = entry.get("_SYSTEMD_UNIT")
             if isinstance(message, str) and isinstance(unit, str):
-                self.on_line(unit, message)
+                self.on_line(unit, message, entry.get("_SYSTEMD_INVOCATION_ID"))
 
     def _close(self) -> None:
         try:

@@ -77,10 +77,18 @@ class Isolation:
         self.retrying: str | None = None
         self.unit_error = ""
         self.log_seen: tuple | None = None
+        self.invocation: str | None = None          # the worker run whose lines we read
+        self.stopped_invocations: set[str] = set()
 
     # -- input -------------------------------------------------------------------------------
-    def feed(self, unit: str, message: str) -> None:
+    def feed(self, unit: str, message: str, invocation: str | None = None) -> None:
         if unit == self.worker_unit:
+            # Lines of a worker we stopped may still be on their way through the journal:
+            # they describe a log-run that is gone, and must not start another job.
+            if invocation is not None:
+                if invocation in self.stopped_invocations:
+                    return
+                self.invocation = invocation
             failed = self.detector.feed(message)
             if failed is not None:
                 log.info("link %s: a sync pass failed (%s); users named: %s", self.link,
@@ -133,14 +141,19 @@ class Isolation:
         if job.phase == "stop-worker":
             if worker_running:
                 stop_worker()
+                if self.invocation is not None:
+                    self.stopped_invocations.add(self.invocation)
                 return None
             crash_point("worker-stopped")
             if job.bisect:
+                if not (self.sync_dir / "log-run").exists():
+                    self.job = None      # nothing is stuck any more: let the worker go on
+                    return None
                 job.candidates = synclog.users_in(self.sync_dir / "log-run")
                 if not job.candidates:
                     self.job = None
-                    return ("a pass failed and the stuck log-run names no user (shared"
-                            " mailboxes only, or no log-run at all)")
+                    return ("passes keep failing on a log-run that names no user (shared"
+                            " mailboxes only)")
                 job.queue = [sorted(job.candidates)]
                 job.phase = "bisect"
             else:

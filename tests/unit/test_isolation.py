@@ -209,3 +209,29 @@ def test_failures_from_before_a_release_are_forgotten(tmp_path):
     step(sup, env, n=3)
     assert sup.status()["quarantine"] == []
     assert [e["ID"] for e in env["journal"].entries].count("user-quarantined") == 1
+
+
+def test_late_lines_of_a_stopped_worker_start_nothing(tmp_path):
+    sup, env, d = live_link(tmp_path)
+    (d / "log-run").write_bytes(entries("alice", "bob"))
+    for line in PASS_METHOD1:
+        sup.feed_worker_log(W1, line, "run-1")
+    step(sup, env, n=3)                                  # quarantined; worker restarted
+    (d / "log-run").unlink()                             # the new run sent everything
+    for _ in range(3):                                   # the old run's last lines arrive late
+        sup.feed_worker_log(W1, "Reprocessing sync log file /x/log-run", "run-1")
+        for line in ANONYMOUS:
+            sup.feed_worker_log(W1, line, "run-1")
+    step(sup, env, n=3)
+    assert state(sup) is LinkState.LIVE and env["systemd"].running(W1)
+    assert [e["ID"] for e in env["journal"].entries].count("user-quarantined") == 1
+
+
+def test_a_stall_that_ended_is_not_a_link_problem(tmp_path):
+    sup, env, d = live_link(tmp_path)
+    for _ in range(2):                                   # anonymous failures, then log-run gone
+        sup.feed_worker_log(W1, "Reprocessing sync log file /x/log-run")
+        for line in ANONYMOUS:
+            sup.feed_worker_log(W1, line)
+    step(sup, env, n=4)
+    assert state(sup) is LinkState.LIVE and env["systemd"].running(W1)
