@@ -20,6 +20,11 @@ _NO_RESPONSE = re.compile(r"(\w+) received NO response: (.*)")
 _BAILING_OUT = re.compile(r"bailing out!")
 _FILE_FAILED = re.compile(r"Processing sync log file \S+ failed")
 _REPROCESSING = re.compile(r"Reprocessing sync log file")
+# The connection to the replica broke (it died or restarted): Cyrus still promotes and names
+# the users it was working on, but they are not to blame; the probe decides about the link.
+_TRANSPORT = re.compile(r"zero length response|end of file reached|Bad protocol|"
+                        r"Connection reset|Broken pipe|LOGOUT received|Connection refused|"
+                        r"Can not connect|IMAP_BYE_LOGOUT|shutting down")
 
 
 def mailbox_user(mailbox: str) -> str | None:
@@ -36,6 +41,7 @@ def mailbox_user(mailbox: str) -> str | None:
 class FailedPass:
     users: dict[str, str] = field(default_factory=dict)   # userid -> error as logged
     error: str = ""                                         # the pass's own error line
+    transport: bool = False                                 # the connection broke, not a user
 
 
 class FailureDetector:
@@ -46,10 +52,17 @@ class FailureDetector:
         self.last_error = ""
         self.reprocessing = 0     # consecutive passes over the same stuck log-run
         self.bailed_out = False   # "Processing ... failed" after "bailing out!" is the same pass
+        self.transport = False    # this pass saw the connection to the replica break
 
     def feed(self, message: str) -> FailedPass | None:
+        if _FILE_FAILED.search(message) and self.bailed_out:
+            self.bailed_out = False      # the tail of the pass reported a moment ago
+            return None
+        if _TRANSPORT.search(message):
+            self.transport = True
         if _REPROCESSING.search(message):
             self.reprocessing += 1
+            self.bailed_out = False
             return None
         m = _UPDATE_FAILED.search(message)
         if m:
@@ -71,13 +84,10 @@ class FailureDetector:
         if m:
             self.last_error = f"{m.group(1)} refused by the replica: {m.group(2)}"
             return None
-        if _FILE_FAILED.search(message) and self.bailed_out:
-            self.bailed_out = False
-            return None
         if _BAILING_OUT.search(message) or _FILE_FAILED.search(message):
             self.bailed_out = bool(_BAILING_OUT.search(message))
-            failed = FailedPass(dict(self.pending), message.strip())
-            self.pending = {}
+            failed = FailedPass(dict(self.pending), message.strip(), self.transport)
+            self.pending, self.transport = {}, False
             return failed
         return None
 
@@ -85,3 +95,4 @@ class FailureDetector:
         """The stuck log-run went away: the next failure starts a new count."""
         self.reprocessing = 0
         self.pending = {}
+        self.transport = False

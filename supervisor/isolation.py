@@ -90,7 +90,11 @@ class Isolation:
                     return
                 self.invocation = invocation
             failed = self.detector.feed(message)
-            if failed is not None:
+            if failed is not None and failed.transport:
+                log.info("link %s: a sync pass failed on the connection to the replica (%s);"
+                         " no user is to blame", self.link, failed.error)
+                self.detector.reprocessing = 0
+            elif failed is not None:
                 log.info("link %s: a sync pass failed (%s); users named: %s", self.link,
                          failed.error, ", ".join(sorted(failed.users)) or "none")
                 self.failure = failed

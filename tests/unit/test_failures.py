@@ -115,3 +115,19 @@ def test_a_crash_after_storing_duplicates_never_loses(tmp_path):
         move_out(log, {"alice"}, sink_then_crash)
     assert log.read_bytes() == original and stored == [b"APPEND user.alice\n"]
     assert not list(tmp_path.glob(".*syncwarden"))
+
+
+def test_a_broken_connection_blames_nobody():
+    lines = [  # the replica was SIGKILLed mid-pass (seen in the system tests)
+        "IOERROR: zero length response: command=<MAILBOXES> prot_error=<end of file reached>"
+        " func=<sync_parse_response>",
+        "  Promoting: MAILBOX user.dave -> USER dave",
+        "IOERROR: zero length response: command=<RESTART> prot_error=<end of file reached>",
+        "Error in do_sync(): bailing out! Bad protocol",
+        "Processing sync log file /x/log-run failed: Bad protocol",
+    ]
+    det = FailureDetector()
+    (failed,) = feed(det, lines)
+    assert failed.transport and "dave" in failed.users
+    (again,) = feed(det, PASS_METHOD3)          # the next real failure is judged afresh
+    assert not again.transport and list(again.users) == ["bob"]

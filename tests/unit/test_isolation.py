@@ -235,3 +235,14 @@ def test_a_stall_that_ended_is_not_a_link_problem(tmp_path):
             sup.feed_worker_log(W1, line)
     step(sup, env, n=4)
     assert state(sup) is LinkState.LIVE and env["systemd"].running(W1)
+
+
+def test_replica_dying_mid_pass_quarantines_nobody(tmp_path):
+    sup, env, d = live_link(tmp_path)
+    (d / "log-run").write_bytes(entries("dave"))
+    for line in ["IOERROR: zero length response: command=<MAILBOXES> prot_error=<end of file"
+                 " reached>", "  Promoting: MAILBOX user.dave -> USER dave",
+                 "Error in do_sync(): bailing out! Bad protocol"]:
+        sup.feed_worker_log(W1, line)
+    step(sup, env, n=3)
+    assert sup.status()["quarantine"] == [] and ("stop", W1) not in env["systemd"].calls
