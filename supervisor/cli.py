@@ -166,16 +166,27 @@ def _show_status(args, doc: dict) -> int:
     return EXIT_OK
 
 
-def _link_command(args) -> int:
+_REFUSED = object()
+
+
+def _ask(args, cmd: str, **fields):
+    """The daemon's answer to one command, or _REFUSED after saying why on stderr."""
     try:
-        answer = request(args.command, path=args.socket, link=args.link)
+        answer = request(cmd, path=args.socket, **fields)
     except ControlError as exc:
         print(f"syncwarden: daemon not running: {exc}", file=sys.stderr)
-        return EXIT_PROBLEM
+        return _REFUSED
     if not answer.get("ok"):
         print(f"syncwarden {args.command}: {answer.get('error')}", file=sys.stderr)
+        return _REFUSED
+    return answer["result"]
+
+
+def _link_command(args) -> int:
+    result = _ask(args, args.command, link=args.link)
+    if result is _REFUSED:
         return EXIT_PROBLEM
-    print(answer["result"])
+    print(result)
     return EXIT_OK
 
 
@@ -220,15 +231,9 @@ def cmd_quarantine(args) -> int:
               " were never replicated; add --yes to confirm", file=sys.stderr)
         return EXIT_USAGE
     extra = {} if args.action == "list" else {"user": args.user, "link": args.link}
-    try:
-        answer = request("quarantine", path=args.socket, action=args.action, **extra)
-    except ControlError as exc:
-        print(f"syncwarden: daemon not running: {exc}", file=sys.stderr)
+    result = _ask(args, "quarantine", action=args.action, **extra)
+    if result is _REFUSED:
         return EXIT_PROBLEM
-    if not answer.get("ok"):
-        print(f"syncwarden quarantine {args.action}: {answer.get('error')}", file=sys.stderr)
-        return EXIT_PROBLEM
-    result = answer["result"]
     if args.action != "list":
         print(result)
     elif args.json:
@@ -240,15 +245,10 @@ def cmd_quarantine(args) -> int:
 
 def cmd_drain(args) -> int:
     started = time.time()
-    try:
-        answer = request("drain", path=args.socket, link=args.link, all=args.all)
-    except ControlError as exc:
-        print(f"syncwarden: daemon not running: {exc}", file=sys.stderr)
+    result = _ask(args, "drain", link=args.link, all=args.all)
+    if result is _REFUSED:
         return EXIT_PROBLEM
-    if not answer.get("ok"):
-        print(f"syncwarden drain: {answer.get('error')}", file=sys.stderr)
-        return EXIT_PROBLEM
-    print(answer["result"])
+    print(result)
     if not args.wait:
         return EXIT_OK
     return _wait_for_drains(args, started)
