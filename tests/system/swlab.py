@@ -23,6 +23,15 @@ drain: {{timeout: {drain_timeout}}}
 """
 
 
+def check_config(lab, links) -> str:
+    """The `check:` section for check, repair and failover: the lab's IMAP ports, plain."""
+    rows = "".join(f"    {n}: {{host: 127.0.0.1, port: {lab.port(n, 'imap')}, tls: none}}\n"
+                   for n in links)
+    return ("check:\n  credentials: /etc/syncwarden/imap-credentials\n"
+            f"  master: {{host: 127.0.0.1, port: {lab.port('master', 'imap')}, tls: none}}\n"
+            f"  replicas:\n{rows}")
+
+
 class Syncwarden:
     def __init__(self, sandbox, lab):
         self.sb, self.lab = sandbox, lab

@@ -14,18 +14,11 @@ import time
 
 import pytest
 
-from .swlab import Syncwarden
+from .swlab import Syncwarden, check_config
 
 pytestmark = [pytest.mark.system, pytest.mark.cyrus(users=["bob", "alice", "carol", "dave"],
                                                     replicas=["replica1"])]
 
-CHECK_CONFIG = """\
-check:
-  credentials: /etc/syncwarden/imap-credentials
-  master: {host: 127.0.0.1, port: 10143, tls: none}
-  replicas:
-    replica1: {host: 127.0.0.1, port: 11143, tls: none}
-"""
 DIVERGENCE = "02ddff89b4fb4d0aae9a70c778cdd4a9"
 REPAIR_ACTION = "731e5034f2ae471c8c0cc739e53ee141"
 CHECK_FINISHED = "7ea2d6779cb9475db33529d5a233cb83"
@@ -107,7 +100,7 @@ def hard_failover(sw, lab):
 def test_check_and_repair_after_a_hard_failover(sandbox, cyrus, sw):
     sandbox.write_file("/etc/syncwarden/imap-credentials", "user: cyrus\npassword: adminpw\n",
                        mode=0o600)
-    sw.setup(links=["replica1"], extra=CHECK_CONFIG)
+    sw.setup(links=["replica1"], extra=check_config(cyrus, ["replica1"]))
     assert sw.wait_state("replica1", "live")
     cyrus.create_mailbox("master", "user.bob.Sent")
     append(cyrus, "master", "bob", "INBOX.Sent", "sent before")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .swlab import Syncwarden, log_lines, wait_same
+from .swlab import Syncwarden, check_config, log_lines, wait_same
 
 pytestmark = pytest.mark.system
 
@@ -193,20 +193,11 @@ def test_poweroff_while_delivering_loses_no_accepted_message(sandbox, cyrus, sw)
         assert not sandbox.host_path(cyrus.sync_dir(replica) + "/log-run").exists()
 
 
-CHECK_CONFIG = """\
-check:
-  credentials: /etc/syncwarden/imap-credentials
-  master: {host: 127.0.0.1, port: 10143, tls: none}
-  replicas:
-    replica1: {host: 127.0.0.1, port: 11143, tls: none}
-    replica2: {host: 127.0.0.1, port: 12143, tls: none}
-"""
-
 
 def test_failover_refuses_then_drains_verifies_and_demotes(sandbox, cyrus, sw):
     sandbox.write_file("/etc/syncwarden/imap-credentials", "user: cyrus\npassword: adminpw\n",
                        mode=0o600)
-    sw.setup(extra=CHECK_CONFIG)
+    sw.setup(extra=check_config(cyrus, cyrus.replicas))
     assert sw.wait_state("replica1", "live") and sw.wait_state("replica2", "live")
     sw.cli("hold", "replica2")
     cyrus.deliver_many(USERS, 40, "before-failover")
