@@ -24,6 +24,27 @@ def live_link(tmp_path):
     return sup, env, d
 
 
+def fail_pass(sup, lines=PASS_METHOD1, invocation=None):
+    """The worker's journal lines of one failed pass reach the supervisor."""
+    for line in lines:
+        sup.feed_worker_log(W1, line, invocation)
+
+
+def spin(sup, times, invocation=None):
+    """Passes over the same stuck log-run that fail naming nobody."""
+    for _ in range(times):
+        fail_pass(sup, ["Reprocessing sync log file /x/log-run"] + ANONYMOUS, invocation)
+
+
+def alice_quarantined(tmp_path):
+    """A live link whose worker failed on alice, after the quarantine took effect."""
+    sup, env, d = live_link(tmp_path)
+    (d / "log-run").write_bytes(entries("alice"))
+    fail_pass(sup)
+    step(sup, env, n=3)
+    return sup, env, d
+
+
 def entries(*users, n=2):
     return b"".join(b"APPEND user.%s\nMAILBOX user.%s\n" % (u.encode(), u.encode())
                     for u in users for _ in range(n))
@@ -43,8 +64,7 @@ def test_named_user_is_quarantined_and_the_rest_flows(tmp_path):
     (d / "log-run").write_bytes(entries("bob", "alice", "carol"))
     (d / "log").write_bytes(entries("alice", "dave"))
     before = all_lines(tmp_path, d)
-    for line in PASS_METHOD1:
-        sup.feed_worker_log(W1, line)
+    fail_pass(sup)
     step(sup, env)
     assert ("stop", W1) in env["systemd"].calls            # SIGTERM: log-run stays whole
     step(sup, env, n=2)
@@ -62,11 +82,7 @@ def test_named_user_is_quarantined_and_the_rest_flows(tmp_path):
 
 
 def test_later_entries_for_a_quarantined_user_are_kept_out(tmp_path):
-    sup, env, d = live_link(tmp_path)
-    (d / "log-run").write_bytes(entries("alice"))
-    for line in PASS_METHOD1:
-        sup.feed_worker_log(W1, line)
-    step(sup, env, n=3)
+    sup, env, d = alice_quarantined(tmp_path)
     with open(d / "log", "ab") as f:
         f.write(entries("alice", "bob", n=1))
     step(sup, env)
@@ -86,9 +102,7 @@ def test_bisection_finds_the_user_the_logs_do_not_name(tmp_path):
         return 1 if "u07" in listed else 0
     env["systemd"].oneshot[U1] = user_sync
     for _ in range(2):
-        sup.feed_worker_log(W1, "Reprocessing sync log file /x/log-run")
-        for line in ANONYMOUS:
-            sup.feed_worker_log(W1, line)
+        spin(sup, 1)
         step(sup, env)
     step(sup, env, n=12)
     assert tried[0] == users and ["u07"] in tried
@@ -102,9 +116,7 @@ def test_every_user_failing_quarantines_the_link(tmp_path):
     (d / "log-run").write_bytes(entries("bob", "alice", "carol"))
     env["systemd"].oneshot[U1] = lambda: 1          # e.g. the replica's disk is full
     for _ in range(2):
-        sup.feed_worker_log(W1, "Reprocessing sync log file /x/log-run")
-        for line in ANONYMOUS:
-            sup.feed_worker_log(W1, line)
+        spin(sup, 1)
         step(sup, env)
     step(sup, env, n=10)
     assert state(sup) is LinkState.QUARANTINED
@@ -114,11 +126,7 @@ def test_every_user_failing_quarantines_the_link(tmp_path):
 
 
 def test_retry_releases_and_puts_later_entries_back(tmp_path):
-    sup, env, d = live_link(tmp_path)
-    (d / "log-run").write_bytes(entries("alice"))
-    for line in PASS_METHOD1:
-        sup.feed_worker_log(W1, line)
-    step(sup, env, n=3)
+    sup, env, d = alice_quarantined(tmp_path)
     ok = {"now": False}
 
     def retry():
@@ -143,11 +151,7 @@ def test_retry_releases_and_puts_later_entries_back(tmp_path):
 
 
 def test_back_off_doubles(tmp_path):
-    sup, env, d = live_link(tmp_path)
-    (d / "log-run").write_bytes(entries("alice"))
-    for line in PASS_METHOD1:
-        sup.feed_worker_log(W1, line)
-    step(sup, env, n=3)
+    sup, env, d = alice_quarantined(tmp_path)
     env["systemd"].oneshot[U1] = lambda: 1
     iv = sup.config.quarantine.retry_interval
     env["clock"].advance(iv)
@@ -157,22 +161,14 @@ def test_back_off_doubles(tmp_path):
 
 
 def test_drop_needs_the_user_and_gives_entries_up(tmp_path):
-    sup, env, d = live_link(tmp_path)
-    (d / "log-run").write_bytes(entries("alice"))
-    for line in PASS_METHOD1:
-        sup.feed_worker_log(W1, line)
-    step(sup, env, n=3)
+    sup, env, d = alice_quarantined(tmp_path)
     assert "4 stored entries given up" in sup.quarantine_command("drop", "alice", None)
     assert sup.status()["quarantine"] == []
     assert not list((tmp_path / "quarantine").glob("*/*"))
 
 
 def test_store_survives_a_restart(tmp_path):
-    sup, env, d = live_link(tmp_path)
-    (d / "log-run").write_bytes(entries("alice"))
-    for line in PASS_METHOD1:
-        sup.feed_worker_log(W1, line)
-    step(sup, env, n=3)
+    sup, env, d = alice_quarantined(tmp_path)
     again = QuarantineStore(tmp_path / "quarantine")
     (q,) = again.records()
     assert q.user == "alice" and again.count("replica1", "alice") == 4
@@ -181,14 +177,9 @@ def test_store_survives_a_restart(tmp_path):
 
 
 def test_entries_the_worker_took_before_the_filter_are_moved_again(tmp_path):
-    sup, env, d = live_link(tmp_path)
-    (d / "log-run").write_bytes(entries("alice"))
-    for line in PASS_METHOD1:
-        sup.feed_worker_log(W1, line)
-    step(sup, env, n=3)
+    sup, env, d = alice_quarantined(tmp_path)
     (d / "log-run").write_bytes(entries("alice", "bob", n=1))   # taken from log meanwhile
-    for line in PASS_METHOD1:
-        sup.feed_worker_log(W1, line)
+    fail_pass(sup)
     step(sup, env, n=3)
     assert (d / "log-run").read_bytes() == entries("bob", n=1)
     assert sup.status()["quarantine"][0]["entries"] == 6
@@ -196,16 +187,11 @@ def test_entries_the_worker_took_before_the_filter_are_moved_again(tmp_path):
 
 
 def test_failures_from_before_a_release_are_forgotten(tmp_path):
-    sup, env, d = live_link(tmp_path)
-    (d / "log-run").write_bytes(entries("alice"))
-    for line in PASS_METHOD1:
-        sup.feed_worker_log(W1, line)
-    step(sup, env, n=3)
+    sup, env, d = alice_quarantined(tmp_path)
     env["systemd"].oneshot[U1] = lambda: 0
     sup.quarantine_command("retry", "alice", None)
     step(sup, env)                                   # the retry unit runs (and succeeds)
-    for line in PASS_METHOD1:                        # late lines of a pass before the repair
-        sup.feed_worker_log(W1, line)
+    fail_pass(sup)                                   # late lines of a pass before the repair
     step(sup, env, n=3)
     assert sup.status()["quarantine"] == []
     assert [e["ID"] for e in env["journal"].entries].count("user-quarantined") == 1
@@ -214,14 +200,10 @@ def test_failures_from_before_a_release_are_forgotten(tmp_path):
 def test_late_lines_of_a_stopped_worker_start_nothing(tmp_path):
     sup, env, d = live_link(tmp_path)
     (d / "log-run").write_bytes(entries("alice", "bob"))
-    for line in PASS_METHOD1:
-        sup.feed_worker_log(W1, line, "run-1")
+    fail_pass(sup, invocation="run-1")
     step(sup, env, n=3)                                  # quarantined; worker restarted
     (d / "log-run").unlink()                             # the new run sent everything
-    for _ in range(3):                                   # the old run's last lines arrive late
-        sup.feed_worker_log(W1, "Reprocessing sync log file /x/log-run", "run-1")
-        for line in ANONYMOUS:
-            sup.feed_worker_log(W1, line, "run-1")
+    spin(sup, 3, "run-1")                # the old run's last lines arrive late
     step(sup, env, n=3)
     assert state(sup) is LinkState.LIVE and env["systemd"].running(W1)
     assert [e["ID"] for e in env["journal"].entries].count("user-quarantined") == 1
@@ -229,10 +211,7 @@ def test_late_lines_of_a_stopped_worker_start_nothing(tmp_path):
 
 def test_a_stall_that_ended_is_not_a_link_problem(tmp_path):
     sup, env, d = live_link(tmp_path)
-    for _ in range(2):                                   # anonymous failures, then log-run gone
-        sup.feed_worker_log(W1, "Reprocessing sync log file /x/log-run")
-        for line in ANONYMOUS:
-            sup.feed_worker_log(W1, line)
+    spin(sup, 2)                         # anonymous failures, then log-run gone
     step(sup, env, n=4)
     assert state(sup) is LinkState.LIVE and env["systemd"].running(W1)
 
@@ -240,9 +219,8 @@ def test_a_stall_that_ended_is_not_a_link_problem(tmp_path):
 def test_replica_dying_mid_pass_quarantines_nobody(tmp_path):
     sup, env, d = live_link(tmp_path)
     (d / "log-run").write_bytes(entries("dave"))
-    for line in ["IOERROR: zero length response: command=<MAILBOXES> prot_error=<end of file"
-                 " reached>", "  Promoting: MAILBOX user.dave -> USER dave",
-                 "Error in do_sync(): bailing out! Bad protocol"]:
-        sup.feed_worker_log(W1, line)
+    fail_pass(sup, ["IOERROR: zero length response: command=<MAILBOXES> prot_error=<end of"
+                    " file reached>", "  Promoting: MAILBOX user.dave -> USER dave",
+                    "Error in do_sync(): bailing out! Bad protocol"])
     step(sup, env, n=3)
     assert sup.status()["quarantine"] == [] and ("stop", W1) not in env["systemd"].calls
