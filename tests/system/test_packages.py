@@ -423,6 +423,14 @@ class DebSyncwarden(Syncwarden):
         self.configure(links=["replica1"], drain_timeout="60s")
         return self.sb.read_file("/etc/syncwarden/syncwarden.yaml")
 
+    def install_enable_live(self, deb: Path) -> str:
+        """dpkg -i, configure the link, enable --now, wait for live; returns the config."""
+        self.dpkg_install(deb)
+        config = self.configure_link()
+        self.sb.systemctl("enable", "--now", "syncwarden")
+        assert self.wait_state("replica1", "live")
+        return config
+
     def package_status(self) -> str:
         return self.sb.run("dpkg-query", "-W", "-f=${Status} ${Version}", "syncwarden",
                            check=False).stdout.strip()
@@ -503,10 +511,7 @@ def test_deb_installs_disabled_then_replicates_and_explains_itself(sandbox, cyru
 @pytest.mark.cyrus(replicas=["replica1"])
 def test_deb_upgrade_with_a_backlog_loses_nothing(sandbox, cyrus, deb_sw, debs):
     sw = deb_sw
-    sw.dpkg_install(debs.deb)
-    config = sw.configure_link()
-    sandbox.systemctl("enable", "--now", "syncwarden")
-    assert sw.wait_state("replica1", "live")
+    config = sw.install_enable_live(debs.deb)
     sw.cli("hold", "replica1")
     assert sw.wait_state("replica1", "down")
     accepted = cyrus.deliver_many(USERS, 30, "backlog", sessions=2)
@@ -539,10 +544,7 @@ def test_deb_upgrade_with_a_backlog_loses_nothing(sandbox, cyrus, deb_sw, debs):
 @pytest.mark.cyrus(replicas=["replica1"])
 def test_deb_remove_keeps_config_and_purge_removes_config_and_state(sandbox, cyrus, deb_sw, debs):
     sw = deb_sw
-    sw.dpkg_install(debs.deb)
-    config = sw.configure_link()
-    sandbox.systemctl("enable", "--now", "syncwarden")
-    assert sw.wait_state("replica1", "live")
+    config = sw.install_enable_live(debs.deb)
     cyrus.deliver_many(USERS, 5, "pre-remove")
     assert wait_same(cyrus, "replica1", USERS) == {}
     sw.cli("hold", "replica1")                            # some state under /var/lib/syncwarden
