@@ -6,6 +6,8 @@ BINDIR = $(PREFIX)/bin
 UNITDIR ?= /etc/systemd/system
 CONFDIR = /etc/syncwarden
 PYTHON ?= /usr/bin/python3
+# The package and its sub-packages (supervisor/README.md says what each holds).
+PKGDIRS = supervisor $(patsubst %/__init__.py,%,$(wildcard supervisor/*/__init__.py))
 
 .PHONY: install uninstall test unit-test system-test demo
 
@@ -13,9 +15,9 @@ PYTHON ?= /usr/bin/python3
 # launcher, the units (pointing at that launcher) and the example config unless one exists.
 # Needs no network: Debian's python3-transitions, -pystemd, -sdnotify and -yaml are the deps.
 install:
-	install -d $(DESTDIR)$(LIBDIR)/supervisor $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR)
-	install -m 644 supervisor/*.py $(DESTDIR)$(LIBDIR)/supervisor/
-	printf '#!$(PYTHON)\nimport sys\nsys.path.insert(0, "$(LIBDIR)")\nfrom supervisor.cli import main\nsys.exit(main())\n' > $(DESTDIR)$(BINDIR)/syncwarden
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR)
+	for d in $(PKGDIRS); do install -d $(DESTDIR)$(LIBDIR)/$$d && install -m 644 $$d/*.py $(DESTDIR)$(LIBDIR)/$$d/; done
+	printf '#!$(PYTHON)\nimport sys\nsys.path.insert(0, "$(LIBDIR)")\nfrom supervisor.commands.cli import main\nsys.exit(main())\n' > $(DESTDIR)$(BINDIR)/syncwarden
 	chmod 755 $(DESTDIR)$(BINDIR)/syncwarden
 	for u in units/*.service units/*.timer; do \
 	  sed 's|/usr/bin/syncwarden|$(BINDIR)/syncwarden|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u); \

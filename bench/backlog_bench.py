@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from supervisor.backlog import Backlog, count_lines  # noqa: E402
+from supervisor.cyrus.backlog import Backlog, count_lines  # noqa: E402
 
 LINES = 1_000_000
 APPEND = 1_000

@@ -15,7 +15,7 @@ import struct
 import time
 from pathlib import Path
 
-from .store import RUNTIME_DIR
+from .state import RUNTIME_DIR
 
 SOCKET_PATH = RUNTIME_DIR / "control.sock"
 READ_ONLY = {"status"}

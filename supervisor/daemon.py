@@ -18,16 +18,17 @@ import time
 from pathlib import Path
 
 from . import config as configmod
-from . import imapdconf, report
+from .cyrus import imapdconf
+from .link import report
 from .control import SOCKET_PATH, ControlServer
-from .core import Supervisor
-from .journal import Journal, JournalHandler
-from .notify import Notifier
-from .follow import JournalFollower
-from .probe import Prober
-from .quarantine import QuarantineStore
-from .roles import RoleStore
-from .store import RUNTIME_DIR, STATE_DIR, Holds, atomic_write
+from .link.reconcile import Supervisor
+from .systemd.journal import Journal, JournalHandler
+from .systemd.notify import Notifier
+from .systemd.follow import JournalFollower
+from .cyrus.probe import Prober
+from .link.quarantine_store import QuarantineStore
+from .link.roles import RoleStore
+from .state import RUNTIME_DIR, STATE_DIR, Holds, atomic_write
 
 log = logging.getLogger("syncwarden")
 
@@ -178,7 +179,7 @@ class Daemon:
     def _systemd(self):
         if self.systemd_factory is not None:
             return self.systemd_factory()
-        from .units import Systemd
+        from .systemd.units import Systemd
 
         return Systemd()
 

@@ -127,7 +127,7 @@ def test_deb_payload_conffile_and_depends(debs, tmp_path):
     paths = {line.split()[5].lstrip(".") for line in listing.splitlines()}
     expected = {
         "/usr/bin/syncwarden",
-        "/usr/lib/syncwarden/supervisor/__init__.py", "/usr/lib/syncwarden/supervisor/cli.py",
+        "/usr/lib/syncwarden/supervisor/__init__.py", "/usr/lib/syncwarden/supervisor/commands/cli.py",
         "/usr/lib/syncwarden/supervisor/daemon.py",
         "/etc/syncwarden/syncwarden.yaml",
         "/usr/lib/systemd/catalog/syncwarden.catalog",
@@ -184,7 +184,7 @@ def test_deb_lintian_clean(debs):
 def test_rpm_payload_scriptlets_and_rpmlint(rpms, debs, tmp_path):
     files = set(_host_run(["rpm", "-qlp", rpms.rpm]).stdout.split())
     expected = {
-        "/usr/bin/syncwarden", "/usr/lib/syncwarden/supervisor/cli.py",
+        "/usr/bin/syncwarden", "/usr/lib/syncwarden/supervisor/commands/cli.py",
         "/etc/syncwarden/syncwarden.yaml", "/usr/lib/systemd/catalog/syncwarden.catalog",
         "/usr/share/man/man8/syncwarden.8.gz", "/usr/share/man/man5/syncwarden.yaml.5.gz",
         "/usr/share/bash-completion/completions/syncwarden",
@@ -246,7 +246,7 @@ def test_rpm_installs_upgrades_and_erases_in_a_scratch_root(rpms, tmp_path):
 
     r = _host_run(rpm + ["-i", rpms.rpm])
     assert "scriptlet failed" not in r.stderr, r.stderr
-    for f in ["usr/bin/syncwarden", "usr/lib/syncwarden/supervisor/cli.py",
+    for f in ["usr/bin/syncwarden", "usr/lib/syncwarden/supervisor/commands/cli.py",
               "usr/lib/systemd/catalog/syncwarden.catalog",
               "usr/share/man/man8/syncwarden.8.gz",
               "usr/share/bash-completion/completions/syncwarden"] + \
@@ -277,7 +277,7 @@ def test_rpm_installs_upgrades_and_erases_in_a_scratch_root(rpms, tmp_path):
 def _message_ids() -> dict[str, str]:
     sys.path.insert(0, str(REPO))
     try:
-        from supervisor.journal import MESSAGE_IDS
+        from supervisor.systemd.journal import MESSAGE_IDS
     finally:
         sys.path.remove(str(REPO))
     return dict(MESSAGE_IDS)
@@ -286,7 +286,7 @@ def _message_ids() -> dict[str, str]:
 def _parser():
     sys.path.insert(0, str(REPO))
     try:
-        from supervisor.cli import build_parser
+        from supervisor.commands.cli import build_parser
     finally:
         sys.path.remove(str(REPO))
     return build_parser()

@@ -13,8 +13,8 @@ import hashlib
 import itertools
 from contextlib import contextmanager
 
-from supervisor.compare import Mailbox, Message, Status
-from supervisor.imapclient import ImapError, MailboxGone
+from supervisor.pair.compare import Mailbox, Message, Status
+from supervisor.pair.imapclient import ImapError, MailboxGone
 
 _ids = itertools.count(1)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from supervisor.probe import ProbeResult
-from supervisor.units import ExitInfo, UnitStatus
+from supervisor.cyrus.probe import ProbeResult
+from supervisor.systemd.units import ExitInfo, UnitStatus
 
 
 class FakeClock:

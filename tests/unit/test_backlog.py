@@ -3,7 +3,7 @@
 import os
 import time
 
-from supervisor.backlog import Backlog, count_lines
+from supervisor.cyrus.backlog import Backlog, count_lines
 
 from .fakes import FakeClock
 
@@ -109,7 +109,7 @@ def test_tick_cost_is_proportional_to_appended_bytes(tmp_path, monkeypatch):
     (tmp_path / "log").write_bytes(LINES * 50_000)
     read(b, clock)
     counted = []
-    import supervisor.backlog as mod
+    import supervisor.cyrus.backlog as mod
 
     real = mod.count_lines
     monkeypatch.setattr(mod, "count_lines", lambda data: counted.append(len(data)) or real(data))

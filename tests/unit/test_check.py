@@ -3,8 +3,8 @@
 import io
 import json
 
-from supervisor import check
-from supervisor.check import pending_users, user_of_internal
+from supervisor.pair import check
+from supervisor.pair.check import pending_users, user_of_internal
 
 from .fakecyrus import Box, Pair
 from .fakes import FakeJournal

@@ -2,7 +2,7 @@
 
 import json
 
-from supervisor.cli import main
+from supervisor.commands.cli import main
 
 IMAPD = """configdirectory: {d}
 sync_log: on

@@ -1,7 +1,7 @@
 """The comparison core: each situation of a failover lands in exactly one category."""
 
-from supervisor import compare
-from supervisor.compare import Mailbox, Message, Report, Status, compare_user
+from supervisor.pair import compare
+from supervisor.pair.compare import Mailbox, Message, Report, Status, compare_user
 
 
 def box(name, mailboxid="A", messages=None, uidnext=None, hms=None, uidvalidity=100,

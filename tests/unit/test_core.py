@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 
 from supervisor import config as configmod
-from supervisor import imapdconf
-from supervisor.core import Supervisor
-from supervisor.probe import LOST_AFTER
-from supervisor.states import WORKER_STATES, LinkState
-from supervisor.units import UnitStatus
-from supervisor.store import Holds
+from supervisor.cyrus import imapdconf
+from supervisor.link.reconcile import Supervisor
+from supervisor.cyrus.probe import LOST_AFTER
+from supervisor.link.states import WORKER_STATES, LinkState
+from supervisor.systemd.units import UnitStatus
+from supervisor.state import Holds
 
 from .fakes import FakeClock, FakeJournal, FakeProber, FakeSystemd
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from supervisor.credentials import CredentialsError, load
+from supervisor.pair.credentials import CredentialsError, load
 
 
 def write(tmp_path, text, mode=0o600):

@@ -9,8 +9,8 @@ import pytest
 
 from supervisor.control import request
 from supervisor.daemon import Daemon
-from supervisor.journal import Journal
-from supervisor.notify import Notifier
+from supervisor.systemd.journal import Journal
+from supervisor.systemd.notify import Notifier
 
 from .fakes import FakeSystemd
 

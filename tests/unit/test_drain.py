@@ -2,8 +2,8 @@
 
 import os
 
-from supervisor.drain import MAX_FAILED_PASSES, WORKER_FINISH_GRACE
-from supervisor.states import LinkState
+from supervisor.link.drain import MAX_FAILED_PASSES, WORKER_FINISH_GRACE
+from supervisor.link.states import LinkState
 
 from .test_core import W1, make, state, step
 

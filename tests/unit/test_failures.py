@@ -2,8 +2,8 @@
 
 import pytest
 
-from supervisor.failures import FailureDetector, mailbox_user
-from supervisor.synclog import line_users, move_out, split, users_in
+from supervisor.cyrus.failures import FailureDetector, mailbox_user
+from supervisor.cyrus.synclog import line_users, move_out, split, users_in
 
 PASS_METHOD1 = [  # chmod 000 on the replica's mailbox: named through do_folders and Promoting
     "MAILBOX user.alice",

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from supervisor import config as configmod
-from supervisor import imapdconf
+from supervisor.cyrus import imapdconf
 
 CFG = configmod.parse("""
 links:

@@ -1,7 +1,7 @@
 """Parsing Cyrus 3.6.1's answers as imaplib hands them over (recorded in the lab)."""
 
-from supervisor.imapclient import Login
-from supervisor.imapparse import (message_from, parse_fetch, parse_list, parse_status, quote,
+from supervisor.pair.imapclient import Login
+from supervisor.pair.imapparse import (message_from, parse_fetch, parse_list, parse_status, quote,
                                   userid_of)
 
 
@@ -69,7 +69,7 @@ def test_quoting_and_no_password_in_repr():
 
 
 def test_list_status_answers_by_mailbox():
-    from supervisor.imapparse import by_name
+    from supervisor.pair.imapparse import by_name
     status = [b"INBOX (MESSAGES 0 UIDNEXT 1 UIDVALIDITY 17 HIGHESTMODSEQ 1)",
               b'"INBOX.My \\"Box\\"" (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 18 HIGHESTMODSEQ 3)',
               (b"{5}", b"INBOX"), b"garbage"]

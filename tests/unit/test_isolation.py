@@ -2,8 +2,8 @@
 
 import json
 
-from supervisor.quarantine import QuarantineStore
-from supervisor.states import LinkState
+from supervisor.link.quarantine_store import QuarantineStore
+from supervisor.link.states import LinkState
 
 from .test_core import W1, make, state, step
 from .test_failures import ANONYMOUS, PASS_METHOD1

@@ -3,8 +3,8 @@
 import socket
 import struct
 
-from supervisor.journal import MESSAGE_IDS, Journal, encode
-from supervisor.notify import Notifier
+from supervisor.systemd.journal import MESSAGE_IDS, Journal, encode
+from supervisor.systemd.notify import Notifier
 
 
 def test_native_protocol_encoding():

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from supervisor.probe import Prober, probe
+from supervisor.cyrus.probe import Prober, probe
 
 BANNER = (b"* SASL PLAIN\r\n* COMPRESS DEFLATE\r\n* SIEVE-MAILBOX\r\n"
           b"* OK lab-replica Cyrus sync server 3.6.1-Debian-3.6.1-4+deb12u5\r\n")

@@ -8,9 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from supervisor import check, repaircmd
+from supervisor.pair import check
+
+from supervisor.commands import repair as repaircmd
 from supervisor.config import parse
-from supervisor.repair import Action, Executor, RepairError, plan_user, sync_client_argv
+from supervisor.pair.repair import Action, Executor, RepairError, plan_user, sync_client_argv
 
 from .fakecyrus import Pair
 from .fakes import FakeJournal

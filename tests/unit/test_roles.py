@@ -1,7 +1,7 @@
 """Role changes: persisted, outrank the config, and fence off backlogs from before."""
 
-from supervisor.roles import RoleStore
-from supervisor.states import LinkState
+from supervisor.link.roles import RoleStore
+from supervisor.link.states import LinkState
 
 from .test_core import W1, make, state, step
 

@@ -15,7 +15,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .store import atomic_write
+from ..state import atomic_write
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Quarantined:
     retry_offset: int = -1   # size of the entries file when the running retry began
 
     def as_json(self, entries: int) -> dict:
-        from .report import iso
+        from ..link.report import iso
 
         return {"link": self.link, "user": self.user, "since": iso(self.since),
                 "attempts": self.attempts, "error": self.error,

@@ -17,7 +17,7 @@ import os
 import stat
 from pathlib import Path
 
-from .imapclient import Login
+from ..pair.imapclient import Login
 
 SYSTEMD_CREDENTIAL = "imap"
 

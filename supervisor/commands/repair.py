@@ -13,11 +13,11 @@ import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from . import check
-from .control import ControlError, request
-from .imapclient import ImapError
-from .repair import Executor, RepairError, plan_user, run_sync_client
-from .store import STATE_DIR
+from ..pair import check
+from ..control import ControlError, request
+from ..pair.imapclient import ImapError
+from ..pair.repair import Executor, RepairError, plan_user, run_sync_client
+from ..state import STATE_DIR
 
 HOLD_TIMEOUT = 60.0   # seconds for the daemon to stop the link's worker
 

@@ -12,10 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-from . import config as configmod
-from . import imapdconf
-from .store import RUNTIME_DIR
-from .units import parse_worker_instance
+from .. import config as configmod
+from ..cyrus import imapdconf
+from ..state import RUNTIME_DIR
+from ..systemd.units import parse_worker_instance
 
 EX_CONFIG = 78
 

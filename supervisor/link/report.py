@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime
 
-from . import __version__
-from .states import LinkState, WORKER_STATES
+from .. import __version__
+from ..link.states import LinkState, WORKER_STATES
 
 
 def describe(sup, rt, mono: float) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .units import UnitStatus
+from ..systemd.units import UnitStatus
 
 # How long the rolling worker may take to finish its current file after the shutdown file.
 WORKER_FINISH_GRACE = 30.0

@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, render
-from . import config as configmod
-from .control import SOCKET_PATH, ControlError, request, wait_for_drains
+from .. import __version__
+
+from ..commands import render
+from .. import config as configmod
+from ..control import SOCKET_PATH, ControlError, request, wait_for_drains
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -93,20 +95,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_daemon(args) -> int:
-    from .daemon import main as daemon_main
+    from ..daemon import main as daemon_main
 
     return daemon_main(args.config, args.instance)
 
 
 def cmd_worker(args) -> int:
-    from .worker import main as worker_main
+    from ..commands.worker import main as worker_main
 
     return worker_main(args.link, None if args.config == configmod.DEFAULT_PATH else args.config,
                        mode=args.mode or "rolling")
 
 
 def cmd_check_config(args) -> int:
-    from .daemon import ConfigProblem, load_checked
+    from ..daemon import ConfigProblem, load_checked
 
     path = args.file or args.config
     try:
@@ -134,7 +136,7 @@ def cmd_status(args) -> int:
 
 def _status_without_daemon(args, why: str) -> int:
     """The daemon is down: say so plainly, and show what the files alone tell."""
-    from .offline import offline_status
+    from ..commands.offline import offline_status
 
     doc = offline_status(args.config, why)
     if args.json:
@@ -155,7 +157,7 @@ def _show_status(args, doc: dict) -> int:
             print(f"syncwarden: no link named {args.link!r}", file=sys.stderr)
             return EXIT_USAGE
         doc = {**doc, "links": links}
-    from .checkcmd import add_last_checks, last_check_lines
+    from ..commands.check import add_last_checks, last_check_lines
 
     add_last_checks(doc)
     if args.json:
@@ -204,11 +206,11 @@ def cmd_role(args) -> int:
 
 
 def _role_offline(args) -> int:
-    from .core import Supervisor
-    from .daemon import SystemClock
-    from .journal import Journal
-    from .roles import RoleStore
-    from .store import STATE_DIR, Holds
+    from ..link.reconcile import Supervisor
+    from ..daemon import SystemClock
+    from ..systemd.journal import Journal
+    from ..link.roles import RoleStore
+    from ..state import STATE_DIR, Holds
 
     loaded = _load(args)
     if loaded is None:
@@ -266,7 +268,7 @@ def _wait_for_drains(args, started: float) -> int:
 
 def _load(args):
     """(config, imapd), or None after printing every problem."""
-    from .daemon import ConfigProblem, load_checked
+    from ..daemon import ConfigProblem, load_checked
 
     try:
         return load_checked(args.config)
@@ -276,8 +278,8 @@ def _load(args):
 
 
 def cmd_failover(args) -> int:
-    from . import failover
-    from .units import Systemd
+    from ..pair import failover
+    from ..systemd.units import Systemd
 
     loaded = _load(args)
     if loaded is None:
@@ -286,13 +288,13 @@ def cmd_failover(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .checkcmd import cmd_check as check
+    from ..commands.check import cmd_check as check
 
     return check(args)
 
 
 def cmd_repair(args) -> int:
-    from .checkcmd import cmd_repair as repair
+    from ..commands.check import cmd_repair as repair
 
     return repair(args)
 

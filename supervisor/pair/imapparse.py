@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from .compare import Message
+from ..pair.compare import Message
 
 
 def quote(name: str) -> str:

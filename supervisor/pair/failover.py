@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import check
-from .control import ControlError, request, wait_for_drains
-from .credentials import CredentialsError
-from .imapclient import ImapError
+from ..pair import check
+from ..control import ControlError, request, wait_for_drains
+from ..pair.credentials import CredentialsError
+from ..pair.imapclient import ImapError
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 MAIL_SERVICES = ("cyrus-imapd.service",)

@@ -11,17 +11,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from . import report
-from .backlog import Backlog, BacklogSnapshot
-from .config import Config, LinkSettings
-from .draining import DrainControl
-from .imapdconf import ImapdConf
-from .isolation import Isolation
-from .quarantine import QuarantineStore
-from .roles import RoleRecord, RoleStore, clear_sync_caches, effective_role, leftover_backlogs
-from .probe import LOST_AFTER, ProbeResult
-from .states import Link, LinkState, Transition, WORKER_STATES
-from .units import UnitStatus, worker_unit
+from ..link import report
+from ..cyrus.backlog import Backlog, BacklogSnapshot
+from ..config import Config, LinkSettings
+from ..link.drain_control import DrainControl
+from ..cyrus.imapdconf import ImapdConf
+from ..link.quarantine import Isolation
+from ..link.quarantine_store import QuarantineStore
+from ..link.roles import RoleRecord, RoleStore, clear_sync_caches, effective_role, leftover_backlogs
+from ..cyrus.probe import LOST_AFTER, ProbeResult
+from ..link.states import Link, LinkState, Transition, WORKER_STATES
+from ..systemd.units import UnitStatus, worker_unit
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .imapdconf import ImapdConf
-from .store import atomic_write
+from ..cyrus.imapdconf import ImapdConf
+from ..state import atomic_write
 
 ROLES = ("master", "replica")
 

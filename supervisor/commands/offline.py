@@ -6,10 +6,10 @@ import json
 import time
 from pathlib import Path
 
-from . import __version__
-from .backlog import Backlog
-from .daemon import STATUS_PATH, ConfigProblem, load_checked
-from .units import worker_unit
+from .. import __version__
+from ..cyrus.backlog import Backlog
+from ..daemon import STATUS_PATH, ConfigProblem, load_checked
+from ..systemd.units import worker_unit
 
 
 def offline_status(config_path: Path, why: str, status_path: Path = STATUS_PATH) -> dict:

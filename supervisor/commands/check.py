@@ -10,19 +10,19 @@ import json
 import sys
 import time
 
-from . import check, compare
-from .credentials import CredentialsError
-from .imapclient import ImapError
-from .journal import Journal
-from .repair import RepairError
-from .store import STATE_DIR
+from ..pair import check, compare
+from ..pair.credentials import CredentialsError
+from ..pair.imapclient import ImapError
+from ..systemd.journal import Journal
+from ..pair.repair import RepairError
+from ..state import STATE_DIR
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 
 def _setup(args):
     """(config, imapd) for a known link, or an exit code after saying what is wrong."""
-    from .daemon import ConfigProblem, load_checked
+    from ..daemon import ConfigProblem, load_checked
 
     try:
         cfg, imapd = load_checked(args.config)
@@ -69,7 +69,7 @@ def cmd_check(args, journal=None, state_dir=STATE_DIR) -> int:
 
 
 def cmd_repair(args, journal=None, state_dir=STATE_DIR) -> int:
-    from . import repaircmd
+    from ..commands import repair as repaircmd
 
     loaded, code = _setup(args)
     if loaded is None:
@@ -93,7 +93,7 @@ def add_last_checks(doc: dict, state_dir=STATE_DIR) -> None:
 
 
 def last_check_lines(doc: dict, now: float) -> list[str]:
-    from .report import human_duration
+    from ..link.report import human_duration
 
     lines = []
     for link in doc.get("links", []):

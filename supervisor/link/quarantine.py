@@ -22,10 +22,10 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import synclog
-from .failures import FailedPass, FailureDetector
-from .quarantine import QuarantineStore
-from .store import RUNTIME_DIR
+from ..cyrus import synclog
+from ..cyrus.failures import FailedPass, FailureDetector
+from ..link.quarantine_store import QuarantineStore
+from ..state import RUNTIME_DIR
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 
-from . import report
-from .drain import DrainJob, SyncFiles
-from .probe import LOST_AFTER
-from .states import LinkState
+from ..link import report
+from ..link.drain import DrainJob, SyncFiles
+from ..cyrus.probe import LOST_AFTER
+from ..link.states import LinkState
 
 log = logging.getLogger(__name__)
 

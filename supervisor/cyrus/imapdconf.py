@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from ..config import Config
 
 _TRUE = {"1", "yes", "on", "true", "t", "y"}
 _FALSE = {"0", "no", "off", "false", "f", "n"}

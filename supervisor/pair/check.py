@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import compare, credentials
-from .imapclient import AdminView, ImapError, read_user, user_session
-from .store import STATE_DIR, atomic_write
+from ..pair import compare, credentials
+from ..pair.imapclient import AdminView, ImapError, read_user, user_session
+from ..state import STATE_DIR, atomic_write
 
 CONFIRM_PAUSE = 2.0          # seconds: a sync_client pass (repeat interval 1 s) lands in this
 PROGRESS_EVERY = 2.0         # seconds between progress lines on stderr

@@ -1,0 +1,1 @@
+"""Reading and changing both sides of a master/replica pair over IMAP: check, repair, failover."""

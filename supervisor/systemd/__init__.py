@@ -1,0 +1,1 @@
+"""The systemd edge: unit names and D-Bus, sd_notify, writing and following the journal."""
