@@ -27,8 +27,9 @@ install:
 
 uninstall:
 	rm -rf $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR)/syncwarden
-	rm -f $(DESTDIR)$(UNITDIR)/syncwarden.service $(DESTDIR)$(UNITDIR)/syncwarden-sync@.service
+	rm -f $(DESTDIR)$(UNITDIR)/syncwarden.service $(DESTDIR)$(UNITDIR)/syncwarden@.service $(DESTDIR)$(UNITDIR)/syncwarden-sync@.service
 	rm -f $(DESTDIR)$(UNITDIR)/syncwarden-check@.service $(DESTDIR)$(UNITDIR)/syncwarden-check@.timer
+	rm -f $(DESTDIR)$(UNITDIR)/syncwarden-drain@.service $(DESTDIR)$(UNITDIR)/syncwarden-user@.service
 
 test:
 	./scripts/test

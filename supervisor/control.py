@@ -15,9 +15,9 @@ import struct
 import time
 from pathlib import Path
 
-from .state import RUNTIME_DIR
+from .paths import Instance
 
-SOCKET_PATH = RUNTIME_DIR / "control.sock"
+SOCKET_PATH = Instance().socket
 READ_ONLY = {"status"}
 _MAX_REQUEST = 64 * 1024
 _CLIENT_DEADLINE = 5.0

@@ -20,15 +20,18 @@ from pathlib import Path
 from . import config as configmod
 from .cyrus import imapdconf
 from .link import report
-from .control import SOCKET_PATH, ControlServer
-from .link.reconcile import Supervisor
+from .control import ControlServer
+from .link.operator import QuarantineAction
+from .link.quarantine import crash_points
+from .link.reconcile import Edges, LocalState, Reconciler
 from .systemd.journal import Journal, JournalHandler
 from .systemd.notify import Notifier
 from .systemd.follow import JournalFollower
 from .cyrus.probe import Prober
 from .link.quarantine_store import QuarantineStore
 from .link.roles import RoleStore
-from .state import RUNTIME_DIR, STATE_DIR, Holds, atomic_write
+from .paths import Instance
+from .state import Holds, atomic_write
 
 log = logging.getLogger("syncwarden")
 
@@ -36,7 +39,6 @@ TICK = 1.0   # seconds between reconcile ticks when nothing wakes the loop earli
 STATUS_REFRESH = 10.0
 TICK_DRAINING = 0.1  # a drain pass ends whenever sync_client does: notice it promptly
 EXTEND_WHILE_DRAINING = 30.0
-STATUS_PATH = RUNTIME_DIR / "status.json"
 
 
 class SystemClock:
@@ -66,21 +68,18 @@ def load_checked(path: Path) -> tuple[configmod.Config, imapdconf.ImapdConf]:
 
 
 class Daemon:
-    def __init__(self, config_path: Path, instance: str = "default", systemd_factory=None,
-                 journal: Journal | None = None, notifier: Notifier | None = None,
-                 clock=SystemClock(), socket_path: Path = SOCKET_PATH,
-                 status_path: Path = STATUS_PATH, state_dir: Path = STATE_DIR,
+    def __init__(self, config_path: Path | None = None, instance: Instance = Instance(),
+                 systemd_factory=None, journal: Journal | None = None,
+                 notifier: Notifier | None = None, clock=SystemClock(),
                  journalctl: str = "journalctl"):
-        self.config_path = Path(config_path)
         self.instance = instance
+        self.config_path = Path(config_path or instance.config)
         self.systemd_factory = systemd_factory
         self.journal = journal or Journal()
         self.notifier = notifier or Notifier()
         self.clock = clock
-        self.socket_path = Path(socket_path)
-        self.status_path = Path(status_path)
-        self.state_dir = Path(state_dir)
-        self.users_dir = self.socket_path.parent / "users"
+        self.socket_path = instance.socket
+        self.status_path = instance.status_file
         self.journalctl = journalctl
         self.stop_requests = 0
         self.reload_requested = False
@@ -121,13 +120,14 @@ class Daemon:
         selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
         systemd = self._systemd()
         prober = Prober(self.wake, clock=self.clock.monotonic)
-        holds = Holds(self.state_dir / "holds.json")
+        inst = self.instance
+        holds = Holds(inst.holds_file)
         if holds.problem:
             log.error("%s", holds.problem)
-        sup = Supervisor(cfg, imapd, systemd, prober, self.journal, self.clock, holds,
-                         self.instance, RoleStore(self.state_dir / "role.json"),
-                         QuarantineStore(self.state_dir / "quarantine"),
-                         users_dir=self.users_dir)
+        sup = Reconciler(cfg, imapd, Edges(systemd, prober, self.journal, self.clock),
+                         LocalState(holds, RoleStore(inst.role_file),
+                                    QuarantineStore(inst.quarantine_dir), inst.users_dir,
+                                    inst.name, crash_points(inst.crash_flag)))
         follower = JournalFollower(sup.feed_worker_log, selector, self.clock.monotonic,
                                    argv0=self.journalctl)
         control = ControlServer(self.socket_path, configmod.control_gid(cfg),
@@ -143,7 +143,7 @@ class Daemon:
                         self.notifier.stopping()
                         sup.drain_all("because syncwarden is stopping")
                     else:               # a second stop: give up now; log-run stays whole
-                        sup.abort_drains("aborted by a second stop request")
+                        sup.drains.abort_all("aborted by a second stop request")
                     stopping = self.stop_requests
                 if stopping and not sup.draining:
                     break
@@ -183,7 +183,7 @@ class Daemon:
 
         return Systemd()
 
-    def _timeout(self, sup: Supervisor) -> float:
+    def _timeout(self, sup: Reconciler) -> float:
         now = self.clock.monotonic()
         due = [rt.next_probe - now for rt in sup.links.values() if rt.next_probe > now]
         return max(0.05, min([TICK_DRAINING if sup.draining else TICK] + due))
@@ -195,7 +195,7 @@ class Daemon:
         except BlockingIOError:
             pass
 
-    def _reload(self, sup: Supervisor) -> None:
+    def _reload(self, sup: Reconciler) -> None:
         self.notifier.reloading()
         try:
             cfg, imapd = load_checked(self.config_path)
@@ -208,28 +208,29 @@ class Daemon:
             log.info("configuration reloaded from %s", cfg.source)
         self.notifier.ready()
 
-    def _handle(self, sup: Supervisor, req: dict):
-        cmd, link = req["cmd"], req.get("link")
+    def _handle(self, sup: Reconciler, req: dict):
+        """One control request (already validated by the control socket) to the operator."""
+        op, cmd, link = sup.operator, req["cmd"], req.get("link")
         if cmd == "status":
             return sup.status()
         if cmd in ("hold", "resume"):
-            return sup.hold(str(link), cmd == "hold")
+            return op.hold(str(link), cmd == "hold")
         if cmd == "release":
-            return sup.release(str(link))
+            return op.release(str(link))
         if cmd in ("promote", "demote"):
-            return sup.change_role("master" if cmd == "promote" else "replica",
-                                   f"syncwarden {cmd}")
+            return op.change_role("master" if cmd == "promote" else "replica",
+                                  f"syncwarden {cmd}")
         if cmd == "quarantine":
             if req.get("action") == "list":
-                return report.quarantine_json(sup)
-            return sup.quarantine_command(req.get("action"), str(req.get("user")),
-                                          req.get("link"))
+                return sup.quarantine_list()
+            return op.quarantine(QuarantineAction(req.get("action")), str(req.get("user")),
+                                 req.get("link"))
         if cmd == "drain":
             names = list(sup.links) if req.get("all") else [str(link)]
-            return "; ".join(sup.drain(n) for n in names)
+            return "; ".join(op.drain(n) for n in names)
         raise ValueError(f"unknown command {cmd!r}")
 
-    def _write_status(self, sup: Supervisor) -> None:
+    def _write_status(self, sup: Reconciler) -> None:
         """The status file, when it changed, and at least every STATUS_REFRESH seconds so
         that its written_at shows the daemon alive."""
         doc = sup.status()
@@ -246,7 +247,7 @@ class Daemon:
             log.warning("cannot write %s: %s", self.status_path, exc)
 
 
-def main(config_path: Path, instance: str) -> int:
+def main(config_path: Path | None, instance: Instance) -> int:
     journal = Journal()
     handler = JournalHandler(journal)
     logging.basicConfig(level=logging.INFO, handlers=[handler])

@@ -11,9 +11,6 @@ import os
 import tempfile
 from pathlib import Path
 
-STATE_DIR = Path("/var/lib/syncwarden")
-RUNTIME_DIR = Path("/run/syncwarden")
-
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write via a temporary file and rename, so readers never see half a file."""

@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 from ..pair import check, compare
 from ..pair.credentials import CredentialsError
 from ..pair.imapclient import ImapError
 from ..systemd.journal import Journal
 from ..pair.repair import RepairError
-from ..state import STATE_DIR
 
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+from ..exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 
 
 def _setup(args):
@@ -36,7 +36,8 @@ def _setup(args):
     return (cfg, imapd), None
 
 
-def cmd_check(args, journal=None, state_dir=STATE_DIR) -> int:
+def cmd_check(args, journal=None, state_dir=None) -> int:
+    state_dir = state_dir or args.state_dir
     loaded, code = _setup(args)
     if loaded is None:
         return code
@@ -68,8 +69,9 @@ def cmd_check(args, journal=None, state_dir=STATE_DIR) -> int:
     return report.exit_code
 
 
-def cmd_repair(args, journal=None, state_dir=STATE_DIR) -> int:
-    from ..commands import repair as repaircmd
+def cmd_repair(args, journal=None, state_dir=None) -> int:
+    state_dir = state_dir or args.state_dir
+    from . import repair as repaircmd
 
     loaded, code = _setup(args)
     if loaded is None:
@@ -86,7 +88,7 @@ def cmd_repair(args, journal=None, state_dir=STATE_DIR) -> int:
         return EXIT_PROBLEM
 
 
-def add_last_checks(doc: dict, state_dir=STATE_DIR) -> None:
+def add_last_checks(doc: dict, state_dir: Path) -> None:
     """Put each link's last full check into a status document (field ``last_check``)."""
     for link in doc.get("links", []):
         link["last_check"] = check.load_last(link["name"], state_dir)

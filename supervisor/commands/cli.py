@@ -13,23 +13,29 @@ from pathlib import Path
 
 from .. import __version__
 
-from ..commands import render
+from . import render
 from .. import config as configmod
-from ..control import SOCKET_PATH, ControlError, request, wait_for_drains
+from ..control import ControlError, request, wait_for_drains
+from ..paths import DEFAULT, Instance, InstanceError
+from ..systemd.units import parse_qualified
 
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+from ..exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="syncwarden", description="Supervise Cyrus IMAP replication.")
     p.add_argument("--version", action="version", version=f"syncwarden {__version__}")
-    p.add_argument("-c", "--config", type=Path, default=configmod.DEFAULT_PATH,
-                   help="config file (default %(default)s)")
-    p.add_argument("--socket", type=Path, default=SOCKET_PATH, help=argparse.SUPPRESS)
+    p.add_argument("-i", "--instance", default=DEFAULT,
+                   help="the Cyrus instance (default: %(default)s, configured in"
+                   " /etc/syncwarden/syncwarden.yaml; NAME: /etc/syncwarden/NAME.yaml)")
+    p.add_argument("-c", "--config", type=Path, default=None,
+                   help="config file (default: the instance's)")
+    p.add_argument("--socket", type=Path, default=None, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("daemon", help="run the supervisor (the service's ExecStart)")
-    d.add_argument("--instance", default="default", help="Cyrus instance name")
+    # kept for units written for 0.1: `daemon --instance NAME` is `-i NAME daemon`
+    d.add_argument("--instance", dest="daemon_instance", default=None, help=argparse.SUPPRESS)
     s = sub.add_parser("status", help="show links, states and backlogs")
     s.add_argument("link", nargs="?")
     s.add_argument("--json", action="store_true")
@@ -85,7 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    instance = getattr(args, "daemon_instance", None) or args.instance
+    if args.command in ("check", "repair") and ":" in args.link:
+        # the check timer's unit runs `check INSTANCE:LINK` (systemd instance strings)
+        instance, args.link = parse_qualified(args.link)
+    try:
+        args.instance = Instance(instance)
+    except InstanceError as exc:
+        parser.error(str(exc))
+    args.explicit_config = args.config is not None
+    args.config = args.config or args.instance.config
+    args.socket = args.socket or args.instance.socket
+    args.state_dir = args.instance.state_dir
     try:
         return COMMANDS[args.command](args)
     except BrokenPipeError:
@@ -101,9 +120,9 @@ def cmd_daemon(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from ..commands.worker import main as worker_main
+    from .worker import main as worker_main
 
-    return worker_main(args.link, None if args.config == configmod.DEFAULT_PATH else args.config,
+    return worker_main(args.link, args.config if args.explicit_config else None,
                        mode=args.mode or "rolling")
 
 
@@ -136,9 +155,9 @@ def cmd_status(args) -> int:
 
 def _status_without_daemon(args, why: str) -> int:
     """The daemon is down: say so plainly, and show what the files alone tell."""
-    from ..commands.offline import offline_status
+    from .offline import offline_status
 
-    doc = offline_status(args.config, why)
+    doc = offline_status(args.config, why, args.instance)
     if args.json:
         _show_status(args, doc)
     else:
@@ -157,9 +176,9 @@ def _show_status(args, doc: dict) -> int:
             print(f"syncwarden: no link named {args.link!r}", file=sys.stderr)
             return EXIT_USAGE
         doc = {**doc, "links": links}
-    from ..commands.check import add_last_checks, last_check_lines
+    from .check import add_last_checks, last_check_lines
 
-    add_last_checks(doc)
+    add_last_checks(doc, args.state_dir)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -206,24 +225,26 @@ def cmd_role(args) -> int:
 
 
 def _role_offline(args) -> int:
-    from ..link.reconcile import Supervisor
+    """promote/demote while no daemon runs: the role files alone, no supervisor."""
     from ..daemon import SystemClock
+    from ..link.roles import RoleControl, RoleStore
+    from ..state import Holds
     from ..systemd.journal import Journal
-    from ..link.roles import RoleStore
-    from ..state import STATE_DIR, Holds
 
     loaded = _load(args)
     if loaded is None:
         return EXIT_USAGE
     cfg, imapd = loaded
-    sup = Supervisor(cfg, imapd, None, None, Journal(), SystemClock(),
-                     Holds(STATE_DIR / "holds.json"), roles=RoleStore(STATE_DIR / "role.json"))
+    inst = args.instance
+    role = RoleControl(cfg.role, RoleStore(inst.role_file), Holds(inst.holds_file), imapd,
+                       Journal(), SystemClock())
     new = "master" if args.command == "promote" else "replica"
     try:
-        print("\n".join(sup.change_role(new, f"syncwarden {args.command} (daemon not running)")))
+        done = role.change(new, f"syncwarden {args.command} (daemon not running)", list(cfg.links))
     except ValueError as exc:
         print(f"syncwarden {args.command}: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
+    print("\n".join(done))
     return EXIT_OK
 
 
@@ -288,13 +309,13 @@ def cmd_failover(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from ..commands.check import cmd_check as check
+    from .check import cmd_check as check
 
     return check(args)
 
 
 def cmd_repair(args) -> int:
-    from ..commands.check import cmd_repair as repair
+    from .check import cmd_repair as repair
 
     return repair(args)
 

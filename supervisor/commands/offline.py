@@ -8,12 +8,14 @@ from pathlib import Path
 
 from .. import __version__
 from ..cyrus.backlog import Backlog
-from ..daemon import STATUS_PATH, ConfigProblem, load_checked
+from ..daemon import ConfigProblem, load_checked
+from ..paths import Instance
 from ..systemd.units import worker_unit
 
 
-def offline_status(config_path: Path, why: str, status_path: Path = STATUS_PATH) -> dict:
-    doc = {"instance": "default", "version": __version__, "links": [], "quarantine": [],
+def offline_status(config_path: Path, why: str, instance: Instance = Instance()) -> dict:
+    status_path = instance.status_file
+    doc = {"instance": instance.name, "version": __version__, "links": [], "quarantine": [],
            "daemon": {"running": False, "error": why}}
     try:
         last = json.loads(Path(status_path).read_text())
@@ -34,6 +36,6 @@ def offline_status(config_path: Path, why: str, status_path: Path = STATUS_PATH)
             "name": name, "state": None, "state_code": None, "since": None,
             "reason": "daemon not running",
             "replica": {"host": s.host, "port": s.port, "reachable": None},
-            "backlog": snap.as_json(), "worker": {"unit": worker_unit(name), "active": None},
+            "backlog": snap.as_json(), "worker": {"unit": worker_unit(name, instance.name), "active": None},
             "quarantined": 0})
     return doc

@@ -17,7 +17,6 @@ from ..pair import check
 from ..control import ControlError, request
 from ..pair.imapclient import ImapError
 from ..pair.repair import Executor, RepairError, plan_user, run_sync_client
-from ..state import STATE_DIR
 
 HOLD_TIMEOUT = 60.0   # seconds for the daemon to stop the link's worker
 
@@ -68,7 +67,7 @@ def held(link: str, socket_path: Path, out, clock=time.monotonic, sleep=time.sle
 
 
 def run(cfg, imapd, link: str, only_users, dry_run: bool, journal, socket_path: Path,
-        state_dir: Path = STATE_DIR, out=print, err=sys.stderr, sides=None,
+        state_dir: Path, out=print, err=sys.stderr, sides=None,
         sync_client=run_sync_client) -> int:
     sides = sides or check.sides_for(cfg, link)
     hold = nullcontext() if dry_run else held(link, socket_path, out)

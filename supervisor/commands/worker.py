@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .. import config as configmod
 from ..cyrus import imapdconf
-from ..state import RUNTIME_DIR
-from ..systemd.units import parse_worker_instance
+from ..paths import Instance
+from ..systemd.units import parse_qualified
 
 EX_CONFIG = 78
 
@@ -23,12 +23,6 @@ EX_CONFIG = 78
 def shutdown_file(sync_dir: Path) -> Path:
     """Where the drain asks the rolling client to finish (sync_client -F)."""
     return sync_dir / "shutdown"
-
-
-def users_file(link: str, instance: str = "default") -> Path:
-    """The list of users a one-shot user sync works on, written by the daemon."""
-    name = link if instance == "default" else f"{instance}:{link}"
-    return RUNTIME_DIR / "users" / name
 
 
 def argv(cfg: configmod.Config, link: str, shutdown: Path, mode: str = "rolling",
@@ -42,15 +36,14 @@ def argv(cfg: configmod.Config, link: str, shutdown: Path, mode: str = "rolling"
     return base + ["-R", "-n", link, "-F", str(shutdown)]
 
 
-def config_path_for(instance: str) -> Path:
-    if instance == "default":
-        return configmod.DEFAULT_PATH
-    return configmod.DEFAULT_PATH.with_name(f"{instance}.yaml")
-
-
 def main(name: str, config_path: Path | None = None, mode: str = "rolling") -> int:
-    instance, link = parse_worker_instance(name)
-    path = config_path or config_path_for(instance)
+    instance_name, link = parse_qualified(name)
+    try:
+        instance = Instance(instance_name)
+    except ValueError as exc:
+        print(f"worker {name}: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    path = config_path or instance.config
     try:
         cfg = configmod.load(path)
         if link not in cfg.links:
@@ -72,7 +65,7 @@ def main(name: str, config_path: Path | None = None, mode: str = "rolling") -> i
     except OSError as exc:
         print(f"cannot remove stale shutdown file {stale}: {exc.strerror}", file=sys.stderr)
         return EX_CONFIG
-    args = argv(cfg, link, stale, mode, users_file(link, instance))
+    args = argv(cfg, link, stale, mode, instance.users_file(link))
     sys.stderr.flush()
     os.execv(args[0], args)
     return 127  # not reached

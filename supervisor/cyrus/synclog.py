@@ -19,7 +19,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from ..cyrus.failures import mailbox_user
+from .failures import mailbox_user
 
 _TOKEN = re.compile(rb'"(?:[^"\\\n]|\\.)*"|[^\s"]+')
 _USER_TYPES = {b"SEEN", b"SUB", b"UNSUB", b"META", b"SIEVE", b"USER", b"UNUSER"}

@@ -16,10 +16,16 @@ untouched for the next start. Each ``step`` is one tick's worth of decisions; no
 
 from __future__ import annotations
 
+import enum
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..systemd.units import UnitStatus
+from ..cyrus.probe import LOST_AFTER
+from ..systemd.units import LinkUnits, UnitStatus
+from .report import iso
+
+log = logging.getLogger(__name__)
 
 # How long the rolling worker may take to finish its current file after the shutdown file.
 WORKER_FINISH_GRACE = 30.0
@@ -27,8 +33,9 @@ WORKER_FINISH_GRACE = 30.0
 MAX_FAILED_PASSES = 3
 
 
-def drain_unit(worker_unit: str) -> str:
-    return worker_unit.replace("syncwarden-sync@", "syncwarden-drain@", 1)
+class Phase(enum.Enum):
+    FINISH_WORKER = "finish-worker"   # the rolling worker finishes its file, then stops
+    PASSES = "passes"                 # one-shot passes until the files are sent
 
 
 class SyncFiles:
@@ -65,11 +72,11 @@ class Outcome:
 
 
 class DrainJob:
-    def __init__(self, link: str, worker_unit: str, files: SyncFiles, now: float,
+    def __init__(self, link: str, units: LinkUnits, files: SyncFiles, now: float,
                  timeout: float, entries: int, hold_after: bool, why: str):
         self.link = link
-        self.worker_unit = worker_unit
-        self.unit = drain_unit(worker_unit)
+        self.worker_unit = units.worker
+        self.unit = units.drain
         self.files = files
         self.started = now
         self.deadline = now + timeout
@@ -78,7 +85,7 @@ class DrainJob:
         self.hold_after = hold_after
         self.why = why
         self.files_left: int | None = None  # files to send, counted once the worker is gone
-        self.phase = "finish-worker"
+        self.phase = Phase.FINISH_WORKER
         self.shutdown_requested_at: float | None = None
         self.pass_running = False
         self.passes = 0
@@ -110,12 +117,12 @@ class DrainJob:
                     systemd.stop(unit)   # SIGTERM: sync_client keeps log-run whole
             self.files.clear_shutdown()
             return self._finish(False, give_up)
-        if self.phase == "finish-worker":
+        if self.phase is Phase.FINISH_WORKER:
             if worker_running:
                 self._finish_worker(now, systemd)
                 return None
             self.files.clear_shutdown()
-            self.phase = "passes"
+            self.phase = Phase.PASSES
         return self._passes(now, drainer_running, systemd)
 
     def _finish_worker(self, now: float, systemd) -> None:
@@ -153,3 +160,88 @@ class DrainJob:
     def _finish(self, drained: bool, message: str) -> Outcome:
         self.outcome = Outcome(drained, message)
         return self.outcome
+
+
+class Drains:
+    """The drains in progress, one per link, and the outcome of each link's last one.
+
+    Its inputs are declared: the link's runtime is passed to each call, the edges and the
+    operator's holds at construction. The reconcile tick calls ``step`` for a draining link.
+    """
+
+    def __init__(self, systemd, journal, clock, holds):
+        self.systemd = systemd
+        self.journal = journal
+        self.clock = clock
+        self.holds = holds
+        self.jobs: dict[str, DrainJob] = {}
+        self.last: dict[str, dict] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs)
+
+    def __contains__(self, link: str) -> bool:
+        return link in self.jobs
+
+    def start(self, rt, sync_dir: Path, timeout: float, hold_after: bool, why: str) -> str:
+        """Begin draining a link whose machine has just entered ``draining``."""
+        mono = self.clock.monotonic()
+        snap = rt.backlog.read(mono, self.clock.wall())
+        self.jobs[rt.name] = DrainJob(rt.name, rt.units, SyncFiles(sync_dir), mono, timeout,
+                                      snap.entries, hold_after, why)
+        self.journal.send(f"link {rt.name}: drain started ({why}), {snap.entries} entries"
+                          " queued", "notice", "drain-started", SYNCWARDEN_LINK=rt.name,
+                          SYNCWARDEN_ENTRIES=snap.entries)
+        return f"{rt.name}: draining {snap.entries} entries"
+
+    def abort_all(self, why: str) -> None:
+        for job in self.jobs.values():
+            job.abort(why)
+
+    def step(self, rt, units: dict) -> None:
+        """One tick of a draining link: advance its job; on an outcome, record and report it."""
+        mono = self.clock.monotonic()
+        job = self.jobs.get(rt.name)
+        if job is None:   # e.g. reloaded mid-drain: nothing left to run, count it as stopped
+            rt.link.fire("drain_failed", "drain interrupted")
+            return
+        try:
+            outcome = job.step(mono, rt.worker, units.get(job.unit),
+                               rt.probe_failures >= LOST_AFTER, self.systemd)
+        except Exception as exc:  # D-Bus or the file system refused: the logs are untouched
+            outcome = job.fail(f"{type(exc).__name__}: {exc}")
+            for unit in (rt.units.worker, job.unit):
+                try:
+                    self.systemd.stop(unit)   # SIGTERM keeps log-run whole
+                except Exception as stop_exc:
+                    log.warning("cannot stop %s: %s", unit, stop_exc,
+                                extra={"link": rt.name})
+        if outcome is not None:
+            self._finished(rt, job, outcome, mono)
+
+    def _finished(self, rt, job: DrainJob, outcome: Outcome, mono: float) -> None:
+        name = rt.name
+        del self.jobs[name]
+        rt.worker_ours = False
+        snap = rt.snapshot = rt.backlog.read(mono, self.clock.wall())
+        took = mono - job.started
+        self.last[name] = {"at": iso(self.clock.wall()), "drained": outcome.drained,
+                           "message": outcome.message, "entries_left": snap.entries,
+                           "duration_seconds": round(took, 3), "passes": job.passes}
+        fields = dict(SYNCWARDEN_LINK=name, SYNCWARDEN_ENTRIES_LEFT=snap.entries,
+                      SYNCWARDEN_DURATION=f"{took:.3f}", SYNCWARDEN_PASSES=job.passes)
+        if outcome.drained:
+            self.journal.send(f"link {name}: drained in {took:.1f}s ({job.passes} passes,"
+                              f" {job.entries_at_start} entries queued at the start;"
+                              f" {snap.entries} written since)", "notice", "drain-finished",
+                              **fields)
+            rt.link.fire("drained", f"drained: {outcome.message}")
+        else:
+            where = f"{rt.backlog.log_path} and {rt.backlog.run_path}"
+            self.journal.send(f"link {name}: drain incomplete: {outcome.message};"
+                              f" {snap.entries} entries left in {where}; they are sent at the"
+                              " next start", "err", "drain-incomplete", SYNCWARDEN_WHERE=where,
+                              SYNCWARDEN_REASON=outcome.message, **fields)
+            rt.link.fire("drain_failed", f"drain incomplete: {outcome.message}")
+        if job.hold_after:
+            self.holds.set(name, True)

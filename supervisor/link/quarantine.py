@@ -24,29 +24,31 @@ from pathlib import Path
 
 from ..cyrus import synclog
 from ..cyrus.failures import FailedPass, FailureDetector
-from ..link.quarantine_store import QuarantineStore
-from ..state import RUNTIME_DIR
+from .quarantine_store import QuarantineStore
+from ..systemd.units import LinkUnits
 
 log = logging.getLogger(__name__)
 
 
-def crash_point(name: str) -> None:
-    """Fault injection for the crash-safety tests: SIGKILL ourselves here, once, when the file
-    /run/syncwarden/test-crash-at-NAME exists (a test creates it). Never present otherwise."""
-    flag = RUNTIME_DIR / f"test-crash-at-{name}"
-    try:
-        flag.unlink()
-    except FileNotFoundError:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
+def crash_points(flag_of):
+    """Fault injection for the crash-safety system tests: ``crash(NAME)`` SIGKILLs the daemon
+    there, once, when the file ``flag_of(NAME)`` exists (a test creates it; see
+    paths.Instance.crash_flag). Never present otherwise."""
+    def crash(name: str) -> None:
+        try:
+            flag_of(name).unlink()
+        except FileNotFoundError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
+    return crash
+
+
+def no_crash(name: str) -> None:
+    pass
 
 RETRY_MAX = 86400.0
 # Failed passes that name nobody before the stuck log-run is bisected.
 BISECT_AFTER = 2
-
-
-def user_unit(worker_unit: str) -> str:
-    return worker_unit.replace("syncwarden-sync@", "syncwarden-user@", 1)
 
 
 @dataclass
@@ -60,12 +62,15 @@ class Job:
     running: list[str] | None = None
 
 
-class Isolation:
-    def __init__(self, link: str, worker_unit: str, sync_dir: Path, users_file: Path,
-                 store: QuarantineStore, journal, retry_interval: float):
+class Quarantine:
+    """One link's quarantine workflow: failure detection, bisection, moving entries, retries."""
+
+    def __init__(self, link: str, units: LinkUnits, sync_dir: Path, users_file: Path,
+                 store: QuarantineStore, journal, retry_interval: float, crash=no_crash):
         self.link = link
-        self.worker_unit = worker_unit
-        self.unit = user_unit(worker_unit)
+        self.worker_unit = units.worker
+        self.unit = units.user
+        self.crash_point = crash
         self.sync_dir = Path(sync_dir)
         self.users_file = Path(users_file)
         self.store = store
@@ -91,12 +96,14 @@ class Isolation:
                 self.invocation = invocation
             failed = self.detector.feed(message)
             if failed is not None and failed.transport:
-                log.info("link %s: a sync pass failed on the connection to the replica (%s);"
-                         " no user is to blame", self.link, failed.error)
+                log.info("A sync pass to %s failed on the connection to the replica (%s);"
+                         " no user is to blame.", self.link, failed.error,
+                         extra={"link": self.link})
                 self.detector.reprocessing = 0
             elif failed is not None:
-                log.info("link %s: a sync pass failed (%s); users named: %s", self.link,
-                         failed.error, ", ".join(sorted(failed.users)) or "none")
+                log.info("A sync pass to %s failed (%s); users named: %s.", self.link,
+                         failed.error, ", ".join(sorted(failed.users)) or "none",
+                         extra={"link": self.link})
                 self.failure = failed
         elif unit == self.unit and ("NO response" in message or "bailing out" in message
                                     or "IOERROR" in message or "update failed" in message):
@@ -148,7 +155,7 @@ class Isolation:
                 if self.invocation is not None:
                     self.stopped_invocations.add(self.invocation)
                 return None
-            crash_point("worker-stopped")
+            self.crash_point("worker-stopped")
             if job.bisect:
                 if not (self.sync_dir / "log-run").exists():
                     self.job = None      # nothing is stuck any more: let the worker go on
@@ -211,14 +218,15 @@ class Isolation:
         new = {u: e for u, e in culprits.items() if u not in self.quarantined()}
         for user, error in sorted(new.items()):
             self.store.add(self.link, user, error, wall, self.retry_interval)
-        crash_point("record-saved")
+        self.crash_point("record-saved")
         moved = 0
         for name in ("log-run", "log"):
             moved += synclog.move_out(self.sync_dir / name, users, self._store_entries)
-            crash_point(f"{name}-rewritten")
+            self.crash_point(f"{name}-rewritten")
         if len(new) < len(culprits):
-            log.info("link %s: moved %d more entries of quarantined users %s", self.link, moved,
-                     ", ".join(sorted(set(culprits) - set(new))))
+            log.info("Moved %d more entries of users %s, quarantined already on %s.", moved,
+                     ", ".join(sorted(set(culprits) - set(new))), self.link,
+                     extra={"link": self.link})
         for user, error in sorted(new.items()):
             self.journal.send(f"link {self.link}: user {user} quarantined: {error};"
                               f" {self.store.count(self.link, user)} entries held in the store",
@@ -228,7 +236,7 @@ class Isolation:
 
     def _store_entries(self, moved: dict[str, list[bytes]]) -> None:
         self.store.append(self.link, moved)
-        crash_point("entries-stored")    # stored, not yet removed from the sync log
+        self.crash_point("entries-stored")    # stored, not yet removed from the sync log
 
     def _filter_log(self) -> None:
         """Entries for quarantined users that reach log are kept out of the stream too."""

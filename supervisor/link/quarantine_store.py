@@ -29,7 +29,7 @@ class Quarantined:
     retry_offset: int = -1   # size of the entries file when the running retry began
 
     def as_json(self, entries: int) -> dict:
-        from ..link.report import iso
+        from .report import iso
 
         return {"link": self.link, "user": self.user, "since": iso(self.since),
                 "attempts": self.attempts, "error": self.error,

@@ -1,63 +1,63 @@
-"""How the supervisor's state is shown: the STATUS= line and the status JSON."""
+"""How the links are shown: the STATUS= line and the status JSON, built from LinkViews only."""
 
 from __future__ import annotations
 
 import datetime
 
 from .. import __version__
-from ..link.states import LinkState, WORKER_STATES
+from .runtime import LinkView
+from .states import LinkState, WORKER_STATES
 
 
-def describe(sup, rt, mono: float) -> str:
+def describe(view: LinkView, role: str) -> str:
     """One link's part of the STATUS= line."""
-    name, state = rt.settings.name, rt.link.state
+    name, state, queued = view.name, view.state, view.backlog.entries
     if state in WORKER_STATES:
-        return f"{name} {state.value}, {rt.snapshot.entries} queued"
+        return f"{name} {state.value}, {queued} queued"
     if state is LinkState.DOWN:
-        blocker = sup.blocker(rt)
-        if blocker is not None:
-            why = blocker.split(":")[0]
-        elif not sup.classified(rt):
+        if view.blocker is not None:
+            why = view.blocker.short(role)
+        elif not view.classified:
             why = "probing"
-        elif rt.unreachable_since is not None:
-            why = f"unreachable {human_duration(mono - rt.unreachable_since)}"
+        elif view.unreachable_for is not None:
+            why = f"unreachable {human_duration(view.unreachable_for)}"
         else:
             why = "starting"
-        return f"{name} down ({why}), {rt.snapshot.entries} queued"
+        return f"{name} down ({why}), {queued} queued"
     return f"{name} {state.value}"
 
 
-def status(sup) -> dict:
-    """The `status --json` document (SPEC.md: fields may be added, never renamed)."""
+def summary(views: list[LinkView], role: str) -> str:
+    return "; ".join(describe(v, role) for v in views)
+
+
+def status(instance: str, role: str, role_source: str, summary_line: str,
+           views: list[LinkView], quarantine: list[dict]) -> dict:
+    """The `status --json` document (docs/CONTRACT.md: fields may be added, never renamed)."""
     return {
-        "instance": sup.instance, "role": sup.role, "role_source": sup.role_source,
+        "instance": instance, "role": role, "role_source": role_source,
         "version": __version__,
-        "summary": sup.summary,
-        "links": [link_json(sup, rt) for rt in sup.links.values()],
-        "quarantine": quarantine_json(sup),
+        "summary": summary_line,
+        "links": [link_json(v) for v in views],
+        "quarantine": quarantine,
     }
 
 
-def quarantine_json(sup) -> list[dict]:
-    if sup.store is None:
-        return []
-    return [q.as_json(sup.store.count(q.link, q.user)) for q in sup.store.records()
-            if q.link in sup.links]
+def quarantine_json(store, links) -> list[dict]:
+    return [q.as_json(store.count(q.link, q.user)) for q in store.records() if q.link in links]
 
 
-def link_json(sup, rt) -> dict:
-    s, link = rt.settings, rt.link
+def link_json(v: LinkView) -> dict:
     return {
-        "name": s.name, "state": link.state.value, "state_code": link.state.code,
-        "since": iso(link.since), "reason": link.reason,
-        "replica": {"host": s.host, "port": s.port, "reachable": rt.reachable,
-                    "detail": rt.probe.detail if rt.probe else None},
-        "backlog": rt.snapshot.as_json(),
-        "worker": {"unit": rt.unit, "active": rt.worker_running,
-                   "state": rt.worker.active_state if rt.worker else "inactive"},
-        "held": s.name in sup.holds, "enabled": s.enabled,
-        "last_drain": sup.last_drain.get(s.name),
-        "quarantined": len(rt.isolation.quarantined()) if rt.isolation else 0,
+        "name": v.name, "state": v.state.value, "state_code": v.state.code,
+        "since": iso(v.since), "reason": v.reason,
+        "replica": {"host": v.host, "port": v.port, "reachable": v.reachable,
+                    "detail": v.probe_detail},
+        "backlog": v.backlog.as_json(),
+        "worker": {"unit": v.worker_unit, "active": v.worker_active, "state": v.worker_state},
+        "held": v.held, "enabled": v.enabled,
+        "last_drain": v.last_drain,
+        "quarantined": v.quarantined,
     }
 
 

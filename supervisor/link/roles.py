@@ -8,12 +8,15 @@ to its former replica because someone restarted it with an old config (SPEC guar
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..cyrus.imapdconf import ImapdConf
 from ..state import atomic_write
+
+log = logging.getLogger(__name__)
 
 ROLES = ("master", "replica")
 
@@ -80,3 +83,50 @@ def leftover_backlogs(imapd: ImapdConf, links) -> dict[str, list[str]]:
         if files:
             found[link] = [str(d / f) for f in files]
     return found
+
+
+class RoleControl:
+    """This host's role as the daemon (or a command, without a daemon) sees and changes it.
+
+    Usable on its own: ``promote``/``demote`` without a running daemon build one of these from
+    the config and the state files, not a whole supervisor.
+    """
+
+    def __init__(self, config_role: str, store: RoleStore, holds, imapd: ImapdConf, journal,
+                 clock):
+        self.store, self.holds, self.imapd = store, holds, imapd
+        self.journal, self.clock = journal, clock
+        self.role, self.source = config_role, "config"
+        self.configure(config_role, imapd)
+
+    def configure(self, config_role: str, imapd: ImapdConf) -> None:
+        """(Re)read the role: a persisted one outranks the config's."""
+        self.imapd = imapd
+        self.role, self.source = effective_role(config_role, self.store)
+
+    @property
+    def is_master(self) -> bool:
+        return self.role == "master"
+
+    def change(self, new: str, by: str, links) -> list[str]:
+        """promote/demote: persist the role; clear what described the old peer. ``links`` are
+        the link names whose sync caches and backlogs the change concerns."""
+        if new not in ROLES:
+            raise ValueError(f"unknown role {new!r} (one of {', '.join(ROLES)})")
+        if new == self.role:
+            return [f"already {new}"]
+        old = self.role
+        self.store.save(RoleRecord(new, self.clock.wall(), by))
+        self.role, self.source = new, f"{self.store.path} ({by})"
+        done = [f"role {old} -> {new}"] + clear_sync_caches(self.imapd, links)
+        if new == "master":
+            # A backlog from before the change was meant for the former peer: replaying it
+            # needs the operator's explicit word, which is `syncwarden resume LINK`.
+            for link, files in leftover_backlogs(self.imapd, links).items():
+                self.holds.set(link, True)
+                done.append(f"{link}: held, because {' and '.join(files)} predate this"
+                            f" promotion; check them, then `syncwarden resume {link}`")
+        self.journal.send(f"role changed from {old} to {new} ({by}): " + "; ".join(done[1:]),
+                          "notice", "role-changed", SYNCWARDEN_ROLE=new,
+                          SYNCWARDEN_OLD_ROLE=old)
+        return done

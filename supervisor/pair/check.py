@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..pair import compare, credentials
-from ..pair.imapclient import AdminView, ImapError, read_user, user_session
-from ..state import STATE_DIR, atomic_write
+from . import compare, credentials
+from .imapclient import AdminView, ImapError, read_user, user_session
+from ..state import atomic_write
 
 CONFIRM_PAUSE = 2.0          # seconds: a sync_client pass (repeat interval 1 s) lands in this
 PROGRESS_EVERY = 2.0         # seconds between progress lines on stderr
@@ -207,17 +207,17 @@ def _size(m, r) -> tuple[int, int]:
 
 # --- recording the outcome --------------------------------------------------------------------
 
-def result_path(link: str, state_dir: Path = STATE_DIR) -> Path:
+def result_path(link: str, state_dir: Path) -> Path:
     return Path(state_dir) / "check" / f"{link}.json"
 
 
-def save(report: compare.Report, state_dir: Path = STATE_DIR) -> None:
+def save(report: compare.Report, state_dir: Path) -> None:
     """The last full check of a link, for `syncwarden status` (written atomically)."""
     atomic_write(result_path(report.link, state_dir),
                  json.dumps(report.summary()).encode() + b"\n")
 
 
-def load_last(link: str, state_dir: Path = STATE_DIR) -> dict | None:
+def load_last(link: str, state_dir: Path) -> dict | None:
     try:
         doc = json.loads(result_path(link, state_dir).read_text())
         return doc if isinstance(doc, dict) else None

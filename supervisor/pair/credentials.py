@@ -17,7 +17,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..pair.imapclient import Login
+from .imapclient import Login
 
 SYSTEMD_CREDENTIAL = "imap"
 

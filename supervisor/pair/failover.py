@@ -15,12 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from ..pair import check
+from . import check
 from ..control import ControlError, request, wait_for_drains
-from ..pair.credentials import CredentialsError
-from ..pair.imapclient import ImapError
+from .credentials import CredentialsError
+from .imapclient import ImapError
 
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+from ..exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 MAIL_SERVICES = ("cyrus-imapd.service",)
 VERIFY_UNIT = "syncwarden-verify-imap"
 LOCAL = ("localhost", "127.0.0.1", "::1")

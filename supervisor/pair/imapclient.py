@@ -22,8 +22,8 @@ import ssl
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..pair.compare import Mailbox, Message, Status
-from ..pair.imapparse import (by_name, message_from, parse_fetch, parse_list, parse_status, quote,
+from .compare import Mailbox, Message, Status
+from .imapparse import (by_name, message_from, parse_fetch, parse_list, parse_status, quote,
                         userid_of)
 
 # imaplib refuses commands it does not know; GETMETADATA (RFC 5464) is valid once logged in.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from ..pair.compare import Message
+from .compare import Message
 
 
 def quote(name: str) -> str:

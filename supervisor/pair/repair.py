@@ -22,8 +22,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..pair import compare
-from ..pair.imapclient import ImapError
+from . import compare
+from .imapclient import ImapError
 
 CYRUS_USER = "cyrus"   # the units run sync_client as this user too
 SYNC_TIMEOUT = 3600.0

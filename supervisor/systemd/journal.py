@@ -75,7 +75,11 @@ class Journal:
 
 
 class JournalHandler(logging.Handler):
-    """Python logging into the same journal, with the right PRIORITY per level."""
+    """Python logging into the same journal, with the right PRIORITY per level.
+
+    The text is the plain sentence; where it came from goes into fields: CODE_MODULE (the
+    logger), CODE_FUNC, and SYNCWARDEN_LINK when the call passes ``extra={"link": NAME}``.
+    """
 
     LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
               logging.ERROR: "err", logging.CRITICAL: "err"}
@@ -83,10 +87,13 @@ class JournalHandler(logging.Handler):
     def __init__(self, journal: Journal):
         super().__init__()
         self.journal = journal
+        # logging.basicConfig() gives handlers without a formatter "LEVEL:logger:message"
+        self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.journal.send(self.format(record), self.LEVELS.get(record.levelno, "info"),
-                              CODE_FUNC=record.funcName)
+                              CODE_FUNC=record.funcName, CODE_MODULE=record.name,
+                              SYNCWARDEN_LINK=getattr(record, "link", None))
         except Exception:  # logging must never take the daemon down
             self.handleError(record)

@@ -6,23 +6,68 @@ stale, and a daemon restart finds running workers by listing units.
 
 from __future__ import annotations
 
+import enum
 import fnmatch
 from dataclasses import dataclass
 
-WORKER_TEMPLATE = "syncwarden-sync@"
-DEFAULT_INSTANCE = "default"
+from ..paths import DEFAULT
 
 
-def worker_unit(link: str, instance: str = DEFAULT_INSTANCE) -> str:
-    """Unit name of a link's rolling worker; other Cyrus instances qualify it as NAME:LINK."""
-    qualified = link if instance == DEFAULT_INSTANCE else f"{instance}:{link}"
-    return f"{WORKER_TEMPLATE}{qualified}.service"
+class UnitKind(enum.Enum):
+    """The template units syncwarden starts for a link; the only place their names are spelt."""
+
+    WORKER = "syncwarden-sync"      # the rolling sync_client -R
+    DRAIN = "syncwarden-drain"      # one drain pass, sync_client -R -1
+    USER = "syncwarden-user"        # user syncs for bisection and retries, sync_client -u
+    CHECK = "syncwarden-check"      # the daily check (started by its timer, never by the daemon)
 
 
-def parse_worker_instance(name: str) -> tuple[str, str]:
+def qualified(link: str, instance: str = DEFAULT) -> str:
+    """The systemd instance string: LINK for the default instance, NAME:LINK for others."""
+    return link if instance == DEFAULT else f"{instance}:{link}"
+
+
+def parse_qualified(name: str) -> tuple[str, str]:
     """'replica1' -> ('default', 'replica1'); 'east:replica1' -> ('east', 'replica1')."""
     instance, sep, link = name.rpartition(":")
-    return (instance, link) if sep else (DEFAULT_INSTANCE, link)
+    return (instance, link) if sep else (DEFAULT, link)
+
+
+def unit_name(kind: UnitKind, link: str, instance: str = DEFAULT) -> str:
+    return f"{kind.value}@{qualified(link, instance)}.service"
+
+
+def worker_unit(link: str, instance: str = DEFAULT) -> str:
+    return unit_name(UnitKind.WORKER, link, instance)
+
+
+@dataclass(frozen=True)
+class LinkUnits:
+    """The names of one link's units."""
+
+    worker: str
+    drain: str
+    user: str
+
+    @classmethod
+    def of(cls, link: str, instance: str = DEFAULT) -> "LinkUnits":
+        return cls(*(unit_name(k, link, instance)
+                     for k in (UnitKind.WORKER, UnitKind.DRAIN, UnitKind.USER)))
+
+
+def daemon_patterns(instance: str = DEFAULT) -> tuple[str, ...]:
+    """Globs that list every unit a daemon of this instance may run (and only those)."""
+    kinds = (UnitKind.WORKER, UnitKind.DRAIN, UnitKind.USER)
+    if instance == DEFAULT:
+        # other instances' units have a ':' in the instance string: they are filtered below
+        return tuple(f"{k.value}@*.service" for k in kinds)
+    return tuple(f"{k.value}@{instance}:*.service" for k in kinds)
+
+
+def belongs_to(unit: str, instance: str = DEFAULT) -> bool:
+    """Whether a listed unit is one of this instance's (the default's have no ':')."""
+    inner = unit.partition("@")[2].rpartition(".service")[0]
+    return parse_qualified(inner)[0] == instance
 
 
 @dataclass(frozen=True)

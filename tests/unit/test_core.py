@@ -6,7 +6,9 @@ import pytest
 
 from supervisor import config as configmod
 from supervisor.cyrus import imapdconf
-from supervisor.link.reconcile import Supervisor
+from supervisor.link.quarantine_store import QuarantineStore
+from supervisor.link.reconcile import Edges, LocalState, Reconciler
+from supervisor.link.roles import RoleStore
 from supervisor.cyrus.probe import LOST_AFTER
 from supervisor.link.states import WORKER_STATES, LinkState
 from supervisor.systemd.units import UnitStatus
@@ -32,8 +34,9 @@ probe: {{interval: 2s, timeout: 1s}}
     clock = FakeClock()
     env = dict(clock=clock, systemd=FakeSystemd(), prober=FakeProber(clock),
                journal=FakeJournal(), holds=Holds(tmp_path / "holds.json"))
-    sup = Supervisor(cfg, imapd, env["systemd"], env["prober"], env["journal"], clock,
-                     env["holds"])
+    sup = Reconciler(cfg, imapd, Edges(env["systemd"], env["prober"], env["journal"], clock),
+                     LocalState(env["holds"], RoleStore(tmp_path / "role.json"),
+                                QuarantineStore(tmp_path / "quarantine"), tmp_path / "users"))
     return sup, env
 
 
@@ -165,7 +168,7 @@ def test_configuration_exit_status_quarantines(tmp_path):
     step(sup, env, n=5)
     assert state(sup) is LinkState.QUARANTINED
     assert env["systemd"].calls.count(("start", W1)) == 1  # never restarted by itself
-    sup.release("replica1")
+    sup.operator.release("replica1")
     step(sup, env, n=2)
     assert state(sup) in WORKER_STATES
 
@@ -174,14 +177,14 @@ def test_hold_and_resume_survive_a_new_supervisor(tmp_path):
     sup, env = make(tmp_path)
     env["prober"].reachable["replica1"] = True
     step(sup, env, n=3)
-    sup.hold("replica1", True)
+    sup.operator.hold("replica1", True)
     step(sup, env)
     assert state(sup) is LinkState.DOWN and not env["systemd"].running(W1)
     sup2, env2 = make(tmp_path)
     env2["prober"].reachable["replica1"] = True
     step(sup2, env2, n=3)
     assert state(sup2) is LinkState.DOWN and "held" in sup2.summary
-    sup2.hold("replica1", False)
+    sup2.operator.hold("replica1", False)
     step(sup2, env2, n=2)
     assert state(sup2) in WORKER_STATES
 
@@ -197,7 +200,7 @@ def test_replica_role_never_starts_workers(tmp_path):
 def test_unknown_link_command_names_links(tmp_path):
     sup, _ = make(tmp_path)
     with pytest.raises(KeyError, match="replica1, replica2"):
-        sup.hold("nosuch", True)
+        sup.operator.hold("nosuch", True)
 
 
 def test_status_json_contract(tmp_path):

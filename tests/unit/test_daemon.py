@@ -9,6 +9,7 @@ import pytest
 
 from supervisor.control import request
 from supervisor.daemon import Daemon
+from supervisor.paths import Instance
 from supervisor.systemd.journal import Journal
 from supervisor.systemd.notify import Notifier
 
@@ -49,8 +50,7 @@ def running(tmp_path, monkeypatch):
     journal.bind(str(tmp_path / "journal"))
     systemd = FakeSystemd()
     d = Daemon(cfg, systemd_factory=lambda: systemd, journal=Journal(str(tmp_path / "journal")),
-               notifier=Notifier(), socket_path=tmp_path / "control.sock",
-               status_path=tmp_path / "status.json", state_dir=tmp_path / "state")
+               notifier=Notifier(), instance=Instance(root=tmp_path))
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("rc", d.run()), daemon=True)
     t.start()
@@ -73,10 +73,10 @@ def test_ready_status_and_control_socket(running):
     status = recv_until(notify, "STATUS=")
     assert status.startswith("STATUS=replica1 down (unreachable")
     assert recv_until(notify, "WATCHDOG=1")
-    answer = request("status", path=tmp / "control.sock")
+    answer = request("status", path=d.socket_path)
     link = answer["result"]["links"][0]
     assert link["state"] == "down" and link["replica"]["reachable"] is False
-    written = json.loads((tmp / "status.json").read_text())
+    written = json.loads((d.status_path).read_text())
     assert written["pid"] > 0 and written["written_at"] > 0
 
 
@@ -92,7 +92,7 @@ def test_bad_reload_keeps_running_config(running):
             break
     assert "links.replica1.port: expected an integer" in entry
     assert recv_until(notify, "READY=1")
-    assert request("status", path=tmp / "control.sock")["ok"]
+    assert request("status", path=d.socket_path)["ok"]
 
 
 def test_stop_request_ends_loop(running):
@@ -101,7 +101,7 @@ def test_stop_request_ends_loop(running):
     d.request_stop()
     assert wait_for(lambda: "rc" in result) and result["rc"] == 0
     assert recv_until(notify, "STOPPING=1")
-    assert not (tmp / "control.sock").exists()
+    assert not (d.socket_path).exists()
 
 
 def test_bad_config_refuses_to_start(tmp_path, capsys):
@@ -109,7 +109,8 @@ def test_bad_config_refuses_to_start(tmp_path, capsys):
     cfg.write_text("links: {Bad.Name: {host: h, port: 1}}\n")
     journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     journal.bind(str(tmp_path / "journal"))
-    rc = Daemon(cfg, journal=Journal(str(tmp_path / "journal"))).run()
+    rc = Daemon(cfg, journal=Journal(str(tmp_path / "journal")),
+                instance=Instance(root=tmp_path)).run()
     assert rc == 2
     assert "links.Bad.Name: invalid link name" in capsys.readouterr().out
     assert b"MESSAGE=refusing to start" in journal.recv(65536)

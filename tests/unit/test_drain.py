@@ -44,7 +44,7 @@ def test_drain_command_sends_everything_then_holds(tmp_path):
     (d / "log-run").write_text(LINES * 3)
     (d / "log").write_text(LINES * 5)
     env["systemd"].oneshot[D1] = one_pass(d)
-    sup.drain("replica1")
+    sup.operator.drain("replica1")
     step(sup, env)
     assert (d / "shutdown").exists()              # the rolling worker was asked to finish
     env["systemd"].stop(W1)                       # ... and it does (exit 0, file removed)
@@ -64,7 +64,7 @@ def test_drain_command_sends_everything_then_holds(tmp_path):
 def test_worker_that_does_not_finish_is_terminated(tmp_path):
     sup, env = live(tmp_path)
     sync_dir(tmp_path)
-    sup.drain("replica1")
+    sup.operator.drain("replica1")
     step(sup, env)
     assert env["systemd"].running(W1)
     step(sup, env, seconds=WORKER_FINISH_GRACE + 1, n=2)
@@ -78,7 +78,7 @@ def test_unreachable_replica_leaves_files_and_reports_count(tmp_path):
     env["systemd"].oneshot[D1] = one_pass(d, works=False)
     env["prober"].reachable["replica1"] = False
     step(sup, env, seconds=2.0, n=3)              # the replica is lost
-    sup.drain("replica1", hold_after=False)
+    sup.operator.drain("replica1", hold_after=False)
     step(sup, env, n=2)
     assert state(sup) is LinkState.DOWN
     assert (d / "log").read_text() == LINES * 50   # untouched
@@ -93,11 +93,11 @@ def test_passes_that_keep_failing_give_up(tmp_path):
     (d / "log-run").write_text(LINES)
     env["systemd"].oneshot[D1] = one_pass(d, works=False)
     env["systemd"].stop(W1)
-    sup.drain("replica1")
+    sup.operator.drain("replica1")
     step(sup, env, n=MAX_FAILED_PASSES + 3)
     assert state(sup) is LinkState.DOWN
     assert env["systemd"].calls.count(("start", D1)) == MAX_FAILED_PASSES
-    assert sup.last_drain["replica1"]["drained"] is False
+    assert sup.drains.last["replica1"]["drained"] is False
     assert (d / "log-run").exists()
 
 
@@ -106,13 +106,13 @@ def test_timeout_stops_a_pass_and_keeps_files(tmp_path):
     d = sync_dir(tmp_path)
     (d / "log").write_text(LINES)
     env["systemd"].stop(W1)
-    sup.drain("replica1")
+    sup.operator.drain("replica1")
     step(sup, env)                                # a pass starts and never ends (no hook)
     assert env["systemd"].running(D1)
     step(sup, env, seconds=sup.config.drain.timeout)
     step(sup, env)
     assert ("stop", D1) in env["systemd"].calls and (d / "log").exists()
-    assert "drain.timeout" in sup.last_drain["replica1"]["message"]
+    assert "drain.timeout" in sup.drains.last["replica1"]["message"]
 
 
 def test_entries_written_during_drain_do_not_keep_it_going(tmp_path):
@@ -126,9 +126,9 @@ def test_entries_written_during_drain_do_not_keep_it_going(tmp_path):
         passes()
         (d / "log").write_text(LINES)             # a writer is faster than every pass
     env["systemd"].oneshot[D1] = busy_writers
-    sup.drain("replica1")
+    sup.operator.drain("replica1")
     step(sup, env, n=4)
-    assert sup.last_drain["replica1"]["drained"] is True
+    assert sup.drains.last["replica1"]["drained"] is True
     assert (d / "log").exists()                   # the new entry waits for resume
 
 
@@ -158,9 +158,9 @@ def test_second_stop_request_aborts(tmp_path):
     env["systemd"].stop(W1)
     sup.drain_all("stopping")
     step(sup, env)
-    sup.abort_drains("aborted by a second stop request")
+    sup.drains.abort_all("aborted by a second stop request")
     step(sup, env)
-    assert sup.last_drain["replica1"]["message"] == "aborted by a second stop request"
+    assert sup.drains.last["replica1"]["message"] == "aborted by a second stop request"
     assert (d / "log").exists() or (d / "log-run").exists()
 
 
@@ -171,10 +171,10 @@ def test_an_edge_error_ends_the_drain_instead_of_looping(tmp_path):
 
     def refuse(unit):
         raise PermissionError(30, "Read-only file system")
-    sup.drain("replica1", hold_after=False)
+    sup.operator.drain("replica1", hold_after=False)
     env["systemd"].start = refuse
     env["systemd"].stop(W1)
     step(sup, env, n=3)
     assert not sup.draining and ("draining", "down") in env["journal"].transitions("replica1")
-    assert "Read-only file system" in sup.last_drain["replica1"]["message"]
+    assert "Read-only file system" in sup.drains.last["replica1"]["message"]
     assert (d / "log").read_text() == LINES

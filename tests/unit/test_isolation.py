@@ -13,9 +13,6 @@ U1 = "syncwarden-user@replica1.service"
 
 def live_link(tmp_path):
     sup, env = make(tmp_path)
-    sup.store = QuarantineStore(tmp_path / "quarantine")
-    sup.users_dir = tmp_path / "users"
-    sup.reconfigure(sup.config, sup.imapd)
     env["prober"].reachable["replica1"] = True
     step(sup, env, n=3)
     assert state(sup) is LinkState.LIVE
@@ -141,7 +138,7 @@ def test_retry_releases_and_puts_later_entries_back(tmp_path):
     assert q["attempts"] == 1 and q["error"].startswith("sync_client -u alice exited 1")
     (d / "log").unlink()
     ok["now"] = True
-    sup.quarantine_command("retry", "alice", None)
+    sup.operator.quarantine("retry", "alice", None)
     step(sup, env, n=3)
     assert sup.status()["quarantine"] == []
     kinds = [e["ID"] for e in env["journal"].entries]
@@ -156,13 +153,13 @@ def test_back_off_doubles(tmp_path):
     iv = sup.config.quarantine.retry_interval
     env["clock"].advance(iv)
     step(sup, env, n=2)
-    q = sup.store.get("replica1", "alice")
+    q = sup.local.store.get("replica1", "alice")
     assert q.attempts == 1 and q.next_retry - env["clock"].wall() > 1.9 * iv - 5
 
 
 def test_drop_needs_the_user_and_gives_entries_up(tmp_path):
     sup, env, d = alice_quarantined(tmp_path)
-    assert "4 stored entries given up" in sup.quarantine_command("drop", "alice", None)
+    assert "4 stored entries given up" in sup.operator.quarantine("drop", "alice", None)
     assert sup.status()["quarantine"] == []
     assert not list((tmp_path / "quarantine").glob("*/*"))
 
@@ -189,7 +186,7 @@ def test_entries_the_worker_took_before_the_filter_are_moved_again(tmp_path):
 def test_failures_from_before_a_release_are_forgotten(tmp_path):
     sup, env, d = alice_quarantined(tmp_path)
     env["systemd"].oneshot[U1] = lambda: 0
-    sup.quarantine_command("retry", "alice", None)
+    sup.operator.quarantine("retry", "alice", None)
     step(sup, env)                                   # the retry unit runs (and succeeds)
     fail_pass(sup)                                   # late lines of a pass before the repair
     step(sup, env, n=3)

@@ -8,8 +8,6 @@ from .test_core import W1, make, state, step
 
 def with_roles(tmp_path, role="master"):
     sup, env = make(tmp_path, role=role)
-    sup.roles = RoleStore(tmp_path / "role.json")
-    sup.reconfigure(sup.config, sup.imapd)
     return sup, env
 
 
@@ -18,13 +16,13 @@ def test_demote_stops_workers_and_survives_restart(tmp_path):
     env["prober"].reachable["replica1"] = True
     step(sup, env, n=3)
     assert state(sup) is LinkState.LIVE
-    assert sup.change_role("replica", "test")[0] == "role master -> replica"
+    assert sup.operator.change_role("replica", "test")[0] == "role master -> replica"
     step(sup, env)
     assert state(sup) is LinkState.DOWN and not env["systemd"].running(W1)
     again, env2 = with_roles(tmp_path)                 # config still says master
     env2["prober"].reachable["replica1"] = True
     step(again, env2, n=3)
-    assert again.role == "replica" and again.status()["role_source"].endswith("(test)")
+    assert again.role.role == "replica" and again.status()["role_source"].endswith("(test)")
     assert ("start", W1) not in env2["systemd"].calls
 
 
@@ -36,14 +34,14 @@ def test_promote_holds_links_with_old_backlog_and_clears_cache(tmp_path):
     cache = tmp_path / "sync_cache.db"
     cache.write_text("x")
     sup.imapd.options["sync_cache_db_path"] = str(cache)
-    done = sup.change_role("master", "test")
+    done = sup.operator.change_role("master", "test")
     assert f"removed sync cache {cache}" in done and not cache.exists()
     assert any(line.startswith("replica1: held, because") for line in done)
     env["prober"].reachable.update(replica1=True, replica2=True)
     step(sup, env, n=3)
     assert state(sup) is LinkState.DOWN and "held" in sup.summary        # needs resume
     assert state(sup, "replica2") is LinkState.LIVE                        # nothing left over
-    sup.hold("replica1", False)
+    sup.operator.hold("replica1", False)
     step(sup, env, n=2)
     assert state(sup) is not LinkState.DOWN
     assert [e for e in env["journal"].entries if e["ID"] == "role-changed"]
@@ -52,4 +50,4 @@ def test_promote_holds_links_with_old_backlog_and_clears_cache(tmp_path):
 def test_damaged_role_file_reads_as_replica(tmp_path):
     (tmp_path / "role.json").write_text("{not json")
     sup, env = with_roles(tmp_path)
-    assert sup.role == "replica" and "assumed replica" in sup.role_source
+    assert sup.role.role == "replica" and "assumed replica" in sup.role.source
