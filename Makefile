@@ -6,7 +6,7 @@ BINDIR = $(PREFIX)/bin
 UNITDIR ?= /etc/systemd/system
 CONFDIR = /etc/syncwarden
 PYTHON ?= /usr/bin/python3
-# The package and its sub-packages (supervisor/README.md says what each holds).
+# The package and its sub-packages (the README's code map says what each holds).
 PKGDIRS = supervisor $(patsubst %/__init__.py,%,$(wildcard supervisor/*/__init__.py))
 
 .PHONY: install uninstall test unit-test system-test demo
