@@ -17,6 +17,7 @@ Planning is pure (``plan_user``); the Executor does the I/O and journals every a
 
 from __future__ import annotations
 
+import enum
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -29,9 +30,24 @@ CYRUS_USER = "cyrus"   # the units run sync_client as this user too
 SYNC_TIMEOUT = 3600.0
 
 
+class Kind(str, enum.Enum):
+    """What a repair step does (a str, so that journal fields and plans print as before)."""
+
+    CREATE_MAILBOX = "create-mailbox"
+    COPY = "copy"
+    COPY_SUBSCRIPTIONS = "copy-subscriptions"
+    REPLACE = "replace"
+    SYNC_USER = "sync-user"
+    STASH = "stash"           # only in failure reports: saving replica-only mail first
+    RESTORE = "restore"       # only in failure reports: putting it back
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class Action:
-    kind: str                  # create-mailbox, copy, copy-subscriptions, replace, sync-user
+    kind: Kind
     user: str
     mailbox: str | None = None
     uids: tuple = ()           # replica UIDs to copy
@@ -174,7 +190,7 @@ class Executor:
                 self._fail(action, "skipped: copying its messages to the master failed")
                 continue
             try:
-                getattr(self, "_" + action.kind.replace("-", "_"))(action)
+                self._handlers[Kind(action.kind)](action)
                 self.outcome.done += 1
             except (ImapError, RepairError) as exc:
                 failed_boxes.add(action.mailbox)
@@ -187,6 +203,12 @@ class Executor:
                            f" {self.stash_dir / user}")
 
     # -- the actions -----------------------------------------------------------------------------
+    @property
+    def _handlers(self):
+        return {Kind.CREATE_MAILBOX: self._create_mailbox, Kind.COPY: self._copy,
+                Kind.COPY_SUBSCRIPTIONS: self._copy_subscriptions, Kind.REPLACE: self._replace,
+                Kind.SYNC_USER: self._sync_user}
+
     def _create_mailbox(self, action: Action) -> None:
         with self.sides.admin("master") as admin:
             admin.create(action.mailbox)
