@@ -116,9 +116,6 @@ class Systemd:
     def stop(self, unit: str) -> None:
         self._manager.Manager.StopUnit(unit.encode(), b"replace")
 
-    def reset_failed(self, unit: str) -> None:
-        self._manager.Manager.ResetFailedUnit(unit.encode())
-
     def exit_info(self, unit: str) -> ExitInfo:
         from pystemd.systemd1 import Unit
 
