@@ -134,6 +134,7 @@ def test_deb_payload_conffile_and_depends(debs, tmp_path):
         "/usr/share/man/man8/syncwarden.8.gz", "/usr/share/man/man5/syncwarden.yaml.5.gz",
         "/usr/share/bash-completion/completions/syncwarden",
         "/usr/share/doc/syncwarden/README.md",      # uncompressed: the unit's Documentation=
+        "/usr/share/doc/syncwarden/CONTRACT.md",    # uncompressed: syncwarden(8) names it
         "/usr/share/doc/syncwarden/copyright",
     } | {f"/usr/lib/systemd/system/{u}" for u in _unit_names()}
     assert expected <= paths, sorted(expected - paths)
@@ -188,6 +189,7 @@ def test_rpm_payload_scriptlets_and_rpmlint(rpms, debs, tmp_path):
         "/etc/syncwarden/syncwarden.yaml", "/usr/lib/systemd/catalog/syncwarden.catalog",
         "/usr/share/man/man8/syncwarden.8.gz", "/usr/share/man/man5/syncwarden.yaml.5.gz",
         "/usr/share/bash-completion/completions/syncwarden",
+        "/usr/share/doc/syncwarden/README.md", "/usr/share/doc/syncwarden/CONTRACT.md",
     } | {f"/usr/lib/systemd/system/{u}" for u in _unit_names()}
     assert expected <= files, sorted(expected - files)
     flags = _host_run(["rpm", "-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]",
