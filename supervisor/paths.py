@@ -20,9 +20,10 @@ STATE_ROOT = Path("/var/lib/syncwarden")
 
 # An instance name is a file name, a directory name and a systemd instance name at once, and it
 # qualifies worker unit names as NAME:LINK: like link names, rejected rather than escaped.
-# "users" and "quarantine" would collide with the default instance's own directories.
+# The default instance's own entries in /run/syncwarden and /var/lib/syncwarden ("users",
+# "quarantine", "check", "repair", "verify") would collide with an instance of that name.
 INSTANCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-RESERVED = {"users", "quarantine", "checks", "syncwarden"}
+RESERVED = {"users", "quarantine", "check", "checks", "repair", "verify", "syncwarden"}
 
 
 class InstanceError(ValueError):

@@ -19,6 +19,7 @@ from supervisor.commands.offline import offline_status
 from supervisor.daemon import Daemon
 from supervisor.link.states import TRANSITIONS, Link, LinkState
 from supervisor.pair import check, compare, failover
+from supervisor import paths as pathsmod
 from supervisor.paths import Instance
 from supervisor.systemd import journal
 from supervisor.systemd.notify import Notifier
@@ -298,3 +299,14 @@ def test_installed_with_both_packages_and_named_by_the_man_page():
     see_also = MANPAGE[MANPAGE.index(".SH SEE ALSO"):]
     assert "/usr/share/doc/syncwarden/CONTRACT.md" in see_also
 
+
+def test_instance_names_cannot_take_the_default_instances_subdirectories():
+    """Instance NAME lives in /run/syncwarden/NAME and /var/lib/syncwarden/NAME, inside the
+    default instance's own directories: no NAME may be one of their entries."""
+    default = Instance()
+    used = {default.users_dir.name, default.quarantine_dir.name,
+            check.result_path("LINK", default.state_dir).parent.name,
+            "repair",      # commands/repair.py: the stash, state_dir / "repair" / LINK
+            "verify"}      # pair/failover.py: /run/syncwarden/verify
+    assert used <= pathsmod.RESERVED
+    assert all(f"`{name}`" in section("Instances") for name in pathsmod.RESERVED)
