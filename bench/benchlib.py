@@ -7,6 +7,8 @@ run, and prints both. Nothing here asserts on time. Needs root, systemd-nspawn a
 
 Measurements that need the container's loopback (IMAP, LMTP, the sync logs' timing) run INSIDE
 it as small Python scripts (`inner()`), so that nsenter's start-up cost is never in a figure.
+Their LMTP deliveries use the system tests' own helper (`message` and `Lmtp` of
+tests/system/labclient.py, which CyrusLab puts at /srv/cyrlab/labclient.py in the container).
 """
 
 from __future__ import annotations

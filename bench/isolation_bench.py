@@ -56,7 +56,7 @@ QUARANTINED = "45c01d22db55461db7e54216c2522d47"
 ISO = r"""
 import imaplib, json, os, re, smtplib, socket, subprocess, sys, threading, time, uuid
 sys.path.insert(0, "/srv/cyrlab")
-from labclient import message
+from labclient import Lmtp, message
 (lmtp_port, imap_port, users, culprit, rate, steady, wait, sync_dir, replica_conf, mbpath,
  ident, stop_early) = sys.argv[1:]
 lmtp_port, imap_port, rate, steady, wait = int(lmtp_port), int(imap_port), float(rate), \
@@ -70,7 +70,7 @@ go = threading.Event()                    # set: deliver; clear: pause
 quit_ = threading.Event()
 
 def deliverer():
-    lm, i, k = None, 0, 0
+    lm, i, k = Lmtp(lmtp_port), 0, 0
     while not quit_.is_set():
         if not go.is_set():
             go.wait(0.05)
@@ -81,12 +81,10 @@ def deliverer():
         i += 1
         mid, text = message(user, i, tag, token)
         try:
-            lm = lm or smtplib.LMTP("127.0.0.1", lmtp_port, timeout=30)
-            lm.sendmail("lab@cyrlab.test", [user], text)
+            lm.send(user, text)
             sent.append([user, i, float(re.search(r"t=([\d.]+)", text).group(1))])
         except (smtplib.SMTPException, OSError) as e:
             errors.append(str(e))
-            lm = None
         delay = t_next - time.time()
         if delay > 0:
             time.sleep(delay)
@@ -151,9 +149,9 @@ threading.Thread(target=reader, daemon=True).start()
 os.chmod(path, 0)
 t_break = time.time()
 mid, text = message(culprit, 0, "trigger", token)
-lm = smtplib.LMTP("127.0.0.1", lmtp_port, timeout=30)
-lm.sendmail("lab@cyrlab.test", [culprit], text)
-lm.quit()
+trigger = Lmtp(lmtp_port)
+trigger.send(culprit, text)
+trigger.close()
 t_fail = None
 deadline = time.time() + 30
 while t_fail is None and time.time() < deadline:

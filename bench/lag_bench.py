@@ -40,14 +40,15 @@ from benchlib import (
 LAG = r"""
 import imaplib, json, re, smtplib, socket, sys, threading, time, uuid
 sys.path.insert(0, "/srv/cyrlab")
-from labclient import message
+from labclient import Lmtp, message
 lmtp_port, imap_port, user, n, rate, tag = sys.argv[1:]
 lmtp_port, imap_port, n, rate = int(lmtp_port), int(imap_port), int(n), float(rate)
 sent, failed = {}, []
 token = uuid.uuid4().hex[:10]
 
 def deliver():
-    lm = smtplib.LMTP("127.0.0.1", lmtp_port, timeout=30)
+    lm = Lmtp(lmtp_port)
+    lm.connect()                           # before t0: the first message is paced like the rest
     t0 = time.time()
     for i in range(1, n + 1):
         delay = t0 + (i - 1) / rate - time.time()
@@ -55,12 +56,11 @@ def deliver():
             time.sleep(delay)
         mid, text = message(user, i, tag, token)
         try:
-            lm.sendmail("lab@cyrlab.test", [user], text)
+            lm.send(user, text)
             sent[i] = True
         except (smtplib.SMTPException, OSError) as e:
             failed.append(str(e))
-            lm = smtplib.LMTP("127.0.0.1", lmtp_port, timeout=30)
-    lm.quit()
+    lm.close()
 
 m = imaplib.IMAP4("127.0.0.1", imap_port, timeout=30)
 m.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

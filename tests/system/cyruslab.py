@@ -253,6 +253,19 @@ class CyrusLab:
                          "--sessions", sessions, timeout=600)
         return r["accepted"]
 
+    def stream(self, users, seconds: float | None = None, rate: float | None = None,
+               accepted: str | None = None, instance="master", unit="lab-deliver") -> str:
+        """Continuous round-robin LMTP delivery to users, in the background inside the
+        container as the transient unit `unit` (labclient stream): for `seconds` (default until
+        the unit is stopped), at most `rate` per second; each accepted Message-ID appended to
+        the container file `accepted`. Returns the unit's name."""
+        args = [self.labclient, "stream", self.port(instance, "lmtp"), ",".join(users)]
+        for flag, value in (("--seconds", seconds), ("--rate", rate), ("--accepted", accepted)):
+            if value is not None:
+                args += [flag, value]
+        self.sb.run("systemd-run", f"--unit={unit}", "--quiet", "/usr/bin/python3", *args)
+        return unit
+
     def messages(self, instance: str, user: str, folder="INBOX") -> list[tuple[int, str]]:
         """Sorted (uid, guid) of a user's folder; [] if the folder does not exist there."""
         return self.messages_many(instance, [user], folder)[user]

@@ -8,6 +8,12 @@ runs this script through nsenter instead.  Each subcommand does a whole batch in
   create   PORT MAILBOX...                   admin CREATE      -> {"created": [...], "failed": {mb: why}}
   deliver  PORT USERS N TAG [--sessions S]   LMTP, N messages per user
                                              -> {"accepted": {user: [message-id, ...]}, "failed": [...], "seconds": s}
+  stream   PORT USERS [--seconds S] [--rate R] [--accepted FILE] [--tag TAG]
+                                             LMTP round-robin over USERS, one message at a time,
+                                             for S seconds (default: until stopped), at most R per
+                                             second; each accepted Message-ID is appended to FILE
+                                             and fsynced (a record that survives a poweroff)
+                                             -> {"sent": n, "failed": n, "seconds": s}
   messages PORT USERS [--folder F]           UID FETCH 1:* (DIGEST.SHA1) as each user
                                              -> {user: [[uid, guid], ...] or null if the folder is missing}
   status   PORT USER [--folder F]            -> {"messages", "uidnext", "uidvalidity", "highestmodseq",
@@ -19,11 +25,15 @@ runs this script through nsenter instead.  Each subcommand does a whole batch in
 
 USERS is comma-separated.  A server that cannot be reached gives {"error": "..."} and exit status 3.  Reading a user's mail uses SASL PLAIN with authzid=user and the admin
 as authcid: Cyrus admins may not SELECT or STATUS other users' mailboxes, but may act as them.
+
+Every LMTP delivery of the tests and benchmarks goes through `message` and `Lmtp` below; the
+benchmarks' scripts inside the container import them from here (/srv/cyrlab/labclient.py).
 """
 
 import argparse
 import imaplib
 import json
+import os
 import re
 import smtplib
 import socket
@@ -75,6 +85,38 @@ def message(user, i, tag, token):
     return mid, text
 
 
+class Lmtp:
+    """One LMTP session for many deliveries. It connects on first use and again after a
+    connection error, so a server restart costs only the message in flight; a refused recipient
+    or message keeps the session."""
+
+    def __init__(self, port, timeout=30):
+        self.port, self.timeout, self.conn = port, timeout, None
+
+    def connect(self):
+        if self.conn is None:
+            self.conn = smtplib.LMTP(HOST, self.port, timeout=self.timeout)
+        return self.conn
+
+    def send(self, user, text, sender="lab@cyrlab.test"):
+        """Deliver one message to user's INBOX; raises smtplib.SMTPException or OSError."""
+        try:
+            self.connect().sendmail(sender, [user], text)
+        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError):
+            raise
+        except (smtplib.SMTPException, OSError):
+            self.conn = None           # reconnect at the next send
+            raise
+
+    def close(self):
+        if self.conn is not None:
+            try:
+                self.conn.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+            self.conn = None
+
+
 def cmd_deliver(a):
     users = a.users.split(",")
     token = uuid.uuid4().hex[:10]
@@ -82,23 +124,15 @@ def cmd_deliver(a):
     accepted, failed = {}, []
 
     def session(part):
-        lm = None
+        lm = Lmtp(a.port)
         for user, i in part:
             mid, text = message(user, i, a.tag, token)
             try:
-                if lm is None:         # (re)connect lazily: a server restart loses only one message
-                    lm = smtplib.LMTP(HOST, a.port, timeout=30)
-                lm.sendmail("lab@cyrlab.test", [user], text)
+                lm.send(user, text)
                 accepted[(user, i)] = mid
             except (smtplib.SMTPException, OSError) as e:
                 failed.append("%s %d: %s" % (user, i, e))
-                if not isinstance(e, (smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError)):
-                    lm = None
-        if lm is not None:
-            try:
-                lm.quit()
-            except (smtplib.SMTPException, OSError):
-                pass
+        lm.close()
 
     t0 = time.time()
     threads = [threading.Thread(target=session, args=(jobs[k::a.sessions],))
@@ -109,6 +143,35 @@ def cmd_deliver(a):
         t.join()
     out = {u: [accepted[(u, i)] for i in range(1, a.n + 1) if (u, i) in accepted] for u in users}
     return {"accepted": out, "failed": failed, "seconds": round(time.time() - t0, 3)}
+
+
+def cmd_stream(a):
+    """Continuous delivery (run in the background, e.g. as a transient unit): a failed attempt
+    is not repeated, the next message follows as usual."""
+    users = a.users.split(",")
+    token = uuid.uuid4().hex[:10]
+    out = open(a.accepted, "a") if a.accepted else None
+    lm, sent, failed, i = Lmtp(a.port), 0, 0, 0
+    t0 = time.time()
+    while a.seconds is None or time.time() - t0 < a.seconds:
+        user = users[i % len(users)]
+        i += 1
+        mid, text = message(user, i, a.tag, token)
+        try:
+            lm.send(user, text)
+        except (smtplib.SMTPException, OSError):
+            failed += 1
+            time.sleep(1.0 / a.rate if a.rate else 0.05)
+            continue
+        sent += 1
+        if out:
+            out.write(mid + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        if a.rate:
+            time.sleep(1.0 / a.rate)
+    lm.close()
+    return {"sent": sent, "failed": failed, "seconds": round(time.time() - t0, 3)}
 
 
 def fetch_guids(port, user, folder):
@@ -210,6 +273,13 @@ def main(argv):
     s.add_argument("n", type=int)
     s.add_argument("tag")
     s.add_argument("--sessions", type=int, default=1)
+    s = sub.add_parser("stream")
+    s.add_argument("port", type=int)
+    s.add_argument("users")
+    s.add_argument("--seconds", type=float)
+    s.add_argument("--rate", type=float)
+    s.add_argument("--accepted")
+    s.add_argument("--tag", default="stream")
     s = sub.add_parser("messages")
     s.add_argument("port", type=int)
     s.add_argument("users")

@@ -18,24 +18,6 @@ RELEASED = "5219f7cc06734648ba41f2991540bf0d"
 BIN = "/usr/lib/cyrus/bin"
 R1 = "/srv/cyrlab/replica1/imapd.conf"
 
-# Round-robin LMTP delivery at a steady pace for a while (the "continuous mail" of the issue).
-DELIVER_STEADY = r'''
-import smtplib, sys, time, uuid
-users, seconds, rate = sys.argv[1].split(","), float(sys.argv[2]), float(sys.argv[3])
-token, lm, i, end = uuid.uuid4().hex[:8], None, 0, time.time() + seconds
-while time.time() < end:
-    user = users[i % len(users)]
-    i += 1
-    msg = ("From: a@b\r\nTo: %s@x\r\nSubject: steady %d\r\nMessage-ID: <steady-%d-%s@x>\r\n"
-           "\r\nx\r\n") % (user, i, i, token)
-    try:
-        lm = lm or smtplib.LMTP("127.0.0.1", 10024, timeout=10)
-        lm.sendmail("a@b", [user], msg)
-    except (smtplib.SMTPException, OSError):
-        lm = None
-    time.sleep(1.0 / rate)
-'''
-
 # The same folder created on the replica while it was cut off, with mail in it (cyrus-lab 4c-3).
 REPLICA_FOLDER = r'''
 import imaplib, sys
@@ -87,10 +69,8 @@ def test_broken_user_is_quarantined_and_the_others_flow(sandbox, cyrus, sw, meth
     assert wait_same(cyrus, "replica1", USERS) == {}
     break_user(sandbox, cyrus, sw, method)
     assert sw.wait_state("replica1", "live")
-    sandbox.write_file("/srv/deliver_steady.py", DELIVER_STEADY)
     t0 = time.monotonic()
-    sandbox.run("systemd-run", "--unit=lab-deliver", "--quiet", "/usr/bin/python3",
-                "/srv/deliver_steady.py", ",".join(USERS), "20", "20")
+    cyrus.stream(USERS, seconds=20, rate=20)    # the issue's "continuous mail", for 20 s
     # the broken user is quarantined within 15 s
     while time.monotonic() - t0 < 30:
         quarantined = [e for e in sw.journal_messages(message_id=QUARANTINED)]
