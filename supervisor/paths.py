@@ -100,7 +100,3 @@ class Instance:
     @property
     def quarantine_dir(self) -> Path:
         return self.state_dir / "quarantine"
-
-    @property
-    def daemon_unit(self) -> str:
-        return "syncwarden.service" if self.is_default else f"syncwarden@{self.name}.service"

@@ -182,7 +182,7 @@ class Executor:
         try:
             stash = self._stash(user, actions, replica_view)
         except (ImapError, OSError) as exc:
-            self._fail(Action("stash", user), f"{exc}: {user} is not merged without a copy of"
+            self._fail(Action(Kind.STASH, user), f"{exc}: {user} is not merged without a copy of"
                        " the mail only its replica has")
             actions, stash = [a for a in actions if a.kind != "sync-user"], {}
         for action in actions:
@@ -199,7 +199,7 @@ class Executor:
             try:
                 self._restore(user, stash)
             except ImapError as exc:
-                self._fail(Action("restore", user), f"{exc}; the stashed messages stay in"
+                self._fail(Action(Kind.RESTORE, user), f"{exc}; the stashed messages stay in"
                            f" {self.stash_dir / user}")
 
     # -- the actions -----------------------------------------------------------------------------
@@ -301,7 +301,7 @@ class Executor:
         return saved
 
     def _restore(self, user: str, saved: dict) -> None:
-        action = Action("restore", user)
+        action = Action(Kind.RESTORE, user)
         with self.sides.session("master", user) as m:
             present = set()
             for name in {v[0] for v in saved.values()}:
