@@ -10,6 +10,12 @@ What Cyrus 3.6.1 makes us do (cyrus-lab.md §3, §8):
   a closed mailbox), so it is asked alone.
 - EXAMINE (read-only) and BODY.PEEK: reading changes no flag.
 
+What a server may send is bounded (see _Answer): lines of MAX_LINE bytes, literals of
+MAX_LITERAL, answers (everything the server sends for one command) of MAX_ANSWER, and a read
+deadline per answer: the endpoint's timeout, extended only while data keeps arriving at
+MIN_RATE or faster. A silent, slow-dripping or endless server ends in ImapError, as does any
+answer that imaplib or imapparse cannot make sense of.
+
 Parsing is in imapparse.py (pure); the password only ever goes to AUTHENTICATE.
 """
 
@@ -19,16 +25,26 @@ import imaplib
 import re
 import socket
 import ssl
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .compare import Mailbox, Message, Status
-from .imapparse import (by_name, message_from, parse_fetch, parse_list, parse_status, quote,
-                        userid_of)
+from .imapparse import (ParseError, by_name, message_from, number, parse_fetch, parse_list,
+                        parse_status, quote, userid_of)
 
 # imaplib refuses commands it does not know; GETMETADATA (RFC 5464) is valid once logged in.
 imaplib.Commands.setdefault("GETMETADATA", ("AUTH", "SELECTED"))
 SYNCCRCS = "/shared/vendor/cmu/cyrus-imapd/synccrcs"
+
+MAX_LINE = 1_000_000        # as imaplib's own limit; a LIST or STATUS line is far shorter
+MAX_LITERAL = 512 << 20     # one message body; Cyrus's own default (maxmessagesize: 0) is none
+MAX_ANSWER = 1 << 30        # everything one command brings back, all held in memory by imaplib
+MIN_RATE = 1 << 20          # bytes/s that earn an answer more time than the endpoint's timeout
+
+# What imaplib raises on a server's bytes: its own errors, socket errors, and ValueError for
+# what it decodes or converts without checking (capabilities, base64 challenges, literal sizes).
+_FAILED = (OSError, imaplib.IMAP4.error, ValueError, ParseError)
 
 
 class ImapError(Exception):
@@ -48,18 +64,122 @@ class Login:
         return f"Login(user={self.user!r}, password=<hidden>)"
 
 
+class _Answer:
+    """Reads one connection's answers from its socket, within the bounds above.
+
+    imaplib reads through read() and readline() (its documented overridable methods); these
+    read the socket themselves, because a buffered file's readline() waits as long as every
+    single recv() keeps within the socket timeout, which a server sending a byte at a time
+    does for ever. The clock and byte count restart with each command sent."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.sock = None
+        self.buf = bytearray()
+        self.eof = False
+        self.failed = False         # gave up on an answer: the session is of no more use
+        self.sent()
+
+    def sent(self) -> None:
+        self.started, self.got = time.monotonic(), 0
+
+    def _fill(self, sock) -> None:
+        if sock is not self.sock:       # after STARTTLS: nothing read in plain text is kept
+            self.sock, self.buf, self.eof = sock, bytearray(), False
+        if self.eof:
+            return
+        left = self.started + self.timeout + self.got / MIN_RATE - time.monotonic()
+        if left <= 0:
+            raise self._late()
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(1 << 16)
+        except (socket.timeout, ssl.SSLWantReadError):
+            raise self._late() from None
+        self.got += len(chunk)
+        if self.got > MAX_ANSWER:
+            self.failed = True
+            raise imaplib.IMAP4.abort(f"answer larger than {MAX_ANSWER} bytes")
+        if not chunk:
+            self.eof = True
+        self.buf += chunk
+
+    def _late(self) -> Exception:
+        took = time.monotonic() - self.started
+        self.failed = True
+        return imaplib.IMAP4.abort(f"no complete answer after {took:.1f}s (timeout"
+                                   f" {self.timeout:g}s)")
+
+    def readline(self, sock) -> bytes:
+        """One line with its CRLF; what is left at end of file (imaplib reports it)."""
+        scanned = 0
+        while True:
+            if sock is self.sock:
+                end = self.buf.find(b"\n", scanned)
+                if end >= 0:
+                    line = bytes(self.buf[:end + 1])
+                    del self.buf[:end + 1]
+                    return line
+                if len(self.buf) > MAX_LINE:
+                    self.failed = True
+                    raise imaplib.IMAP4.error(f"line longer than {MAX_LINE} bytes")
+                if self.eof:
+                    line, self.buf = bytes(self.buf), bytearray()
+                    return line
+                scanned = len(self.buf)
+            self._fill(sock)
+
+    def read(self, sock, size: int) -> bytes:
+        """A literal of ``size`` bytes (fewer at end of file: imaplib then finds no line)."""
+        if size > MAX_LITERAL:
+            self.failed = True
+            raise imaplib.IMAP4.error(f"literal of {size} bytes (at most {MAX_LITERAL})")
+        while sock is not self.sock or (len(self.buf) < size and not self.eof):
+            self._fill(sock)
+        data = bytes(self.buf[:size])
+        del self.buf[:size]
+        return data
+
+
+class _Bounded:
+    """imaplib's overridable I/O methods, routed through an _Answer."""
+
+    def __init__(self, host, port, timeout, **kw):
+        self.answer = _Answer(timeout)
+        super().__init__(host, port, timeout=timeout, **kw)
+
+    def read(self, size):
+        return self.answer.read(self.sock, size)
+
+    def readline(self):
+        return self.answer.readline(self.sock)
+
+    def send(self, data):
+        self.answer.sent()
+        self.sock.settimeout(self.answer.timeout)
+        super().send(data)
+
+
+class _IMAP4(_Bounded, imaplib.IMAP4):
+    pass
+
+
+class _IMAP4_SSL(_Bounded, imaplib.IMAP4_SSL):
+    pass
+
+
 def connect(endpoint, login: Login, authzid: str = "") -> imaplib.IMAP4:
     """Log in with SASL PLAIN, as ``authzid`` when given (the admin acting as that user)."""
     where = f"{endpoint.host}:{endpoint.port}"
     try:
         if endpoint.tls == "imaps":
-            conn = imaplib.IMAP4_SSL(endpoint.host, endpoint.port, ssl_context=_tls(endpoint),
-                                     timeout=endpoint.timeout)
+            conn = _IMAP4_SSL(endpoint.host, endpoint.port, endpoint.timeout,
+                              ssl_context=_tls(endpoint))
         else:
-            conn = imaplib.IMAP4(endpoint.host, endpoint.port, timeout=endpoint.timeout)
+            conn = _IMAP4(endpoint.host, endpoint.port, endpoint.timeout)
             if endpoint.tls == "starttls":
                 conn.starttls(_tls(endpoint))
-    except (OSError, imaplib.IMAP4.error, ssl.SSLError) as exc:
+    except _FAILED as exc:
         raise ImapError(f"{where}: cannot connect: {exc}") from None
     # imaplib sends a literal and its closing CRLF in two writes (AUTHENTICATE, APPEND); with
     # Nagle on, the CRLF waits for the server's delayed ACK: 40 ms per login and per message.
@@ -67,7 +187,7 @@ def connect(endpoint, login: Login, authzid: str = "") -> imaplib.IMAP4:
     secret = f"{authzid}\0{login.user}\0{login.password}".encode()
     try:
         conn.authenticate("PLAIN", lambda _: secret)
-    except (OSError, imaplib.IMAP4.error) as exc:
+    except _FAILED as exc:
         _close(conn)
         who = f"{login.user} as {authzid}" if authzid else login.user
         raise ImapError(f"{where}: login of {who} refused: {exc}") from None
@@ -79,9 +199,16 @@ def _tls(endpoint) -> ssl.SSLContext:
 
 
 def _close(conn) -> None:
+    """LOGOUT, or just hang up on a server that already failed to answer in time."""
     try:
-        conn.logout()
-    except (OSError, imaplib.IMAP4.error):
+        if not conn.answer.failed:
+            conn.logout()
+            return
+    except _FAILED:
+        pass
+    try:
+        conn.shutdown()
+    except OSError:
         pass
 
 
@@ -108,16 +235,13 @@ class AdminView:
         """{userid: [admin mailbox names]}, from one LIST of the "user" hierarchy."""
         try:
             root = _ok(self.where, "LIST", self.conn.list('""', '""'))
-            delim = (parse_list(root[0]) or (set(), ".", ""))[1] or "."
+            delim = (parse_list(root[0] if root else None) or (set(), ".", ""))[1] or "."
             data = _ok(self.where, "LIST", self.conn.list('""', quote(f"user{delim}*")))
-        except (OSError, imaplib.IMAP4.error) as exc:
+            listed = [p for p in map(parse_list, data) if p is not None]
+        except _FAILED as exc:
             raise ImapError(f"{self.where}: LIST: {exc}") from None
         users: dict[str, list[str]] = {}
-        for item in data:
-            parsed = parse_list(item)
-            if parsed is None:
-                continue
-            flags, d, name = parsed
+        for flags, d, name in listed:
             if flags & {"\\noselect", "\\nonexistent"}:
                 continue
             user = userid_of(name, d or delim)
@@ -128,7 +252,7 @@ class AdminView:
     def create(self, name: str) -> None:
         try:
             _ok(self.where, f"CREATE {name}", self.conn.create(quote(name)))
-        except (OSError, imaplib.IMAP4.error) as exc:
+        except _FAILED as exc:
             raise ImapError(f"{self.where}: CREATE {name}: {exc}") from None
 
 
@@ -142,12 +266,16 @@ class UserSession:
         self.selected: str | None = None
         try:
             ns = _ok(self.where, "NAMESPACE", self.conn.namespace())[0]
-        except (OSError, imaplib.IMAP4.error) as exc:
+        except ImapError:
+            _close(self.conn)
+            raise
+        except _FAILED as exc:
+            _close(self.conn)
             raise ImapError(f"{self.where}: NAMESPACE: {exc}") from None
-        m = re.match(rb'\(\("([^"]*)" "(.)"\)', ns or b"")
+        m = re.match(rb'\(\("([^"]*)" "([!-~])"\)', ns if isinstance(ns, bytes) else b"")
         # altnamespace: no -> ("INBOX." "."); altnamespace: yes -> ("" "/") or ("" ".")
-        self.prefix, self.delim = ((m.group(1).decode(), m.group(2).decode()) if m
-                                   else ("INBOX.", "."))
+        self.prefix, self.delim = ((m.group(1).decode("utf-8", "surrogateescape"),
+                                    m.group(2).decode()) if m else ("INBOX.", "."))
 
     def close(self) -> None:
         _close(self.conn)
@@ -160,20 +288,21 @@ class UserSession:
         rest = parts[2:]
         return "INBOX" if not rest else self.prefix + delim.join(rest)
 
-    def _call(self, what: str, fn, *args) -> list:
+    def _call(self, what: str, fn, *args, parse=lambda data: data):
+        """fn(*args) must answer OK; then parse(data), and any failure names side and command."""
         try:
-            return _ok(self.where, what, fn(*args))
-        except (OSError, imaplib.IMAP4.error) as exc:
+            return parse(_ok(self.where, what, fn(*args)))
+        except _FAILED as exc:
             raise ImapError(f"{self.where}: {what}: {exc}") from None
 
     def status(self, admin_name: str) -> Status:
         name = quote(self.own_name(admin_name))
-        counters = parse_status(self._call(f"STATUS {admin_name}", self.conn.status, name,
-                                           "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)"))
-        ident = parse_status(self._call(f"STATUS {admin_name}", self.conn.status, name,
-                                        "(MAILBOXID)"))
-        crc = parse_status(self._call(f"GETMETADATA {admin_name}", self._metadata, name,
-                                      SYNCCRCS))
+        counters = self._call(f"STATUS {admin_name}", self.conn.status, name,
+                              "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)", parse=parse_status)
+        ident = self._call(f"STATUS {admin_name}", self.conn.status, name, "(MAILBOXID)",
+                           parse=parse_status)
+        crc = self._call(f"GETMETADATA {admin_name}", self._metadata, name, SYNCCRCS,
+                         parse=parse_status)
         try:
             return Status(counters["messages"], counters["uidnext"], counters["uidvalidity"],
                           counters["highestmodseq"], str(ident["mailboxid"]),
@@ -191,9 +320,12 @@ class UserSession:
         first = self._list_return(patterns, "(STATUS (MESSAGES UIDNEXT UIDVALIDITY"
                                   f" HIGHESTMODSEQ) METADATA ({SYNCCRCS}))")
         second = self._list_return(patterns, "(STATUS (MAILBOXID))")
-        counters = by_name(first.get("STATUS", []), parse_status)
-        crcs = by_name(first.get("METADATA", []), parse_status)
-        ids = by_name(second.get("STATUS", []), parse_status)
+        try:
+            counters = by_name(first.get("STATUS", []), parse_status)
+            crcs = by_name(first.get("METADATA", []), parse_status)
+            ids = by_name(second.get("STATUS", []), parse_status)
+        except ParseError as exc:
+            raise ImapError(f"{self.where}: LIST-STATUS: {exc}") from None
         out = {}
         for name, admin_name in own.items():
             c, i, crc = counters.get(name, {}), ids.get(name, {}), crcs.get(name, {})
@@ -210,7 +342,7 @@ class UserSession:
             _ok(self.where, "LIST", (typ, data))
             return {k: self.conn._untagged_response(typ, data, k)[1]
                     for k in ("STATUS", "METADATA", "LIST")}
-        except (OSError, imaplib.IMAP4.error) as exc:
+        except _FAILED as exc:
             raise ImapError(f"{self.where}: LIST: {exc}") from None
 
     def _metadata(self, name: str, entry: str):
@@ -219,18 +351,20 @@ class UserSession:
 
     def _examine(self, admin_name: str) -> int:
         if self.selected != admin_name:
-            data = self._call(f"EXAMINE {admin_name}", self.conn.select,
-                              quote(self.own_name(admin_name)), True)
+            self.exists = self._call(f"EXAMINE {admin_name}", self.conn.select,
+                                     quote(self.own_name(admin_name)), True,
+                                     parse=lambda data: number(data[0] or b"0", "EXISTS"))
             self.selected = admin_name
-            self.exists = int(data[0] or 0)
         return self.exists
 
     def messages(self, admin_name: str) -> dict[int, Message]:
         if self._examine(admin_name) == 0:
             return {}
-        data = self._call(f"FETCH {admin_name}", self.conn.uid, "FETCH", "1:*",
-                          "(UID FLAGS MODSEQ DIGEST.SHA1)")
-        return {m.uid: m for m in map(message_from, (f for f in parse_fetch(data) if "UID" in f))}
+        found = self._call(f"FETCH {admin_name}", self.conn.uid, "FETCH", "1:*",
+                           "(UID FLAGS MODSEQ DIGEST.SHA1)",
+                           parse=lambda data: [message_from(f) for f in parse_fetch(data)
+                                               if "UID" in f])
+        return {m.uid: m for m in found}
 
     def mailbox(self, admin_name: str, deep: bool) -> Mailbox:
         status = self.status(admin_name)
@@ -239,26 +373,36 @@ class UserSession:
     def fetch_full(self, admin_name: str, uid: int) -> dict | None:
         """{"FLAGS", "INTERNALDATE", "BODY[]"} of one message, or None if it is gone."""
         self._examine(admin_name)
-        data = self._call(f"FETCH {admin_name} {uid}", self.conn.uid, "FETCH", str(uid),
-                          "(UID FLAGS INTERNALDATE BODY.PEEK[])")
-        found = [m for m in parse_fetch(data) if m.get("UID") == uid]
-        return found[0] if found else None
+        found = self._call(f"FETCH {admin_name} {uid}", self.conn.uid, "FETCH", str(uid),
+                           "(UID FLAGS INTERNALDATE BODY.PEEK[])",
+                           parse=lambda data: [m for m in parse_fetch(data)
+                                               if m.get("UID") == uid])
+        if not found:
+            return None
+        msg = found[0]
+        if not (isinstance(msg.get("BODY[]"), bytes) and isinstance(msg.get("INTERNALDATE"), str)):
+            raise ImapError(f"{self.where}: FETCH {admin_name} {uid}: no BODY[] literal and"
+                            " INTERNALDATE string in the answer")
+        return msg
 
     def append(self, admin_name: str, flags, internaldate: str, body: bytes) -> int | None:
         """APPEND with flags and internal date; the new UID (UIDPLUS) when the server says."""
         keep = " ".join(f for f in flags if f.lower() != "\\recent")
-        data = self._call(f"APPEND {admin_name}", self.conn.append,
+        return self._call(f"APPEND {admin_name}", self.conn.append,
                           quote(self.own_name(admin_name)), f"({keep})",
-                          quote(internaldate), body)
-        m = re.search(rb"APPENDUID \d+ (\d+)", b" ".join(x for x in data if isinstance(x, bytes)))
-        return int(m.group(1)) if m else None
+                          quote(internaldate), body, parse=_appended_uid)
 
     def subscriptions(self) -> set[str]:
-        data = self._call("LSUB", self.conn.lsub, '""', '"*"')
-        return {p[2] for p in map(parse_list, data) if p}
+        return self._call("LSUB", self.conn.lsub, '""', '"*"',
+                          parse=lambda data: {p[2] for p in map(parse_list, data) if p})
 
     def subscribe(self, name: str) -> None:
         self._call(f"SUBSCRIBE {name}", self.conn.subscribe, quote(name))
+
+
+def _appended_uid(data) -> int | None:
+    m = re.search(rb"APPENDUID \d+ (\d+)", b" ".join(x for x in data if isinstance(x, bytes)))
+    return number(m.group(1), "APPENDUID") if m else None
 
 
 @contextmanager

@@ -81,3 +81,163 @@ def test_list_status_answers_by_mailbox():
     assert by_name(meta, parse_status)["INBOX.Shared"] == {"synccrc": "1720107062 1047124393"}
     ids = [b"INBOX.Shared (MAILBOXID (jk36pmt5py4y6srqvz1nnbxr))"]
     assert by_name(ids, parse_status) == {"INBOX.Shared": {"mailboxid": "jk36pmt5py4y6srqvz1nnbxr"}}
+
+
+# --- hostile answers: a result or ParseError, never anything else, never a hang ---------------
+
+import contextlib
+import signal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from supervisor.pair.imapparse import ParseError, by_name, split_name
+
+
+@contextlib.contextmanager
+def terminates(seconds=5):
+    """Fail (instead of hanging the suite) if the block runs longer than ``seconds``."""
+    def expired(signum, frame):
+        raise AssertionError(f"did not terminate within {seconds}s")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# No example database in the checkout, and no per-example deadline on a shared machine:
+# termination is what terminates() checks.
+def fuzz(n):
+    return settings(max_examples=n, database=None, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+def outcome(fn, *args):
+    """fn(*args), or None when it raised ParseError; any other exception fails the test."""
+    with terminates():
+        try:
+            return fn(*args)
+        except ParseError:
+            return None
+
+
+# Bytes that mean something to the parser, so that examples reach past the first check.
+TOKENS = [b"(", b")", b'"', b"\\", b" ", b"\r\n", b"1", b"42", b"99999999999999999999999",
+          b"UID", b"FLAGS", b"MODSEQ", b"DIGEST.SHA1", b"RFC822.SIZE", b"BODY[]", b"NIL",
+          b"{5}", b"{0}", b"\x00", b"\\Seen", b"MESSAGES", b"MAILBOXID", b"\xe9", b"{"]
+imapish = st.one_of(st.binary(max_size=80),
+                    st.lists(st.sampled_from(TOKENS), max_size=40).map(b"".join))
+
+
+@st.composite
+def literal_piece(draw):
+    """imaplib's (line ending in {N}, N bytes), mostly well-formed, sometimes not."""
+    head, lit = draw(imapish), draw(st.binary(max_size=12))
+    size = draw(st.sampled_from([len(lit), len(lit), len(lit), len(lit) + 1]))
+    return (head + b"{%d}" % size, lit)
+
+
+item = st.one_of(st.none(), imapish, literal_piece(), st.tuples(imapish, imapish))
+answers = st.lists(item, max_size=8)
+
+
+@fuzz(200)
+@given(answers)
+def test_fetch_answers_parse_or_raise_parse_error(data):
+    fetched = outcome(parse_fetch, data)
+    for msg in fetched or []:
+        if "UID" in msg:
+            outcome(message_from, msg)
+
+
+@fuzz(150)
+@given(answers)
+def test_status_answers_parse_or_raise_parse_error(data):
+    got = outcome(parse_status, data)
+    assert got is None or all(isinstance(v, (int, str)) for v in got.values())
+    outcome(by_name, data, parse_status)
+
+
+@fuzz(150)
+@given(item)
+def test_list_answers_parse_or_raise_parse_error(one):
+    got = outcome(parse_list, one)
+    assert got is None or (isinstance(got[0], set) and isinstance(got[2], str))
+
+
+@fuzz(100)
+@given(imapish, st.text(max_size=20), st.text(max_size=3))
+def test_names_parse_or_raise_parse_error(line, name, delim):
+    outcome(split_name, line)
+    assert outcome(userid_of, name, delim) is None or delim
+
+
+@fuzz(100)
+@given(st.integers(1, 2**32), st.integers(1, 2**63),
+       st.lists(st.sampled_from(["\\Seen", "\\Flagged", "$Label1", "\\Answered"]), unique=True),
+       st.binary(max_size=40), st.booleans())
+def test_well_formed_fetch_answers_read_back(uid, modseq, flags, body, body_first):
+    """What imaplib hands over for a real answer comes back item for item."""
+    items = b"UID %d FLAGS (%s) MODSEQ (%d)" % (uid, " ".join(flags).encode(), modseq)
+    if body_first:
+        data = [(b"7 (BODY[] {%d}" % len(body), body), b" " + items + b")"]
+    else:
+        data = [(b"7 (" + items + b" BODY[] {%d}" % len(body), body), b")"]
+    (msg,) = parse_fetch(data)
+    assert (msg["SEQ"], msg["UID"], msg["FLAGS"], msg["MODSEQ"], msg["BODY[]"]) == (
+        7, uid, flags, modseq, body)
+
+
+@pytest.mark.parametrize("data", [
+    # the reported hang: a backslash before the literal leaves a quoted string open
+    [(b'1 (UID 1 X "a\\{5}', b"hello"), b'"")'],
+    [(b'1 (UID 1 X "a\\{5}', b"hello"), b")"],
+    [b'1 (UID 1 X "a'],
+])
+def test_unterminated_quoted_string_is_an_error_not_a_hang(data):
+    with terminates(), pytest.raises(ParseError, match="unterminated quoted string"):
+        parse_fetch(data)
+
+
+@pytest.mark.parametrize("data, message", [
+    ([b"1 (MODSEQ ())"], "MODSEQ: expected \\(number\\)"),          # was IndexError
+    ([b"x (UID 1)"], "sequence number: expected a number"),        # was ValueError
+    ([b"1 (UID one)"], "UID: expected a number"),                  # was ValueError
+    ([b"1 (UID 1" + b"0" * 5000 + b")"], "UID: expected a number"),  # int() digit limit
+    ([b"1 (UID)"], "odd number of items"),
+    ([b"1 (UID 1))"], "'\\)' without '\\('"),
+    ([b"1 (UID 1"], "'\\(' without '\\)'"),
+    ([b"1 UID 1"], "expected 'seq \\(items\\)'"),
+    ([b"1 " + b"(" * 100 + b")" * 100], "nested deeper than"),
+    ([(b"1 (BODY[] {5}", b"hi")], "announced as"),
+    ([(b"1 (BODY[] {2}", b"hi")], "cut after a literal"),
+    ([(b"1 (BODY[] ", b"hi"), b")"], "without a \\{size\\}"),
+])
+def test_malformed_fetch_answers_raise_parse_error(data, message):
+    with pytest.raises(ParseError, match=message):
+        parse_fetch(data)
+
+
+def test_malformed_items_raise_parse_error_in_message_from():
+    (msg,) = parse_fetch([b"1 (UID 3 DIGEST.SHA1 (abc))"])
+    with pytest.raises(ParseError, match="DIGEST.SHA1 is not an atom"):   # was AttributeError
+        message_from(msg)
+    with pytest.raises(ParseError, match="FLAGS: expected a list"):
+        parse_fetch([b"1 (UID 3 FLAGS \\Seen)"])
+    with pytest.raises(ParseError, match="no UID"):
+        message_from({"SEQ": 1})
+
+
+def test_malformed_status_and_list_answers_raise_parse_error():
+    with pytest.raises(ParseError, match="MESSAGES: expected a number"):
+        parse_status([b"INBOX (MESSAGES " + b"9" * 5000 + b")"])            # was ValueError
+    with pytest.raises(ParseError, match="bad quoted string"):
+        parse_list(b'() "." "user.bob')
+    with pytest.raises(ParseError, match="expected bytes"):
+        parse_status([42])
+    assert parse_list(b'(\\HasNoChildren \xff) "." user.bob')[2] == "user.bob"  # was UnicodeError
+    assert userid_of("user.bob", "") is None                                     # was ValueError
