@@ -1,6 +1,7 @@
 """The ``syncwarden`` command: thin argparse layer; commands return data, render.py prints it.
 
-Exit codes: 0 fine, 1 problem found or refused, 2 usage or configuration error.
+Exit codes: 0 fine, 1 problem found or refused, 2 usage or configuration error (for
+check-config this includes a sync_client for one of our channels that syncwarden did not start).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", type=Path, default=None,
                    help="config file (default: the instance's)")
     p.add_argument("--socket", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--proc-root", type=Path, default=Path("/proc"), help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("daemon", help="run the supervisor (the service's ExecStart)")
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     fo = sub.add_parser("failover", help="soft failover: drain every link, verify both sides"
                         " match, then make this host a replica")
     fo.add_argument("--force", action="store_true",
-                    help="go on although the mail services are still active")
+                    help="go on although Cyrus still runs for this instance")
     sub.add_parser("promote", help="make this host the master: workers may start")
     sub.add_parser("demote", help="make this host a replica: never start workers here")
     dr = sub.add_parser("drain", help="send everything queued for a link, then hold it")
@@ -127,6 +129,9 @@ def cmd_worker(args) -> int:
 
 
 def cmd_check_config(args) -> int:
+    """The config, imapd.conf, and any sync_client for our channels that syncwarden did not
+    start (a cyrus.conf entry or a running process): each is a configuration problem, exit 2,
+    since the setup as a whole is not usable until the admin removes it."""
     from ..daemon import ConfigProblem, load_checked
 
     path = args.file or args.config
@@ -135,9 +140,23 @@ def cmd_check_config(args) -> int:
     except ConfigProblem as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
+    rivals = _rival_sync_clients(cfg, imapd, args.proc_root)
+    if rivals:
+        print(configmod.ConfigError(cfg.source, [r.problem() for r in rivals]).report(),
+              file=sys.stderr)
+        return EXIT_USAGE
     print(f"{path}: OK: {len(cfg.links)} link(s) ({', '.join(cfg.links)}), role {cfg.role},"
           f" Cyrus sync logs under {imapd.configdirectory}/sync")
     return EXIT_OK
+
+
+def _rival_sync_clients(cfg, imapd, proc_root):
+    from ..cyrus import procs as cyrus_procs
+
+    dirs = cyrus_procs.bin_dirs(cfg.cyrus.sync_client)
+    found = [r for path in cyrus_procs.cyrus_conf_paths(imapd.path, dirs, proc_root)
+             for r in cyrus_procs.cyrus_conf_sync_clients(path, imapd.path, cfg.links)]
+    return found + cyrus_procs.rival_sync_clients(imapd.path, cfg.links, proc_root)
 
 
 def cmd_status(args) -> int:
@@ -300,12 +319,11 @@ def _load(args):
 
 def cmd_failover(args) -> int:
     from ..pair import failover
-    from ..systemd.units import Systemd
 
     loaded = _load(args)
     if loaded is None:
         return EXIT_USAGE
-    return failover.run(args, *loaded, Systemd())
+    return failover.run(args, *loaded, proc_root=args.proc_root)
 
 
 def cmd_check(args) -> int:

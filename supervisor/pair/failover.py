@@ -4,6 +4,11 @@ Stop accepting mail, send every queued entry, prove in "paranoid mode" that ever
 every user matches on both sides, and only then record that this host is a replica, so that no
 daemon here ever pushes to the new master. Each step refuses rather than guesses: a link that
 did not drain or does not match leaves the role alone and says why.
+
+"Mail is stopped" means no Cyrus process of this instance runs, found from the instance itself
+(cyrus/procs.py: command lines, parents, session files, listening sockets), not from the name
+of a unit: the same master may run under any unit, or none. It is checked before the drain and
+again just before the role changes, when the verification's own private Cyrus is gone.
 """
 
 from __future__ import annotations
@@ -15,13 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import check
 from ..control import ControlError, request, wait_for_drains
+from ..cyrus import procs as cyrus_procs
+from ..exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
+from . import check
 from .credentials import CredentialsError
 from .imapclient import ImapError
 
-from ..exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
-MAIL_SERVICES = ("cyrus-imapd.service",)
 VERIFY_UNIT = "syncwarden-verify-imap"
 LOCAL = ("localhost", "127.0.0.1", "::1")
 
@@ -35,9 +40,11 @@ SERVICES {{
 """
 
 
-def mail_services_active(systemd) -> list[str]:
-    units = systemd.list(*MAIL_SERVICES)
-    return [name for name, u in units.items() if u.running]
+def cyrus_running(cfg, imapd, proc_root="/proc") -> str:
+    """The instance's running Cyrus processes, as one line; "" when there are none."""
+    found = cyrus_procs.service_processes(imapd, cyrus_procs.bin_dirs(cfg.cyrus.sync_client),
+                                          proc_root)
+    return "; ".join(p.describe() for p in found)
 
 
 def drain_all(socket, out) -> dict[str, dict]:
@@ -106,12 +113,15 @@ def verify(cfg, imapd, link: str) -> tuple[bool, str]:
     return True, f"{report.users} users, {report.mailboxes} mailboxes match"
 
 
-def run(args, cfg, imapd, systemd, out=sys.stdout) -> int:
-    active = mail_services_active(systemd)
-    if active and not args.force:
-        print(f"failover: refused: {', '.join(active)} is active, so mail is still being"
-              " accepted here; stop it first (or use --force)", file=sys.stderr)
+def run(args, cfg, imapd, out=sys.stdout, proc_root="/proc") -> int:
+    running = cyrus_running(cfg, imapd, proc_root)
+    if running and not args.force:
+        print(f"failover: refused: Cyrus still runs for {imapd.path}, so mail may still be"
+              f" accepted here: {running}; stop it first (or use --force)", file=sys.stderr)
         return EXIT_PROBLEM
+    if running:
+        print(f"failover: --force: going on although Cyrus still runs for {imapd.path}"
+              f" (mail accepted from now on stays here): {running}", file=sys.stderr)
     try:
         drains = drain_all(args.socket, out)
     except ControlError as exc:
@@ -131,6 +141,12 @@ def run(args, cfg, imapd, systemd, out=sys.stdout) -> int:
             ok &= matched
             print(f"{link}: drained in {d['duration_seconds']}s; "
                   + ("verified: " if matched else "MISMATCH: ") + detail, file=out)
+    if ok and not args.force:
+        running = cyrus_running(cfg, imapd, proc_root)
+        if running:
+            ok = False
+            print(f"failover: Cyrus started again for {imapd.path} meanwhile: {running}",
+                  file=out)
     if not ok:
         print("failover: incomplete; the role stays master and the links stay held"
               " (syncwarden resume LINK to go on replicating)", file=out)

@@ -58,3 +58,28 @@ def test_worker_refuses_unknown_link(tmp_path, capsys):
     cfg = write(tmp_path)
     assert main(["-c", str(cfg), "worker", "nosuch"]) == 78
     assert "links.nosuch: no such link" in capsys.readouterr().err
+
+
+def test_check_config_names_rival_sync_clients_by_pid_and_cyrus_conf_line(tmp_path, capsys):
+    from .fakeproc import BIN, FakeProc
+    cfg, conf = write(tmp_path), tmp_path / "imapd.conf"
+    (tmp_path / "cyrus.conf").write_text(
+        f'START {{\n  recover cmd="ctl_cyrusdb -C {conf} -r"\n'
+        f'  syncclient cmd="sync_client -C {conf} -r -n replica1"\n}}\n')
+    proc = FakeProc(tmp_path / "proc")
+    proc.add(10, f"{BIN}/master", "master", "-C", str(conf), "-M", str(tmp_path / "cyrus.conf"))
+    proc.add(11, f"{BIN}/sync_client", "sync_client", "-C", str(conf), "-R", "-n", "replica1",
+             cgroup="/system.slice/syncwarden-sync@replica1.service")          # our worker
+    proc.add(12, f"{BIN}/sync_client", "sync_client", "-C", str(conf), "-r", "-n", "replica1",
+             ppid=10)
+    assert main(["--proc-root", str(tmp_path / "proc"), "check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"{cfg}: 2 problems"
+    assert err[1].startswith(f"  links.replica1: {tmp_path}/cyrus.conf:3 (START entry"
+                             " 'syncclient') starts `sync_client")
+    assert err[2].startswith("  links.replica1: a sync_client runs for channel replica1 outside"
+                             " syncwarden: pid 12 (unit cyrus-imapd.service)")
+    assert "pid 11" not in "\n".join(err)
+    (tmp_path / "proc" / "12" / "cmdline").unlink()                         # the rival exits
+    (tmp_path / "cyrus.conf").write_text("START {\n}\n")                    # and its entry goes
+    assert main(["--proc-root", str(tmp_path / "proc"), "check-config", str(cfg)]) == 0
