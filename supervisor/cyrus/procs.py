@@ -99,6 +99,12 @@ class Rival:
     def channel(self) -> str:
         return f"channel {self.link}" if self.link else "the default channel (no -n)"
 
+    @property
+    def reason(self) -> str:
+        """Why a link is not trusted while this runs (for status)."""
+        return f"a sync_client that syncwarden did not start runs for {self.channel}: " + \
+            (self.where if self.pid is not None else f"started by {self.where}")
+
     def problem(self) -> str:
         """One line for check-config."""
         what = (f"a sync_client runs for {self.channel} outside syncwarden: {self.where},"
@@ -120,7 +126,14 @@ def _read(path: Path, limit: int = _LIMIT) -> bytes | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        return os.read(fd, limit)
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
     except OSError:
         return None
     finally:

@@ -174,7 +174,10 @@ def test_failover_refuses_then_drains_verifies_and_demotes(sandbox, cyrus, sw):
     sw.cli("hold", "replica2")
     cyrus.deliver_many(USERS, 40, "before-failover")
     r = sw.cli("failover", check=False)
-    assert r.returncode == 1 and "cyrus-imapd.service is active" in r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "failover: refused: Cyrus still runs for /srv/cyrlab/master/imapd.conf" in r.stderr
+    assert re.search(r"master pid \d+ \(-C /srv/cyrlab/master/imapd.conf; unit"
+                     r" cyrus-imapd.service\)", r.stderr)
     assert sw.status()["role"] == "master"
     sandbox.systemctl("stop", "cyrus-imapd")
     r = sw.cli("failover", check=False, timeout=300)

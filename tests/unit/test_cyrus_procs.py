@@ -163,6 +163,8 @@ def test_rival_sync_clients_are_those_outside_our_units(lab, tmp_path):
         " starts it (two clients on one channel race for its sync log)")
     assert got[1].problem().startswith("cyrus.imapd_conf: a sync_client runs for the default"
                                        " channel (no -n) outside syncwarden: pid 21")
+    assert got[0].reason == ("a sync_client that syncwarden did not start runs for channel"
+                             " replica1: pid 20 (unit session-4.scope)")
 
 
 # Debian's /etc/cyrus.conf (3.6.1-4+deb12u5), shortened, with the entries a plain-Cyrus site
