@@ -39,15 +39,16 @@ LIBEXEC_DIRS = ("/usr/lib/cyrus/bin",)      # Debian's; master finds cmd= progra
 
 # Programs that accept mail or change mailboxes while they run (sync_client is not one: it is
 # syncwarden's own worker, or a rival found by rival_sync_clients).
-SERVICES = frozenset({"master", "imapd", "pop3d", "lmtpd", "nntpd", "httpd", "timsieved",
-                      "proxyd", "pop3proxyd", "lmtpproxyd", "mupdate", "sync_server", "smmapd",
-                      "fud", "idled", "notifyd", "backupd", "calalarmd"})
+MASTERS = frozenset({"master", "cyrus-master"})     # the second is Fedora's and RHEL's name
+SERVICES = MASTERS | {"imapd", "pop3d", "lmtpd", "nntpd", "httpd", "timsieved", "proxyd",
+                      "pop3proxyd", "lmtpproxyd", "mupdate", "sync_server", "smmapd", "fud",
+                      "idled", "notifyd", "backupd", "calalarmd"}
 
 # getopt strings: a letter followed by ':' takes a value. Services get service.c's generic
 # "C:U:T:DX" in front of their own.
 _SERVICE = "C:U:T:DX"
 OPTSTRINGS = {
-    "master": "C:L:M:p:l:Ddj:vV",
+    "master": "C:L:M:p:l:Ddj:vV", "cyrus-master": "C:L:M:p:l:Ddj:vV",
     "sync_client": "C:vlLS:F:f:w:t:d:n:rRNumsozOAp:1",
     "imapd": _SERVICE + "Np:sq", "pop3d": _SERVICE + "skp:", "nntpd": _SERVICE + "srfp:",
     "httpd": _SERVICE + "sp:q", "lmtpd": _SERVICE + "a", "sync_server": _SERVICE + "p:f",
@@ -297,7 +298,7 @@ def service_processes(imapd: ImapdConf, dirs, proc_root="/proc") -> list[CyrusPr
         conf = config_of(root, p)
         if p.program in SERVICES and conf and same_file(conf, imapd.path):
             add(p.pid, p.program, _why_conf(p, conf))
-            if p.program == "master":
+            if p.program in MASTERS:
                 masters.append(p.pid)
     children: dict[int, list[Proc]] = {}
     for p in procs.values():
@@ -428,8 +429,8 @@ def cyrus_conf_paths(imapd_conf_path, dirs, proc_root="/proc",
     out = [default]
     for p in processes(root, cyrus_binary(dirs)).values():
         conf = config_of(root, p)
-        if p.program == "master" and conf and same_file(conf, imapd_conf_path):
-            m = options("master", p.argv).get("M") or default
+        if p.program in MASTERS and conf and same_file(conf, imapd_conf_path):
+            m = options(p.program, p.argv).get("M") or default
             cwd = _readlink(root / str(p.pid) / "cwd") or "/"
             out.append(os.path.normpath(os.path.join(cwd, m)))
     return list(dict.fromkeys(out))

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from supervisor.cyrus import procs as cyrus_procs
 from supervisor.cyrus.procs import (Rival, cyrus_conf_paths, cyrus_conf_sync_clients, options,
                                     rival_sync_clients, service_processes)
 from supervisor.cyrus.cyrusconf import SECTIONS, master_entries
@@ -44,6 +45,13 @@ def test_a_master_is_ours_by_its_dash_c_whatever_unit_it_runs_in(lab, tmp_path):
     proc.add(400, f"{BIN}/sync_client", "sync_client", "-C", str(conf), "-R", "-n", "replica1")
     got = found(conf, proc)
     assert list(got) == [(100, "master")]
+    rhel = "/usr/libexec/cyrus-imapd"
+    proc.add(500, f"{rhel}/cyrus-master", "cyrus-master", "-C", str(conf))
+    proc.add(501, f"{rhel}/imapd", ppid=500, retitled="imapd: somewhere")
+    rhel_dirs = cyrus_procs.bin_dirs(f"{rhel}/sync_client")
+    assert [(p.pid, p.why) for p in service_processes(parse(conf.read_text(), conf), rhel_dirs,
+                                                      proc.root)] == [
+        (100, f"-C {conf}"), (500, f"-C {conf}"), (501, "started by master pid 500")]
     assert got[100, "master"].describe() == (f"master pid 100 (-C {conf};"
                                               " unit mail-elsewhere.service)")
 
