@@ -1,8 +1,15 @@
 """Parsing Cyrus 3.6.1's answers as imaplib hands them over (recorded in the lab)."""
 
+import contextlib
+import signal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from supervisor.pair.imapclient import Login
-from supervisor.pair.imapparse import (message_from, parse_fetch, parse_list, parse_status, quote,
-                                  userid_of)
+from supervisor.pair.imapparse import (ParseError, by_name, message_from, parse_fetch, parse_list,
+                                       parse_status, quote, split_name, userid_of)
 
 
 def test_list_answers():
@@ -84,16 +91,6 @@ def test_list_status_answers_by_mailbox():
 
 
 # --- hostile answers: a result or ParseError, never anything else, never a hang ---------------
-
-import contextlib
-import signal
-
-import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from supervisor.pair.imapparse import ParseError, by_name, split_name
-
 
 @contextlib.contextmanager
 def terminates(seconds=5):
