@@ -26,6 +26,8 @@ class RoleRecord:
     role: str
     since: float
     by: str
+    # Set when the file could not be read: the role is then the safe guess, not a record.
+    problem: str | None = None
 
 
 class RoleStore:
@@ -33,19 +35,29 @@ class RoleStore:
         self.path = Path(path)
 
     def load(self) -> RoleRecord | None:
-        """The persisted role; a damaged file reads as ``replica``, the safe side."""
+        """The persisted role; a damaged file reads as ``replica``, the safe side: this host
+        then starts no worker (every link held) until an operator sets the role again."""
         try:
             data = json.loads(self.path.read_text())
-            if data.get("role") not in ROLES:
-                raise ValueError(f"role must be one of {ROLES}")
-            return RoleRecord(data["role"], float(data.get("since", 0)), str(data.get("by", "")))
+            if not isinstance(data, dict) or data.get("role") not in ROLES:
+                raise ValueError(f"role must be one of {', '.join(ROLES)}")
+            since = data.get("since", 0)
+            if isinstance(since, bool) or not isinstance(since, (int, float)) \
+                    or not -1e12 < since < 1e12:     # false for nan and inf too
+                since = 0.0
+            return RoleRecord(data["role"], float(since), str(data.get("by", "")))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, AttributeError) as exc:
-            return RoleRecord("replica", 0.0, f"unreadable {self.path} ({exc}): assumed replica")
+        except (OSError, ValueError, RecursionError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            return RoleRecord("replica", 0.0, f"unreadable {self.path} ({why}): assumed replica",
+                              problem=f"{self.path} is unreadable ({why}): starting as a replica"
+                              " with every link held; `syncwarden promote` or `syncwarden"
+                              " demote` records the role again")
 
     def save(self, record: RoleRecord) -> None:
-        atomic_write(self.path, json.dumps(record.__dict__).encode() + b"\n")
+        doc = {"role": record.role, "since": record.since, "by": record.by}
+        atomic_write(self.path, json.dumps(doc).encode() + b"\n")
 
 
 def effective_role(config_role: str, store: RoleStore) -> tuple[str, str]:

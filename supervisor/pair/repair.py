@@ -23,10 +23,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cyrus import CYRUS_USER   # the units run sync_client as this user too
 from . import compare
 from .imapclient import ImapError
 
-CYRUS_USER = "cyrus"   # the units run sync_client as this user too
 SYNC_TIMEOUT = 3600.0
 
 
