@@ -16,7 +16,7 @@ from .. import __version__
 
 from . import render
 from .. import config as configmod
-from ..control import ControlError, request, wait_for_drains
+from ..control import ControlError, ControlPermissionError, request, wait_for_drains
 from ..paths import DEFAULT, Instance, InstanceError
 from ..systemd.units import parse_qualified
 
@@ -162,6 +162,9 @@ def _rival_sync_clients(cfg, imapd, proc_root):
 def cmd_status(args) -> int:
     try:
         answer = request("status", path=args.socket)
+    except ControlPermissionError as exc:
+        print(f"syncwarden status: {exc}", file=sys.stderr)    # it runs; we may not ask
+        return EXIT_PROBLEM
     except ControlError as exc:
         return _status_without_daemon(args, str(exc))
     if not answer.get("ok"):
@@ -213,6 +216,9 @@ def _ask(args, cmd: str, **fields):
     """The daemon's answer to one command, or _REFUSED after saying why on stderr."""
     try:
         answer = request(cmd, path=args.socket, **fields)
+    except ControlPermissionError as exc:
+        print(f"syncwarden {args.command}: {exc}", file=sys.stderr)
+        return _REFUSED
     except ControlError as exc:
         print(f"syncwarden: daemon not running: {exc}", file=sys.stderr)
         return _REFUSED
@@ -234,6 +240,9 @@ def cmd_role(args) -> int:
     """promote/demote through the daemon when it runs (it owns holds and the role)."""
     try:
         answer = request(args.command, path=args.socket)
+    except ControlPermissionError as exc:
+        print(f"syncwarden {args.command}: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
     except ControlError:
         return _role_offline(args)
     if not answer.get("ok"):

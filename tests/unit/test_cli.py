@@ -1,6 +1,15 @@
 """The command line: exit codes and one-line errors."""
 
+import grp
 import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
 
 from supervisor.commands.cli import main
 
@@ -83,3 +92,39 @@ def test_check_config_names_rival_sync_clients_by_pid_and_cyrus_conf_line(tmp_pa
     (tmp_path / "proc" / "12" / "cmdline").unlink()                         # the rival exits
     (tmp_path / "cyrus.conf").write_text("START {\n}\n")                    # and its entry goes
     assert main(["--proc-root", str(tmp_path / "proc"), "check-config", str(cfg)]) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to play a non-member")
+@pytest.mark.parametrize("argv", [["status"], ["hold", "replica1"], ["demote"]])
+def test_a_non_member_is_told_the_group_not_that_the_daemon_is_down(argv):
+    where = Path(tempfile.mkdtemp())
+    where.chmod(0o755)
+    listening = socket.socket(socket.AF_UNIX)
+    try:
+        path = where / "control.sock"
+        listening.bind(str(path))
+        listening.listen()
+        os.chmod(path, 0o660)
+        os.chown(path, 0, grp.getgrnam("adm").gr_gid)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                      # a user outside adm
+            try:
+                sys.stderr = open(w, "w")
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                rc = main(["--socket", str(path), *argv])
+                sys.stderr.flush()
+                os._exit(rc)
+            finally:
+                os._exit(99)
+        os.close(w)
+        err = os.read(r, 4096).decode()
+        os.close(r)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 1
+        assert err == (f"syncwarden {argv[0]}: permission denied on {path}: you are not root"
+                       " or in group adm\n")
+    finally:
+        listening.close()
+        shutil.rmtree(where)
