@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import grp
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,7 @@ class CheckSettings:
     parallel: int = 4               # users read at the same time
 
     def replica(self, link: LinkSettings) -> ImapEndpoint:
-        return self.replicas.get(link.name) or ImapEndpoint(link.host, 143, "starttls",
+        return self.replicas.get(link.name) or ImapEndpoint(link.host, tls="starttls",
                                                             timeout=self.master.timeout)
 
 
@@ -113,7 +114,7 @@ class CheckSettings:
 class Config:
     links: Mapping[str, LinkSettings]
     cyrus: CyrusSettings = CyrusSettings()
-    role: str = "master"
+    role: str = "master"            # master | replica
     probe: ProbeSettings = ProbeSettings()
     live: LiveSettings = LiveSettings()
     drain: DrainSettings = DrainSettings()
@@ -123,26 +124,65 @@ class Config:
     source: str = str(DEFAULT_PATH)
 
 
+# The range of every bounded setting (seconds for durations), as syncwarden.yaml(5) documents
+# it. Durations have an upper bound too: 99999999999999999999d or .inf is a typo, not a plan,
+# and would overflow the arithmetic that schedules with it.
+_M, _H, _D = 60.0, 3600.0, 86400.0
+RANGES: Mapping[str, tuple[float, float]] = MappingProxyType({
+    "probe.interval": (0.1, 1 * _H),
+    "probe.timeout": (0.1, 10 * _M),
+    "live.max_backlog": (0, 10**9),
+    "live.max_lag": (0, 30 * _D),
+    "drain.timeout": (1, 365 * _D),
+    "quarantine.retry_interval": (1, 30 * _D),
+    "check.timeout": (1, 1 * _D),
+    "check.parallel": (1, 64),
+    "port": (1, 65535),
+})
+ROLES = ("master", "replica")
+TLS_MODES = ("none", "starttls", "imaps")
+
+
 def parse_duration(value: Any) -> float | None:
-    """'2s', '10m', '1.5h', 500ms' or a bare number of seconds; None when not a duration."""
+    """'2s', '10m', '1.5h', 500ms' or a bare number of seconds; None when not a finite,
+    non-negative duration."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value) if value >= 0 else None
+    if isinstance(value, int):
+        value = float(value) if value < 2**1000 else math.inf
+    if isinstance(value, float):
+        return value if 0 <= value < math.inf else None
     if isinstance(value, str):
         m = _DURATION.match(value)
         if m:
-            return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+            seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+            return seconds if seconds < math.inf else None
     return None
 
 
+def show_duration(seconds: float) -> str:
+    """The shortest way to write a range bound in config syntax: 100ms, 30s, 10m, 365d."""
+    if seconds == 0:
+        return "0s"
+    for unit, size in (("d", _D), ("h", _H), ("m", _M), ("s", 1.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+_BAD = object()   # a value that was reported: the dataclass default stands in for it
+
+
 class _Reader:
-    """Walks the parsed YAML, converting values and collecting problems with their paths."""
+    """Walks the parsed YAML, converting values and collecting problems with their paths.
+    Each value reader takes (path, value) and returns the converted value or _BAD."""
 
     def __init__(self) -> None:
         self.problems: list[str] = []
 
     def problem(self, path: str, message: str) -> None:
+        if not path.isprintable():   # a key with a line break must not break the report
+            path = path.encode("unicode_escape").decode("ascii")
         self.problems.append(f"{path}: {message}")
 
     def section(self, data: Any, path: str, keys: tuple[str, ...]) -> dict:
@@ -161,54 +201,67 @@ class _Reader:
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else f" (known: {', '.join(known)})"
         self.problem(_join(path, key), f"unknown key{suggestion}")
 
-    def duration(self, data: dict, path: str, key: str, default: float, minimum: float = 0.0):
-        if key not in data:
-            return default
-        seconds = parse_duration(data[key])
+    def fill(self, data: dict, path: str, readers: Mapping[str, Any]) -> dict:
+        """{key: converted value} for the keys given and valid; missing keys are left to the
+        dataclass defaults (the one place defaults are written)."""
+        values = {}
+        for key, read in readers.items():
+            if key in data:
+                value = read(_join(path, key), data[key])
+                if value is not _BAD:
+                    values[key] = value
+        return values
+
+    def duration(self, path: str, value: Any):
+        seconds = parse_duration(value)
+        lo, hi = RANGES[_range_key(path)]
         if seconds is None:
-            self.problem(_join(path, key), f"expected a duration such as 2s, 10m or 1h, got {_show(data[key])}")
-            return default
-        if seconds < minimum:
-            self.problem(_join(path, key), f"must be at least {minimum:g}s, got {_show(data[key])}")
-            return default
+            self.problem(path, f"expected a duration such as 2s, 10m or 1h (from"
+                         f" {show_duration(lo)} to {show_duration(hi)}), got {_show(value)}")
+            return _BAD
+        if not lo <= seconds <= hi:
+            self.problem(path, f"expected a duration from {show_duration(lo)} to"
+                         f" {show_duration(hi)}, got {_show(value)}")
+            return _BAD
         return seconds
 
-    def integer(self, data: dict, path: str, key: str, default, lo: int, hi: int):
-        if key not in data:
-            return default
-        value = data[key]
+    def integer(self, path: str, value: Any):
+        lo, hi = RANGES[_range_key(path)]
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            self.problem(_join(path, key), f"expected an integer {lo}-{hi}, got {_show(value)}")
-            return default
+            self.problem(path, f"expected an integer {lo}-{hi}, got {_show(value)}")
+            return _BAD
         return value
 
-    def boolean(self, data: dict, path: str, key: str, default: bool) -> bool:
-        if key not in data:
-            return default
-        if not isinstance(data[key], bool):
-            self.problem(_join(path, key), f"expected true or false, got {_show(data[key])}")
-            return default
-        return data[key]
+    def boolean(self, path: str, value: Any):
+        if not isinstance(value, bool):
+            self.problem(path, f"expected true or false, got {_show(value)}")
+            return _BAD
+        return value
 
-    def string(self, data: dict, path: str, key: str, default, choices=None):
-        if key not in data:
-            if default is None:
-                self.problem(_join(path, key), "required")
-            return default
-        value = data[key]
+    def string(self, path: str, value: Any, choices: tuple[str, ...] = ()):
         if not isinstance(value, str) or not value.strip():
-            self.problem(_join(path, key), f"expected a non-empty string, got {_show(value)}")
-            return default
+            self.problem(path, f"expected a non-empty string, got {_show(value)}")
+            return _BAD
         if choices and value not in choices:
-            self.problem(_join(path, key), f"expected one of {', '.join(choices)}, got {_show(value)}")
-            return default
+            self.problem(path, f"expected one of {', '.join(choices)}, got {_show(value)}")
+            return _BAD
         return value
 
-    def path(self, data: dict, path: str, key: str, default: Path) -> Path:
-        value = self.string(data, path, key, str(default))
-        if value and not value.startswith("/"):
-            self.problem(_join(path, key), f"expected an absolute path, got {_show(value)}")
+    def path(self, path: str, value: Any):
+        value = self.string(path, value)
+        if value is _BAD:
+            return _BAD
+        if not value.startswith("/") or "\0" in value:
+            self.problem(path, f"expected an absolute path, got {_show(value)}")
+            return _BAD
         return Path(value)
+
+    def choice(self, *choices: str):
+        return lambda path, value: self.string(path, value, choices)
+
+
+def _range_key(path: str) -> str:
+    return "port" if path.endswith(".port") else path
 
 
 def _join(path: str, key: Any) -> str:
@@ -218,7 +271,8 @@ def _join(path: str, key: Any) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return f"a {'mapping' if isinstance(value, dict) else 'list'}"
-    return repr(value)
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -229,11 +283,16 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:   # a list or mapping as a key: PyYAML would say so less clearly
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a {type(key).__name__} cannot be a key", key_node.start_mark)
+        if duplicate:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark)
-        seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 
 
@@ -243,15 +302,21 @@ TOP_KEYS = ("cyrus", "role", "links", "probe", "live", "drain", "quarantine", "c
             "check")
 
 
-def parse(text: str, source: str = str(DEFAULT_PATH)) -> Config:
-    """Parse config text; raise ConfigError listing every problem."""
+def _yaml(text: str, source: str) -> Any:
     try:
-        data = yaml.load(text, Loader=_StrictLoader)
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         what = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [f"{where}not valid YAML: {what}"]) from None
+    except RecursionError:
+        raise ConfigError(source, ["not valid YAML: nested too deeply"]) from None
+
+
+def parse(text: str, source: str = str(DEFAULT_PATH)) -> Config:
+    """Parse config text; raise ConfigError listing every problem."""
+    data = _yaml(text, source)
     r = _Reader()
     if data is None:
         data = {}
@@ -259,32 +324,25 @@ def parse(text: str, source: str = str(DEFAULT_PATH)) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(source, r.problems)
 
-    c = r.section(top.get("cyrus"), "cyrus", ("imapd_conf", "sync_client"))
-    cyrus = CyrusSettings(
-        imapd_conf=r.path(c, "cyrus", "imapd_conf", CyrusSettings.imapd_conf),
-        sync_client=r.path(c, "cyrus", "sync_client", CyrusSettings.sync_client))
-    role = r.string(top, "", "role", "master", choices=("master", "replica"))
+    def flat(name: str, cls, readers):
+        return cls(**r.fill(r.section(top.get(name), name, tuple(readers)), name, readers))
 
-    p = r.section(top.get("probe"), "probe", ("interval", "timeout"))
-    probe = ProbeSettings(interval=r.duration(p, "probe", "interval", 2.0, minimum=0.1),
-                          timeout=r.duration(p, "probe", "timeout", 3.0, minimum=0.1))
-    lv = r.section(top.get("live"), "live", ("max_backlog", "max_lag"))
-    live = LiveSettings(max_backlog=r.integer(lv, "live", "max_backlog", 1000, 0, 10**9),
-                        max_lag=r.duration(lv, "live", "max_lag", 30.0))
-    d = r.section(top.get("drain"), "drain", ("timeout",))
-    drain = DrainSettings(timeout=r.duration(d, "drain", "timeout", 900.0, minimum=1.0))
-    q = r.section(top.get("quarantine"), "quarantine", ("retry_interval",))
-    quarantine = QuarantineSettings(
-        retry_interval=r.duration(q, "quarantine", "retry_interval", 600.0, minimum=1.0))
-    ct = r.section(top.get("control"), "control", ("group",))
-    control = ControlSettings(group=r.string(ct, "control", "group", "adm"))
-
+    values = r.fill(top, "", {"role": r.choice(*ROLES)})
+    values["cyrus"] = flat("cyrus", CyrusSettings, {"imapd_conf": r.path,
+                                                    "sync_client": r.path})
+    values["probe"] = flat("probe", ProbeSettings, {"interval": r.duration,
+                                                    "timeout": r.duration})
+    values["live"] = flat("live", LiveSettings, {"max_backlog": r.integer,
+                                                 "max_lag": r.duration})
+    values["drain"] = flat("drain", DrainSettings, {"timeout": r.duration})
+    values["quarantine"] = flat("quarantine", QuarantineSettings,
+                                {"retry_interval": r.duration})
+    values["control"] = flat("control", ControlSettings, {"group": r.string})
     links = _links(r, top)
-    check = _check(r, top.get("check"), links)
+    values["check"] = _check(r, top.get("check"), links)
     if r.problems:
         raise ConfigError(source, r.problems)
-    return Config(cyrus=cyrus, role=role, links=links, probe=probe, live=live, drain=drain,
-                  quarantine=quarantine, control=control, check=check, source=source)
+    return Config(links=links, source=source, **values)
 
 
 def _links(r: _Reader, top: dict) -> Mapping[str, LinkSettings]:
@@ -302,35 +360,30 @@ def _links(r: _Reader, top: dict) -> Mapping[str, LinkSettings]:
             r.problem(path, "invalid link name: use 1-64 of a-z 0-9 _ - starting with a letter or"
                       " digit (it is a Cyrus channel name and a systemd instance name)")
             continue
-        s = r.section(body, path, ("host", "port", "enabled"))
+        readers = {"host": r.string, "port": r.integer, "enabled": r.boolean}
+        s = r.section(body, path, tuple(readers))
         if not isinstance(body, dict):
             continue
-        host = r.string(s, path, "host", None)
-        port = r.integer(s, path, "port", None, 1, 65535)
-        if "port" not in s:
-            r.problem(_join(path, "port"), "required")
-        enabled = r.boolean(s, path, "enabled", True)
-        links[name] = LinkSettings(name=name, host=host or "", port=port or 0, enabled=enabled)
+        for key in ("host", "port"):
+            if key not in s:
+                r.problem(_join(path, key), "required")
+        values = {"host": "", "port": 0, **r.fill(s, path, readers)}
+        links[name] = LinkSettings(name=name, **values)
     return MappingProxyType(links)
 
 
-_ENDPOINT_KEYS = ("host", "port", "tls", "ca_file")
-
-
 def _endpoint(r: _Reader, data: Any, path: str, timeout: float, default: ImapEndpoint):
-    e = r.section(data, path, _ENDPOINT_KEYS)
-    ca = r.path(e, path, "ca_file", Path("/")) if "ca_file" in e else None
-    return ImapEndpoint(host=r.string(e, path, "host", default.host) or default.host,
-                        port=r.integer(e, path, "port", default.port, 1, 65535),
-                        tls=r.string(e, path, "tls", default.tls,
-                                     choices=("none", "starttls", "imaps")) or default.tls,
-                        ca_file=ca, timeout=timeout)
+    readers = {"host": r.string, "port": r.integer, "tls": r.choice(*TLS_MODES),
+               "ca_file": r.path}
+    values = r.fill(r.section(data, path, tuple(readers)), path, readers)
+    return dataclasses.replace(default, timeout=timeout, **values)
 
 
 def _check(r: _Reader, data: Any, links: Mapping[str, LinkSettings]) -> CheckSettings:
     c = r.section(data, "check", ("credentials", "master", "replicas", "timeout", "parallel"))
-    timeout = r.duration(c, "check", "timeout", 60.0, minimum=1.0)
-    master = _endpoint(r, c.get("master"), "check.master", timeout, ImapEndpoint("localhost"))
+    values = r.fill(c, "check", {"credentials": r.path, "parallel": r.integer})
+    timeout = r.fill(c, "check", {"timeout": r.duration}).get("timeout", ImapEndpoint.timeout)
+    master = _endpoint(r, c.get("master"), "check.master", timeout, CheckSettings.master)
     replicas = {}
     raw = c.get("replicas")
     if raw is not None and not isinstance(raw, dict):
@@ -344,12 +397,8 @@ def _check(r: _Reader, data: Any, links: Mapping[str, LinkSettings]) -> CheckSet
             continue
         if not isinstance(body, dict) or "host" not in body:
             r.problem(_join(path, "host"), "required")
-        replicas[name] = _endpoint(r, body, path, timeout,
-                                   ImapEndpoint(links[name].host, 143, "starttls"))
-    return CheckSettings(
-        credentials=r.path(c, "check", "credentials", CheckSettings.credentials),
-        master=master, replicas=MappingProxyType(replicas),
-        parallel=r.integer(c, "check", "parallel", 4, 1, 64))
+        replicas[name] = _endpoint(r, body, path, timeout, CheckSettings().replica(links[name]))
+    return CheckSettings(master=master, replicas=MappingProxyType(replicas), **values)
 
 
 def load(path: Path | str = DEFAULT_PATH) -> Config:

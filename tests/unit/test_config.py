@@ -141,3 +141,66 @@ def test_check_section_problems_have_paths():
     assert "check.replicas.replica1.port: expected an integer 1-65535, got 0" in found
     assert "check.parallel: expected an integer 1-64, got 0" in found
     assert len(found) == 7
+
+
+LINK = "links: {r1: {host: h, port: 1}}\n"
+
+
+@pytest.mark.parametrize("setting,value,message", [
+    ("probe: {timeout: .inf}", "inf",
+     "probe.timeout: expected a duration such as 2s, 10m or 1h (from 100ms to 10m), got inf"),
+    ("drain: {timeout: .nan}", "nan",
+     "drain.timeout: expected a duration such as 2s, 10m or 1h (from 1s to 365d), got nan"),
+    ("quarantine: {retry_interval: 99999999999999999999d}", None,
+     "quarantine.retry_interval: expected a duration from 1s to 30d, got"
+     " '99999999999999999999d'"),
+    ("quarantine: {retry_interval: .inf}", None,
+     "quarantine.retry_interval: expected a duration such as 2s, 10m or 1h (from 1s to 30d),"
+     " got inf"),
+    ("probe: {interval: 250000000000}", None,
+     "probe.interval: expected a duration from 100ms to 1h, got 250000000000"),
+    ("drain: {timeout: 366d}", None, "drain.timeout: expected a duration from 1s to 365d,"
+     " got '366d'"),
+    ("live: {max_lag: 31d}", None, "live.max_lag: expected a duration from 0s to 30d, got '31d'"),
+    ("check: {timeout: 2d}", None, "check.timeout: expected a duration from 1s to 1d, got '2d'"),
+])
+def test_durations_have_an_upper_bound_and_must_be_finite(setting, value, message):
+    assert problems(LINK + setting + "\n") == [message]
+
+
+def test_durations_at_their_bounds_are_accepted():
+    cfg = parse(LINK + "drain: {timeout: 365d}\nquarantine: {retry_interval: 30d}\n"
+                "probe: {interval: 100ms, timeout: 10m}\nlive: {max_lag: 0}\n")
+    assert (cfg.drain.timeout, cfg.quarantine.retry_interval) == (365 * 86400, 30 * 86400)
+    assert (cfg.probe.interval, cfg.probe.timeout, cfg.live.max_lag) == (0.1, 600, 0)
+
+
+@pytest.mark.parametrize("huge", [2**2000, float("inf"), float("nan"), "1e400s"])
+def test_parse_duration_refuses_what_is_not_finite(huge):
+    assert parse_duration(huge) is None
+
+
+def test_defaults_are_the_dataclass_defaults():
+    """One place for defaults: a config that says nothing gets exactly the dataclasses'."""
+    cfg = parse(LINK)
+    assert cfg.probe == configmod.ProbeSettings() and cfg.live == configmod.LiveSettings()
+    assert cfg.drain == configmod.DrainSettings()
+    assert cfg.quarantine == configmod.QuarantineSettings()
+    assert cfg.control == configmod.ControlSettings() and cfg.cyrus == configmod.CyrusSettings()
+    assert cfg.check == configmod.CheckSettings() and cfg.role == configmod.Config.role
+
+
+def test_a_word_for_a_duration_is_reported_with_the_range():
+    found = problems(LINK + "probe: {interval: 1s, timeout: forever}\n")
+    assert found == ["probe.timeout: expected a duration such as 2s, 10m or 1h"
+                     " (from 100ms to 10m), got 'forever'"]
+
+
+def test_a_key_with_a_line_break_stays_on_one_report_line():
+    assert problems(LINK + 'probe: {"a\\nb": 1}\n') == [
+        "probe.a\\nb: unknown key (known: interval, timeout)"]
+
+
+def test_a_list_as_a_key_is_a_yaml_problem_not_a_crash():
+    (found,) = problems(LINK + "? [a, b]\n: 1\n")
+    assert "not valid YAML: a list cannot be a key" in found
