@@ -82,6 +82,8 @@ class Daemon:
         self.status_path = instance.status_file
         self.journalctl = journalctl
         self.stop_requests = 0
+        self.problems: list[str] = []     # damaged state found at start, for status
+        self.status_gid: int | None = None
         self.reload_requested = False
         self._status_body, self._status_written = "", float("-inf")
         self._wake_r, self._wake_w = socket.socketpair()
@@ -122,16 +124,18 @@ class Daemon:
         prober = Prober(self.wake, clock=self.clock.monotonic)
         inst = self.instance
         holds = Holds(inst.holds_file)
-        if holds.problem:
-            log.error("%s", holds.problem)
+        roles = RoleStore(inst.role_file)
+        store = QuarantineStore(inst.quarantine_dir, clock=self.clock.wall)
+        self._report_damage(holds, roles, store)
         sup = Reconciler(cfg, imapd, Edges(systemd, prober, self.journal, self.clock),
-                         LocalState(holds, RoleStore(inst.role_file),
-                                    QuarantineStore(inst.quarantine_dir), inst.users_dir,
-                                    inst.name, crash_points(inst.crash_flag)))
+                         LocalState(holds, roles, store, inst.users_dir, inst.name,
+                                    crash_points(inst.crash_flag)))
         follower = JournalFollower(sup.feed_worker_log, selector, self.clock.monotonic,
                                    argv0=self.journalctl)
-        control = ControlServer(self.socket_path, configmod.control_gid(cfg),
-                                lambda req, admin: self._handle(sup, req), selector)
+        self.status_gid = configmod.control_gid(cfg)
+        control = ControlServer(self.socket_path, self.status_gid,
+                                lambda req, admin: self._handle(sup, req), selector,
+                                clock=self.clock.monotonic)
         self.journal.send(f"syncwarden started: {len(cfg.links)} link(s) from {cfg.source},"
                           f" role {cfg.role}", "info", "daemon-started")
         ready_sent = False
@@ -176,6 +180,15 @@ class Daemon:
                               "syncwarden exiting on an error", "info", "daemon-stopped")
         return 0
 
+    def _report_damage(self, holds: Holds, roles: RoleStore, store: QuarantineStore) -> None:
+        """State that a crash or a hand left damaged was read the safe way by its owner
+        (links held, role replica, records rebuilt): say so in the journal and in status."""
+        record = roles.load()
+        self.problems = [p for p in (holds.problem, record and record.problem) if p]
+        self.problems += store.problems
+        for problem in self.problems:
+            self.journal.send(f"damaged state: {problem}", "err", "state-damaged")
+
     def _systemd(self):
         if self.systemd_factory is not None:
             return self.systemd_factory()
@@ -205,6 +218,7 @@ class Daemon:
                               + "; ".join(lines), "err", "config-rejected")
         else:
             sup.reconfigure(cfg, imapd)
+            self.status_gid = configmod.control_gid(cfg)
             log.info("configuration reloaded from %s", cfg.source)
         self.notifier.ready()
 
@@ -212,7 +226,7 @@ class Daemon:
         """One control request (already validated by the control socket) to the operator."""
         op, cmd, link = sup.operator, req["cmd"], req.get("link")
         if cmd == "status":
-            return sup.status()
+            return self._status(sup)
         if cmd in ("hold", "resume"):
             return op.hold(str(link), cmd == "hold")
         if cmd == "release":
@@ -230,10 +244,13 @@ class Daemon:
             return "; ".join(op.drain(n) for n in names)
         raise ValueError(f"unknown command {cmd!r}")
 
+    def _status(self, sup: Reconciler) -> dict:
+        return {**sup.status(), "problems": list(self.problems)}
+
     def _write_status(self, sup: Reconciler) -> None:
         """The status file, when it changed, and at least every STATUS_REFRESH seconds so
         that its written_at shows the daemon alive."""
-        doc = sup.status()
+        doc = self._status(sup)
         body = json.dumps(doc, sort_keys=True)
         now = self.clock.monotonic()
         if body == self._status_body and now - self._status_written < STATUS_REFRESH:
@@ -241,7 +258,9 @@ class Daemon:
         doc["written_at"] = self.clock.wall()
         doc["pid"] = os.getpid()
         try:
-            atomic_write(self.status_path, json.dumps(doc).encode() + b"\n")
+            # control.group may read it, like the socket; nobody else (users, errors)
+            atomic_write(self.status_path, json.dumps(doc).encode() + b"\n", 0o640,
+                         self.status_gid)
             self._status_body, self._status_written = body, now
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)

@@ -35,6 +35,7 @@ def status_table(doc: dict, now: float) -> str:
         if link["backlog"].get("malformed"):
             lines.append(f"{link['name']}: {link['backlog']['malformed']} malformed sync log"
                          " line(s) (Cyrus skips them)")
+    lines += [f"damaged state: {p}" for p in doc.get("problems", [])]
     head = f"syncwarden {doc.get('version', '?')}, instance {doc.get('instance')}," \
            f" role {doc.get('role', '?')}"
     return "\n".join([head] + lines)

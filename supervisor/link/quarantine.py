@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..cyrus import synclog
 from ..cyrus.failures import FailedPass, FailureDetector
+from ..state import atomic_write, cyrus_gid, ensure_dir
 from .quarantine_store import QuarantineStore
 from ..systemd.units import LinkUnits
 
@@ -206,11 +207,10 @@ class Quarantine:
 
     def _run_users(self, users: list[str], systemd) -> None:
         self.unit_error = ""
-        # sync_client runs as cyrus and must read the list (the daemon's UMask is 0027)
-        self.users_file.parent.mkdir(parents=True, exist_ok=True)
-        self.users_file.parent.chmod(0o755)
-        self.users_file.write_text("".join(f"{u}\n" for u in users))
-        self.users_file.chmod(0o644)
+        # sync_client runs as cyrus and must read the list; nobody else may (it names users)
+        gid = cyrus_gid()
+        ensure_dir(self.users_file.parent, 0o750, gid)
+        atomic_write(self.users_file, "".join(f"{u}\n" for u in users).encode(), 0o640, gid)
         systemd.start(self.unit)
 
     def _quarantine(self, culprits: dict[str, str], wall: float) -> None:

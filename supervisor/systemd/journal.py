@@ -33,6 +33,7 @@ MESSAGE_IDS = {
     "check-failed": "3fe20adece62470ca23bef6bda41dea9",      # a side or user unreadable
     "repair-action": "731e5034f2ae471c8c0cc739e53ee141",     # one per action of a repair
     "repair-finished": "1149416023f04f0089f7768230c5c314",
+    "state-damaged": "8300b5d2b9e34093a19654a9a85c65a8",     # read the safe way, reported
 }
 
 PRIORITY = {"err": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}

@@ -1,5 +1,6 @@
 """The daemon's main loop in a thread: real sockets for notify, journal and control."""
 
+import grp
 import json
 import socket
 import threading
@@ -10,7 +11,8 @@ import pytest
 from supervisor.control import request
 from supervisor.daemon import Daemon
 from supervisor.paths import Instance
-from supervisor.systemd.journal import Journal
+from supervisor.link.quarantine_store import file_stem
+from supervisor.systemd.journal import MESSAGE_IDS, Journal
 from supervisor.systemd.notify import Notifier
 
 from .fakes import FakeSystemd
@@ -34,7 +36,12 @@ def wait_for(predicate, timeout=5.0):
 
 
 @pytest.fixture
-def running(tmp_path, monkeypatch):
+def running(tmp_path, monkeypatch, request):
+    # indirect parametrization seeds state files (relative to the state dir) before the start
+    for name, content in getattr(request, "param", {}).items():
+        seeded = Instance(root=tmp_path).state_dir / name
+        seeded.parent.mkdir(parents=True, exist_ok=True)
+        seeded.write_text(content)
     port = socket.socket()
     port.bind(("127.0.0.1", 0))          # nothing listens: the replica is down
     (tmp_path / "imapd.conf").write_text(IMAPD.format(d=tmp_path, port=port.getsockname()[1]))
@@ -114,3 +121,73 @@ def test_bad_config_refuses_to_start(tmp_path, capsys):
     assert rc == 2
     assert "links.Bad.Name: invalid link name" in capsys.readouterr().out
     assert b"MESSAGE=refusing to start" in journal.recv(65536)
+
+
+def journal_entries(journal, until: str, timeout=5.0) -> str:
+    journal.settimeout(timeout)
+    while True:
+        entry = journal.recv(65536).decode()
+        if until in entry:
+            return entry
+
+
+def test_status_file_is_for_root_and_the_control_group_only(running):
+    d, tmp, notify, _, _ = running
+    recv_until(notify, "READY=1")
+    assert wait_for(lambda: d.status_path.exists())
+    st = d.status_path.stat()
+    assert oct(st.st_mode & 0o777) == "0o640" and st.st_gid == grp.getgrnam("adm").gr_gid
+
+
+@pytest.mark.parametrize("running", [{"role.json": '{"role": "mas'}], indirect=True)
+def test_an_unreadable_role_starts_every_link_held_and_says_so(running):
+    d, tmp, notify, journal, _ = running
+    entry = journal_entries(journal, "damaged state")
+    assert "role.json is unreadable" in entry and "every link held" in entry
+    assert f"MESSAGE_ID={MESSAGE_IDS['state-damaged']}" in entry
+    recv_until(notify, "READY=1")
+    doc = request("status", path=d.socket_path)["result"]
+    assert doc["role"] == "replica" and "assumed replica" in doc["role_source"]
+    assert any("role.json is unreadable" in p for p in doc["problems"])
+    assert doc["summary"].startswith("replica1 down (role is replica)")   # held: no worker
+
+
+RECORD = {"link": "replica1", "user": "bob", "since": 1.0, "error": "x", "attempts": 1024,
+          "next_retry": float("inf"), "retry_offset": -1}
+
+
+@pytest.mark.parametrize("running", [
+    {f"quarantine/replica1/{file_stem('replica1', 'bob')}.json": json.dumps(RECORD)}],
+    indirect=True)
+def test_a_poisoned_quarantine_record_is_repaired_not_a_crash_loop(running):
+    d, tmp, notify, journal, result = running
+    entry = journal_entries(journal, "damaged state")
+    assert "next_retry inf out of range: retried now" in entry
+    recv_until(notify, "READY=1")
+    doc = request("status", path=d.socket_path)["result"]
+    assert [q["user"] for q in doc["quarantine"]] == ["bob"] and "rc" not in result
+    saved = json.loads(next((d.instance.quarantine_dir / "replica1").glob("*.json")).read_text())
+    assert saved["attempts"] == 1000 and saved["next_retry"] < 1e10
+
+
+def test_requests_that_used_to_kill_the_daemon_are_answered(running):
+    d, tmp, notify, _, result = running
+    recv_until(notify, "READY=1")
+    for data in (b"[" * 50000 + b"\n", b'{"cmd": "hold", "link": ["replica1"]}\n',
+                 b'{"cmd": "quarantine", "action": "retyr", "user": "bob"}\n'):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(d.socket_path))
+            s.sendall(data)
+            answer = json.loads(s.makefile("rb").readline())
+        assert answer["ok"] is False
+    assert answer["error"] == "unknown quarantine action 'retyr' (expected one of list," \
+                              " retry, drop)"
+    assert request("status", path=d.socket_path)["ok"] and "rc" not in result
+
+
+def test_the_status_table_lists_damaged_state():
+    from supervisor.commands.render import status_table
+
+    text = status_table({"links": [], "problems": ["/x/role.json is unreadable (...)"]}, 0)
+    assert text.splitlines()[-1] == "damaged state: /x/role.json is unreadable (...)"
