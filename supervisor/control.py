@@ -120,7 +120,8 @@ class ControlServer:
         os.chmod(self.path, 0o660)
         if gid is not None:
             os.chown(self.path, 0, gid)
-        self.sock.listen(64)
+        # A deep backlog: a flood of connections queues there instead of refusing root's.
+        self.sock.listen(socket.SOMAXCONN)
         self.sock.setblocking(False)
         self._clients: dict[socket.socket, _Client] = {}
         self._per_uid: collections.Counter = collections.Counter()
@@ -309,7 +310,7 @@ def request(cmd: str, path: Path = SOCKET_PATH, timeout: float = 10.0, **args) -
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
-            sock.connect(str(path))
+            _connect(sock, path, time.monotonic() + timeout)
             try:
                 sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
             except (BrokenPipeError, ConnectionResetError):
@@ -334,6 +335,19 @@ def request(cmd: str, path: Path = SOCKET_PATH, timeout: float = 10.0, **args) -
         return json.loads(buf)
     except ValueError:
         raise ControlError(f"{path}: not an answer: {buf[:80]!r}") from None
+
+
+def _connect(sock: socket.socket, path: Path, deadline: float) -> None:
+    """connect(), waiting while the listen backlog is full (a flood of other callers): a unix
+    socket with a timeout says EAGAIN at once where a blocking one would wait for room."""
+    while True:
+        try:
+            return sock.connect(str(path))
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise ControlError(f"{path}: the daemon accepts no connection (its backlog"
+                                   " stayed full)") from None
+            time.sleep(0.005)
 
 
 def _denied(path: Path) -> str:

@@ -303,3 +303,40 @@ def test_a_socket_the_caller_may_not_open_names_the_group():
     finally:
         close()
         shutil.rmtree(where)
+
+
+def test_a_full_backlog_is_waited_out_not_taken_for_a_dead_daemon(tmp_path):
+    """A flood of connections fills the listen backlog; the client waits for room."""
+    path = tmp_path / "c.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(1)
+    fillers = []
+    while True:
+        c = socket.socket(socket.AF_UNIX)
+        c.setblocking(False)
+        try:
+            c.connect(str(path))
+        except BlockingIOError:
+            c.close()
+            break
+        fillers.append(c)
+
+    def serve_later():
+        time.sleep(0.3)
+        for _ in fillers:
+            srv.accept()[0].close()
+        conn, _ = srv.accept()
+        conn.recv(100)
+        conn.sendall(b'{"ok": true, "result": 1}\n')
+        conn.close()
+
+    t = threading.Thread(target=serve_later)
+    t.start()
+    try:
+        assert request("status", path=path, timeout=5) == {"ok": True, "result": 1}
+    finally:
+        t.join()
+        srv.close()
+        for c in fillers:
+            c.close()
