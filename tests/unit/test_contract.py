@@ -183,12 +183,13 @@ def status_documents(tmp_path) -> dict[str, dict]:
     state = instance.state_dir
     check.save(compare.Report("replica1", True, 1.0, 2.0, users=1), state)
 
-    running = sup.status()
+    daemon = Daemon(tmp_path / "unused.yaml", instance, journal=FakeJournal(),
+                    notifier=Notifier())
+    running = daemon._status(sup)                       # what the control socket answers
     running["daemon"] = {"running": True}               # as cli.cmd_status adds it
     add_last_checks(running, state)
 
-    Daemon(tmp_path / "unused.yaml", instance, journal=FakeJournal(),
-           notifier=Notifier())._write_status(sup)
+    daemon._write_status(sup)
     written = json.loads(instance.status_file.read_text())
 
     (tmp_path / "imapd.conf").write_text(IMAPD.format(d=tmp_path))
@@ -247,7 +248,7 @@ def test_paths_in_code_are_documented():
                  default.state_dir, default.holds_file, default.role_file,
                  check.result_path("LINK", default.state_dir)):
         assert f"`{path}" in files, path
-    assert f"`{default.quarantine_dir}/LINK/USER.json`" in files
+    assert f"`{default.quarantine_dir}/LINK/NAME.json`" in files
     named = Instance("east")
     for path in (named.config, named.runtime_dir, named.state_dir):
         assert f"`{str(path).replace('east', 'NAME')}" in section("Instances"), path
