@@ -159,19 +159,29 @@ class QuarantineStore:
         # crash interrupted).
         found.sort(key=lambda f: f[0] != self._path(f[1].link, f[1].user, ".json"))
         for meta, q, notes in found:
-            home = self._path(q.link, q.user, ".json")
-            if (q.link, q.user) not in self._records:
-                self._records[(q.link, q.user)] = q
-                if notes or meta != home:
-                    self.save(q)
-            if meta != home:
-                self._merge_entries(meta.with_suffix(".entries"), home.with_suffix(".entries"))
-                files.unlink(meta)
             self.problems += [f"{meta}: {n}" for n in notes]
+            try:
+                self._settle(meta, q, bool(notes))
+            except OSError as exc:   # a repair that cannot be written must not stop the start
+                self.problems.append(f"{meta}: cannot be repaired on disk ({exc}): used as read")
         for entries in sorted(self.root.glob("*/*.entries")):
             if entries.with_suffix(".json").exists():
                 continue    # its record (or one left in place above, already reported)
-            self._orphan(entries, now)
+            try:
+                self._orphan(entries, now)
+            except OSError as exc:
+                self.problems.append(f"{entries}: cannot be repaired on disk ({exc})")
+
+    def _settle(self, meta: Path, q: Quarantined, repaired: bool) -> None:
+        """Take a loaded record; write back what was repaired, move old names to new ones."""
+        home = self._path(q.link, q.user, ".json")
+        if (q.link, q.user) not in self._records:
+            self._records[(q.link, q.user)] = q
+            if repaired or meta != home:
+                self.save(q)
+        if meta != home:
+            self._merge_entries(meta.with_suffix(".entries"), home.with_suffix(".entries"))
+            files.unlink(meta)
 
     def _orphan(self, entries: Path, now: float) -> None:
         """Entries whose record was lost (a crash before the record reached the disk)."""
@@ -191,9 +201,10 @@ class QuarantineStore:
         home = self._path(link, user, ".entries")
         if (link, user) not in self._records:
             q = Quarantined(link, user, now, "record lost, entries kept", next_retry=now)
-            self.save(q)
+            self._records[(link, user)] = q
             self.problems.append(f"{entries}: entries of {user!r} without a record: quarantined"
                                  " again")
+            self.save(q)
         self._merge_entries(entries, home)
 
     def _owner_of(self, path: Path) -> str | None:

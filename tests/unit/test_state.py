@@ -264,3 +264,15 @@ def test_a_saved_role_loads_back_without_a_problem(tmp_path):
     roles.save(RoleRecord("replica", NOW, "syncwarden demote"))
     assert roles.load() == RoleRecord("replica", NOW, "syncwarden demote")
     assert set(json.loads((tmp_path / "role.json").read_text())) == {"role", "since", "by"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a directory another user owns")
+def test_a_repair_that_cannot_be_written_is_reported_not_a_crash(tmp_path):
+    q = make_store(tmp_path)
+    q.add("replica1", "bob", "failed", NOW, 600)
+    path = tmp_path / "q" / "replica1" / (file_stem("replica1", "bob") + ".json")
+    path.write_text(json.dumps({**json.loads(path.read_text()), "next_retry": "never"}))
+    os.chown(path.parent, NOBODY, NOBODY)                  # no longer a directory root writes in
+    again = make_store(tmp_path)
+    assert again.get("replica1", "bob").next_retry == NOW
+    assert any("cannot be repaired on disk" in p for p in again.problems)
