@@ -1,4 +1,4 @@
-"""Small persistent state under /var/lib/syncwarden, written durably and atomically.
+"""State files (under /var/lib/syncwarden and /run/syncwarden), written durably and atomically.
 
 Operator decisions (holds, role, quarantine) must survive daemon restarts, crashes and power
 loss, so they live here rather than in memory. This module is the one place that writes such
@@ -13,7 +13,6 @@ O_EXCL|O_NOFOLLOW, so nothing planted at the temporary name is followed either.
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import pwd
@@ -22,7 +21,6 @@ import stat
 from pathlib import Path
 
 from .cyrus import CYRUS_USER
-
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -39,21 +37,13 @@ def cyrus_gid() -> int | None:
         return None
 
 
-def group_id(name: str) -> int | None:
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        return None
-
-
-def fsync_dir(path: Path | int) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a directory's entries (creations, renames, removals) durable."""
-    fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
-        if not isinstance(path, int):
-            os.close(fd)
+        os.close(fd)
 
 
 def ensure_dir(path: Path, mode: int | None = None, gid: int | None = None) -> Path:
