@@ -13,7 +13,7 @@ PKGDIRS = supervisor $(patsubst %/__init__.py,%,$(wildcard supervisor/*/__init__
 
 # Installs the package privately (Debian's `supervisor` package owns that module name) with a
 # launcher, the units (pointing at that launcher) and the example config unless one exists.
-# Needs no network: Debian's python3-transitions, -pystemd, -sdnotify and -yaml are the deps.
+# Needs no network: Debian's python3-transitions, -pystemd, -sdnotify, -systemd and -yaml are the deps.
 install:
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR)
 	for d in $(PKGDIRS); do install -d $(DESTDIR)$(LIBDIR)/$$d && install -m 644 $$d/*.py $(DESTDIR)$(LIBDIR)/$$d/; done

@@ -71,7 +71,7 @@ class Daemon:
     def __init__(self, config_path: Path | None = None, instance: Instance = Instance(),
                  systemd_factory=None, journal: Journal | None = None,
                  notifier: Notifier | None = None, clock=SystemClock(),
-                 journalctl: str = "journalctl"):
+                 journal_reader=None):
         self.instance = instance
         self.config_path = Path(config_path or instance.config)
         self.systemd_factory = systemd_factory
@@ -80,7 +80,7 @@ class Daemon:
         self.clock = clock
         self.socket_path = instance.socket
         self.status_path = instance.status_file
-        self.journalctl = journalctl
+        self.journal_reader = journal_reader   # tests pass a fake python3-systemd Reader
         self.stop_requests = 0
         self.problems: list[str] = []     # damaged state found at start, for status
         self.status_gid: int | None = None
@@ -127,11 +127,14 @@ class Daemon:
         roles = RoleStore(inst.role_file)
         store = QuarantineStore(inst.quarantine_dir, clock=self.clock.wall)
         self._report_damage(holds, roles, store)
-        sup = Reconciler(cfg, imapd, Edges(systemd, prober, self.journal, self.clock),
+        follower = JournalFollower(None, selector, self.clock.monotonic, inst.journal_cursor,
+                                   **({"reader_factory": self.journal_reader}
+                                      if self.journal_reader else {}))
+        sup = Reconciler(cfg, imapd, Edges(systemd, prober, self.journal, self.clock, follower),
                          LocalState(holds, roles, store, inst.users_dir, inst.name,
                                     crash_points(inst.crash_flag)))
-        follower = JournalFollower(sup.feed_worker_log, selector, self.clock.monotonic,
-                                   argv0=self.journalctl)
+        follower.on_line = sup.feed_worker_log
+        follower.watch(sup.watched_units())
         self.status_gid = configmod.control_gid(cfg)
         control = ControlServer(self.socket_path, self.status_gid,
                                 lambda req, admin: self._handle(sup, req), selector,
@@ -154,8 +157,10 @@ class Daemon:
                 if self.reload_requested:
                     self.reload_requested = False
                     self._reload(sup)
-                follower.ensure_running()
+                    follower.watch(sup.watched_units())
+                follower.pump()
                 summary = sup.tick()
+                follower.save()       # after the tick that acted on what was read
                 if sup.ready and not ready_sent:
                     self.notifier.ready()
                     ready_sent = True

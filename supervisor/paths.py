@@ -100,3 +100,9 @@ class Instance:
     @property
     def quarantine_dir(self) -> Path:
         return self.state_dir / "quarantine"
+
+    @property
+    def journal_cursor(self) -> Path:
+        """Where the daemon stopped reading the workers' journal (systemd/follow.py)."""
+        return self.state_dir / "journal-cursor"
+

@@ -5,10 +5,27 @@ ends with ``bailing out!`` or ``Processing sync log file ... failed``; the lines
 same pass may name the culprit: ``do_folders(): update failed: <mailbox>``, ``Promoting: MAILBOX
 <m> -> USER <u>`` or ``IOERROR: user replication failed: ... userid=<u>``. Some failures name
 nobody (a refused USER command says only "Unknown error"): then the supervisor bisects.
+
+It also reads how the worker's session with the replica goes (``session_event``), from the
+lines Cyrus 3.6 and 3.10 log around ``sync_connect`` (imap/sync_support.c, imap/backend.c):
+
+- ``Destination supports #sieve mailbox`` (INFO) is logged right after every successful login
+  to a 3.6+ replica, and ``Reprocessing sync log file`` only once connected: the login worked.
+  Nothing else is logged by a healthy idle worker (cyrus-lab.md 4a).
+- ``couldn't authenticate to backend server: <SASL error>`` (ERR): the replica refused the
+  login (wrong ``<link>_sync_password`` or authname, no common mechanism, or the replica's
+  password backend down: SASL reports them alike). sync_client then retries forever, 15 s,
+  30 s, ... up to ``sync_reconnect_maxwait``, with the credentials it read at start, even
+  ``-R -1`` (``replica_connect``); ``-o`` (connect once) only works from 3.10 on.
+- ``connect(<host>) failed: <errno text>``, ``getaddrinfo(...) failed``, ``backend_login():
+  couldn't read initial greeting``: no session at all; the same retries. Each failed attempt
+  ends with ``Can not connect to server '<host>', retrying in <n> seconds`` on stderr, which
+  systemd files in the same journal.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 
@@ -25,6 +42,48 @@ _REPROCESSING = re.compile(r"Reprocessing sync log file")
 _TRANSPORT = re.compile(r"zero length response|end of file reached|Bad protocol|"
                         r"Connection reset|Broken pipe|LOGOUT received|Connection refused|"
                         r"Can not connect|IMAP_BYE_LOGOUT|shutting down")
+
+
+# sync_client exit codes that mean "fix the configuration" (sysexits USAGE, SOFTWARE, CONFIG):
+# running it again cannot help.
+CONFIG_EXITS = frozenset({64, 70, 78})
+
+_LOGGED_IN = re.compile(r"^Destination supports |^Reprocessing sync log file ")
+_AUTH_FAILED = re.compile(r"couldn't authenticate to backend server: (.*)")
+_NO_SESSION = re.compile(r"(connect\(.*\) failed: .*|getaddrinfo\(.*\) failed: .*|"
+                         r"backend_login\(\): couldn't read initial greeting.*)")
+_RETRYING = re.compile(r"Can not connect to server '([^']*)'")
+
+
+class Session(enum.Enum):
+    LOGGED_IN = "logged-in"        # the replica accepted the login
+    REFUSED = "refused"            # the replica refused the login: retrying cannot fix it
+    NO_SESSION = "no-session"      # no connection or no greeting: may heal by itself
+
+
+@dataclass(frozen=True)
+class SessionEvent:
+    kind: Session
+    cause: str = ""                # the sentence for status, naming what went wrong
+    generic: bool = False          # says only that an attempt failed, not why
+
+
+def session_event(message: str) -> SessionEvent | None:
+    """What one worker log line says about its session with the replica, if anything."""
+    message = message.strip()
+    if _LOGGED_IN.search(message):
+        return SessionEvent(Session.LOGGED_IN)
+    m = _AUTH_FAILED.search(message)
+    if m:
+        return SessionEvent(Session.REFUSED, f"replica refused the sync login: {m.group(1)}")
+    m = _NO_SESSION.search(message)
+    if m:
+        return SessionEvent(Session.NO_SESSION, f"cannot reach the replica: {m.group(1)}")
+    m = _RETRYING.search(message)
+    if m:
+        return SessionEvent(Session.NO_SESSION, f"sync_client cannot connect to {m.group(1)}"
+                            " and keeps retrying", generic=True)
+    return None
 
 
 def mailbox_user(mailbox: str) -> str | None:

@@ -3,15 +3,26 @@
 Cyrus has no drain (cyrus-replication.md §8): a shutdown file only makes the rolling client
 finish the file it is on, and ``sync_client -R -1`` exits 0 even when it failed. So a drain is:
 
-1. ask the rolling worker to finish through its shutdown file (SIGTERM after a grace period, or
-   at once when the replica is gone: SIGTERM keeps ``log-run`` whole);
+1. ask the rolling worker to finish through its shutdown file; SIGTERM instead (which keeps
+   ``log-run`` whole) after a grace period, at once when the replica is gone, when there is
+   nothing to send, when Cyrus has not made the channel directory yet (a fresh install), or
+   when the worker never logged in (it is retrying its connection, and sync_client looks at the
+   shutdown file only between passes);
 2. run one-shot passes (``syncwarden-drain@LINK.service``: ``sync_client -R -1 -n LINK``), one
    file per pass (``log-run`` first, then ``log``), until both files that existed once the
    worker stopped have been sent, or neither file exists. Entries written meanwhile by running
    mail services wait for the next start: with writers active, "empty" may never happen.
 
 Success is judged by the files, never by exit codes. A drain that cannot finish leaves the files
-untouched for the next start. Each ``step`` is one tick's worth of decisions; nothing blocks.
+untouched for the next start. It gives up at once on what more passes cannot fix: a refused login
+(the pass's own log says so, while sync_client itself would retry it forever) or an exit status
+that means a configuration error; it waits out ``drain.timeout`` only while passes make progress
+or fail in ways that may heal (MAX_FAILED_PASSES in a row).
+
+The worker is signalled (KillUnit), never stopped with a StopUnit job: the drain runs while the
+daemon stops, and the worker units are ordered Before= the daemon so that a system shutdown
+leaves them running for the drain; a stop job for one would wait for the daemon's own stop,
+which waits for the drain. Each ``step`` is one tick's worth of decisions; nothing blocks.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cyrus.failures import CONFIG_EXITS, Session, session_event
 from ..cyrus.probe import LOST_AFTER
 from ..systemd.units import LinkUnits, UnitStatus
 from .report import iso
@@ -31,6 +43,8 @@ log = logging.getLogger(__name__)
 WORKER_FINISH_GRACE = 30.0
 # Consecutive one-shot passes that leave the same log-run behind before the drain gives up.
 MAX_FAILED_PASSES = 3
+# How often a worker that outlives its SIGTERM is signalled again.
+KILL_REPEAT = 5.0
 
 
 class Phase(enum.Enum):
@@ -49,6 +63,9 @@ class SyncFiles:
         """(log-run exists, log exists). Files are counted, not identified: Cyrus unlinks
         log-run and creates a new log all the time, and inode numbers get reused."""
         return (self.dir / "log-run").exists(), (self.dir / "log").exists()
+
+    def pending(self) -> bool:
+        return any(self.present())
 
     def request_shutdown(self) -> bool:
         """Create the shutdown file; only where Cyrus already made the channel directory, so
@@ -73,7 +90,7 @@ class Outcome:
 
 class DrainJob:
     def __init__(self, link: str, units: LinkUnits, files: SyncFiles, now: float,
-                 timeout: float, entries: int, hold_after: bool, why: str):
+                 timeout: float, entries: int, hold_after: bool, why: str, wall: float = 0.0):
         self.link = link
         self.worker_unit = units.worker
         self.unit = units.drain
@@ -93,45 +110,71 @@ class DrainJob:
         self.last_progress = now
         self.outcome: Outcome | None = None
         self.abort_reason: str | None = None
+        self.killed_at: float | None = None
+        self.since_us = int(wall * 1_000_000)    # journal lines before the drain are old
+        self.refused: str | None = None          # a pass's login was refused
+        self.last_problem: str | None = None     # the latest session failure of a pass
 
     def abort(self, reason: str) -> None:
         self.abort_reason = reason
+
+    def feed(self, message: str, at: int | None = None) -> None:
+        """A line from the drain unit's journal."""
+        if at is not None and at < self.since_us:
+            return
+        event = session_event(message)
+        if event is None or event.kind is Session.LOGGED_IN:
+            return
+        if event.kind is Session.REFUSED:
+            self.refused = event.cause
+        if not (event.generic and self.last_problem):
+            self.last_problem = event.cause
 
     def fail(self, reason: str) -> Outcome:
         """End the drain now (an edge refused to act); the files stay as they are."""
         return self._finish(False, reason)
 
     def step(self, now: float, worker: UnitStatus | None, drainer: UnitStatus | None,
-             replica_lost: bool, systemd) -> Outcome | None:
+             replica_lost: bool, systemd, worker_logged_in: bool = True) -> Outcome | None:
         """Advance by one tick; returns the outcome once the drain is over."""
         if self.outcome is not None:
             return self.outcome
         worker_running = worker is not None and worker.running
         drainer_running = drainer is not None and drainer.running
         give_up = self.abort_reason or (
+            f"{self.refused}: more passes cannot fix that" if self.refused else None) or (
             "the replica is unreachable" if replica_lost else None) or (
             f"drain.timeout ({self.timeout:g}s) reached" if now >= self.deadline else None)
         if give_up:
-            for unit, running in ((self.worker_unit, worker_running), (self.unit, drainer_running)):
-                if running:
-                    systemd.stop(unit)   # SIGTERM: sync_client keeps log-run whole
+            if worker_running:
+                systemd.kill(self.worker_unit)   # SIGTERM: sync_client keeps log-run whole
+            if drainer_running:
+                systemd.stop(self.unit)          # not ordered against the daemon
             self.files.clear_shutdown()
+            if now >= self.deadline and self.last_problem and not self.abort_reason:
+                give_up += f" (last pass: {self.last_problem})"
             return self._finish(False, give_up)
         if self.phase is Phase.FINISH_WORKER:
             if worker_running:
-                self._finish_worker(now, systemd)
+                self._finish_worker(now, systemd, worker_logged_in)
                 return None
             self.files.clear_shutdown()
             self.phase = Phase.PASSES
         return self._passes(now, drainer_running, systemd)
 
-    def _finish_worker(self, now: float, systemd) -> None:
+    def _finish_worker(self, now: float, systemd, logged_in: bool) -> None:
         if self.shutdown_requested_at is None:
             self.shutdown_requested_at = now
-            if not self.files.request_shutdown():
-                systemd.stop(self.worker_unit)
-        elif now - self.shutdown_requested_at > WORKER_FINISH_GRACE:
-            systemd.stop(self.worker_unit)
+            if logged_in and self.files.pending() and self.files.request_shutdown():
+                return                 # it finishes the file it is on, then exits
+            self._kill_worker(now, systemd)
+        elif now - self.shutdown_requested_at > WORKER_FINISH_GRACE and (
+                self.killed_at is None or now - self.killed_at >= KILL_REPEAT):
+            self._kill_worker(now, systemd)
+
+    def _kill_worker(self, now: float, systemd) -> None:
+        systemd.kill(self.worker_unit)   # SIGTERM: exit 75 at once, log-run kept whole
+        self.killed_at = now
 
     def _passes(self, now: float, drainer_running: bool, systemd) -> Outcome | None:
         if drainer_running:
@@ -139,8 +182,15 @@ class DrainJob:
         run, log = self.files.present()
         if self.files_left is None:
             self.files_left = run + log
+            if not self.files_left:
+                return self._finish(True, "nothing to send")
         elif self.pass_running:        # a pass just ended: judge it by the files
             self.pass_running = False
+            info = systemd.exit_info(self.unit)
+            if info.result == "exit-code" and info.status in CONFIG_EXITS:
+                return self._finish(False, f"the pass exited with status {info.status}, a"
+                                    " configuration error that more passes cannot fix: see"
+                                    f" journalctl -u {self.unit}")
             if run:                    # sync_client unlinks log-run only after a good pass
                 self.failed_passes += 1
                 if self.failed_passes >= MAX_FAILED_PASSES:
@@ -188,7 +238,7 @@ class Drains:
         mono = self.clock.monotonic()
         snap = rt.backlog.read(mono, self.clock.wall())
         self.jobs[rt.name] = DrainJob(rt.name, rt.units, SyncFiles(sync_dir), mono, timeout,
-                                      snap.entries, hold_after, why)
+                                      snap.entries, hold_after, why, self.clock.wall())
         self.journal.send(f"link {rt.name}: drain started ({why}), {snap.entries} entries"
                           " queued", "notice", "drain-started", SYNCWARDEN_LINK=rt.name,
                           SYNCWARDEN_ENTRIES=snap.entries)
@@ -198,6 +248,12 @@ class Drains:
         for job in self.jobs.values():
             job.abort(why)
 
+    def feed(self, link: str, message: str, at: int | None = None) -> None:
+        """A line from a link's drain pass unit."""
+        job = self.jobs.get(link)
+        if job is not None:
+            job.feed(message, at)
+
     def step(self, rt, units: dict) -> None:
         """One tick of a draining link: advance its job; on an outcome, record and report it."""
         mono = self.clock.monotonic()
@@ -206,13 +262,14 @@ class Drains:
             rt.link.fire("drain_failed", "drain interrupted")
             return
         try:
+            logged_in = rt.runs.current is not None and rt.runs.run.session is Session.LOGGED_IN
             outcome = job.step(mono, rt.worker, units.get(job.unit),
-                               rt.probe_failures >= LOST_AFTER, self.systemd)
+                               rt.probe_failures >= LOST_AFTER, self.systemd, logged_in)
         except Exception as exc:  # D-Bus or the file system refused: the logs are untouched
             outcome = job.fail(f"{type(exc).__name__}: {exc}")
-            for unit in (rt.units.worker, job.unit):
+            for unit, act in ((rt.units.worker, self.systemd.kill), (job.unit, self.systemd.stop)):
                 try:
-                    self.systemd.stop(unit)   # SIGTERM keeps log-run whole
+                    act(unit)                 # SIGTERM keeps log-run whole
                 except Exception as stop_exc:
                     log.warning("cannot stop %s: %s", unit, stop_exc,
                                 extra={"link": rt.name})
@@ -231,10 +288,10 @@ class Drains:
         fields = dict(SYNCWARDEN_LINK=name, SYNCWARDEN_ENTRIES_LEFT=snap.entries,
                       SYNCWARDEN_DURATION=f"{took:.3f}", SYNCWARDEN_PASSES=job.passes)
         if outcome.drained:
-            self.journal.send(f"link {name}: drained in {took:.1f}s ({job.passes} passes,"
-                              f" {job.entries_at_start} entries queued at the start;"
-                              f" {snap.entries} written since)", "notice", "drain-finished",
-                              **fields)
+            self.journal.send(f"link {name}: drained in {took:.1f}s, {outcome.message}"
+                              f" ({job.passes} passes, {job.entries_at_start} entries queued at"
+                              f" the start; {snap.entries} written since)", "notice",
+                              "drain-finished", **fields)
             rt.link.fire("drained", f"drained: {outcome.message}")
         else:
             where = f"{rt.backlog.log_path} and {rt.backlog.run_path}"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..cyrus.backlog import Backlog
+from ..cyrus.failures import CONFIG_EXITS, Session, session_event
 from ..cyrus.imapdconf import ImapdConf
 from ..cyrus.probe import LOST_AFTER
 from ..paths import DEFAULT
@@ -32,9 +33,6 @@ from .states import Link, LinkState, Transition, WORKER_STATES
 
 log = logging.getLogger(__name__)
 
-# sync_client exit codes that mean "fix the configuration" (sysexits USAGE, SOFTWARE, CONFIG):
-# restarting cannot help, so the link waits for an operator.
-OPERATOR_EXITS = {64, 70, 78}
 # Live links are probed every LIVE_PROBE_FACTOR intervals, at most every LIVE_PROBE_MAX seconds.
 LIVE_PROBE_FACTOR, LIVE_PROBE_MAX = 5, 10.0
 
@@ -47,6 +45,9 @@ class Edges:
     prober: object
     journal: object
     clock: object
+    # The workers' journal, for an adopted worker's lines from before the daemon started:
+    # ``history(unit, invocation)`` -> [(message, journal time µs)], oldest first.
+    worker_log: object = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,8 @@ class Reconciler:
             else:
                 if units_known:
                     self._quarantine_step(rt, mono, units)
+                    if self._judge_session(rt, mono):
+                        return
                 self._judge_backlog(rt)
         elif state is LinkState.DOWN and blocker is None and self.classified(rt):
             if rt.reachable and mono >= rt.restart_after:
@@ -227,12 +230,57 @@ class Reconciler:
         if stuck:
             rt.link.fire("quarantine", f"failures cannot be pinned on users: {stuck}")
 
-    def feed_worker_log(self, unit: str, message: str, invocation: str | None = None) -> None:
-        """A line from a worker's journal (sync_client logs through syslog)."""
+    def feed_worker_log(self, unit: str, message: str, invocation: str | None = None,
+                        at: int | None = None) -> None:
+        """A line from a worker's journal (sync_client logs through syslog); ``at`` is its
+        journal time in µs (None: newer than anything seen)."""
         for rt in self.links.values():
-            if unit in (rt.units.worker, rt.units.user):
+            if unit == rt.units.drain:
+                self.drains.feed(rt.name, message, at)
+            elif unit in (rt.units.worker, rt.units.user):
+                if unit == rt.units.worker:
+                    event = session_event(message)
+                    if event is not None:
+                        rt.runs.feed(invocation, event, at)
                 rt.quarantine.feed(unit, message, invocation)
-                return
+            else:
+                continue
+            return
+
+    def watched_units(self) -> list[str]:
+        """The units whose journal lines this instance reads."""
+        return [u for rt in self.links.values()
+                for u in (rt.units.worker, rt.units.user, rt.units.drain)]
+
+    def _judge_session(self, rt: LinkRuntime, mono: float) -> bool:
+        """Act on what the running worker showed of its session; True if the state changed."""
+        if not rt.worker_running or not rt.worker_ours or rt.quarantine.busy:
+            return False
+        if rt.runs.current is None and not rt.runs.find_current(
+                rt.units.worker, self.systemd, self.edges.worker_log):
+            return False
+        run = rt.runs.run
+        run.observe(rt.snapshot.log_run)
+        problem = run.problem
+        if problem is None:
+            rt.reported_problem = None
+            if run.proven:
+                rt.restart_backoff = RESTART_BACKOFF_MIN
+            return False
+        unit = rt.units.worker
+        if problem.kind is Session.REFUSED:
+            # It would retry forever with the credentials it read at start: a new worker
+            # reads imapd.conf again (worker_run.py says why down and not quarantined).
+            self._stop_worker(rt)
+            wait = self._schedule_restart(rt, mono)
+            rt.link.fire("login_refused", f"{problem.cause} (journalctl -u {unit});"
+                         f" trying again in {wait:g}s")
+            return True
+        if problem.cause != rt.reported_problem:
+            rt.reported_problem = problem.cause
+            rt.link.fire("worker_failing", f"{problem.cause} (journalctl -u {unit})")
+            return True
+        return False
 
     def _judge_backlog(self, rt: LinkRuntime) -> None:
         if not rt.worker_running:
@@ -240,7 +288,8 @@ class Reconciler:
         snap, live = rt.snapshot, self.config.live
         within = (snap.error is None and snap.entries <= live.max_backlog
                   and snap.oldest_age <= live.max_lag)
-        if rt.link.state is LinkState.CATCHING_UP and within:
+        # live is earned: only by a run that completed a pass (worker_run.py)
+        if rt.link.state is LinkState.CATCHING_UP and within and rt.runs.run.proven:
             rt.link.fire("caught_up", "backlog within live thresholds")
         elif rt.link.state is LinkState.LIVE and not within:
             why = snap.error or f"{snap.entries} entries queued, oldest {snap.oldest_age:.0f}s"
@@ -254,18 +303,27 @@ class Reconciler:
             how = f"{info.result}, exit status {info.status}"
         except Exception as exc:
             info, how = None, f"exit status unknown: {exc}"
+        problem = rt.runs.run.problem
+        rt.runs.unbind()
+        if problem is not None:
+            how += f"; last: {problem.cause}"
         self.journal.send(f"{unit} exited ({how})", "warning", "worker-exited",
                           SYNCWARDEN_LINK=rt.name, UNIT_NAME=unit)
-        if info is not None and info.result == "exit-code" and info.status in OPERATOR_EXITS:
+        if info is not None and info.result == "exit-code" and info.status in CONFIG_EXITS:
             rt.link.fire("quarantine", f"sync_client exited with status {info.status}, which"
                          f" means a configuration problem: see journalctl -u {unit}")
             return
         if mono - rt.worker_started > RESTART_BACKOFF_MAX:
             rt.restart_backoff = RESTART_BACKOFF_MIN  # it had been running well: start afresh
-        rt.restart_after = mono + rt.restart_backoff
+        wait = self._schedule_restart(rt, mono)
         rt.link.fire("worker_exited", f"worker exited ({how}); restarting in"
-                     f" {rt.restart_backoff:g}s if the replica answers")
-        rt.restart_backoff = min(rt.restart_backoff * 2, RESTART_BACKOFF_MAX)
+                     f" {wait:g}s if the replica answers")
+
+    def _schedule_restart(self, rt: LinkRuntime, mono: float) -> float:
+        wait = rt.restart_backoff
+        rt.restart_after = mono + wait
+        rt.restart_backoff = min(wait * 2, RESTART_BACKOFF_MAX)
+        return wait
 
     def _converge_worker(self, rt: LinkRuntime, mono: float) -> None:
         if not self.classified(rt):
@@ -273,6 +331,8 @@ class Reconciler:
         want = rt.link.state in WORKER_STATES and not rt.quarantine.busy
         if want and not rt.worker_running and not rt.worker_ours:
             try:
+                rt.runs.unbind()          # a new run: it earns live afresh
+                rt.reported_problem = None
                 self.systemd.start(rt.units.worker)
                 rt.worker_ours, rt.worker_started = True, mono
             except Exception as exc:
@@ -282,9 +342,15 @@ class Reconciler:
 
     def _stop_worker(self, rt: LinkRuntime) -> None:
         # SIGTERM: sync_client exits 75 at once and keeps log-run whole for the next start.
+        # While the daemon itself stops, a StopUnit job would wait for that stop (the worker
+        # is ordered Before= the daemon): signal it directly instead.
         try:
-            self.systemd.stop(rt.units.worker)
+            if self.stopping:
+                self.systemd.kill(rt.units.worker)
+            else:
+                self.systemd.stop(rt.units.worker)
             rt.worker_ours = False
+            rt.runs.unbind()
         except Exception as exc:
             log.error("cannot stop %s: %s", rt.units.worker, exc, extra={"link": rt.name})
 
@@ -314,6 +380,7 @@ class Reconciler:
             classified=self.classified(rt), blocker=self.blocker(rt), backlog=rt.snapshot,
             worker_unit=rt.units.worker, worker_active=rt.worker_running,
             worker_state=rt.worker.active_state if rt.worker else "inactive",
+            worker_session=rt.runs.run.describe() if rt.worker_running else "",
             quarantined=len(rt.quarantine.quarantined()),
             last_drain=self.drains.last.get(s.name))
 

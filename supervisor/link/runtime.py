@@ -16,6 +16,7 @@ from ..cyrus.probe import ProbeResult
 from ..systemd.units import LinkUnits, UnitStatus
 from .quarantine import Quarantine
 from .states import Link, LinkState
+from .worker_run import WorkerRuns
 
 # Back-off between worker restarts when sync_client keeps exiting while the replica answers.
 RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX = 1.0, 300.0
@@ -61,6 +62,8 @@ class LinkRuntime:
     restart_after: float = 0.0
     restart_backoff: float = RESTART_BACKOFF_MIN
     worker_started: float = 0.0
+    runs: WorkerRuns = field(default_factory=WorkerRuns)   # what the worker's runs showed
+    reported_problem: str | None = None      # the worker problem the link's reason names
 
     @property
     def name(self) -> str:
@@ -98,5 +101,6 @@ class LinkView:
     worker_unit: str
     worker_active: bool
     worker_state: str
+    worker_session: str              # what the current run showed (worker_run.py)
     quarantined: int
     last_drain: dict | None

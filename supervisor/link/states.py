@@ -44,6 +44,8 @@ TRANSITIONS = [
     ["fell_behind",    S.LIVE,                                    S.CATCHING_UP],
     ["replica_lost",   [S.CATCHING_UP, S.LIVE],                   S.DOWN],
     ["worker_exited",  [S.CATCHING_UP, S.LIVE],                   S.DOWN],
+    ["login_refused",  [S.CATCHING_UP, S.LIVE],                   S.DOWN],
+    ["worker_failing", [S.CATCHING_UP, S.LIVE],                   S.CATCHING_UP],
     ["hold",           [S.CATCHING_UP, S.LIVE],                   S.DOWN],
     ["disable",        [S.CATCHING_UP, S.LIVE],                   S.DOWN],
     ["drain",          [S.DOWN, S.CATCHING_UP, S.LIVE],           S.DRAINING],

@@ -1,96 +1,216 @@
-"""Following the workers' journal: one ``journalctl -f`` child, read without blocking.
+"""Following the workers' journal from where the last daemon left off (python3-systemd).
 
-sync_client reports failures only through syslog, which journald files under the worker's unit.
-journalctl is the narrow, stable interface to that (no extra Python dependency); its JSON lines
-are read from the daemon's select loop and handed on as (unit, message).
+sync_client reports failures only through syslog, which journald files under the unit that ran
+it. The reader matches exactly this instance's units (rolling workers, user syncs, drain passes:
+``_SYSTEMD_UNIT=`` field matches), so nothing of other instances or services is read. It is read
+from the daemon's select loop (the reader's inotify descriptor) and once a tick, in bounded
+batches, and each line goes to ``on_line(unit, message, invocation, at)`` (``at``: journal time,
+µs).
+
+The position is a journal cursor kept in the instance's state directory, saved after the tick
+that acted on what was read (at most every CURSOR_SAVE seconds, and at exit). At start the reader
+resumes after it, so failures the workers logged while the daemon was down (crashed, killed,
+restarting) are read. Bounded: when more than REPLAY_MAX entries of this instance's units were
+written since, only the newest REPLAY_MAX are read, and the journal says so. Without a cursor
+(the first start) reading begins at the end of the journal, and a cursor is saved at once.
+
+``history`` reads one invocation's newest lines: the tick asks for them when it adopts a worker
+that was started before the daemon could read it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import selectors
-import subprocess
+from pathlib import Path
+
+from ..state import atomic_write
 
 log = logging.getLogger(__name__)
 
-# The template units' slices (systemd escapes their "-" as \x2d). Field matches, not
-# `--unit GLOB`: journalctl refuses a glob that matches no unit yet ("No data available").
-SLICES = ("system-syncwarden\\x2dsync.slice", "system-syncwarden\\x2duser.slice")
+REPLAY_MAX = 5000      # entries read at start at most, the newest ones
+BATCH = 2000           # entries read per call, so that a flood cannot stall the loop
+HISTORY_MAX = 200      # newest lines of one invocation read for an adopted worker
+CURSOR_SAVE = 2.0      # seconds between cursor writes while lines arrive
+
+
+def _reader():
+    from systemd import journal   # python3-systemd
+
+    # journal time as plain µs, to order lines; other fields decoded as text where they can be
+    return journal.Reader(converters={"__REALTIME_TIMESTAMP": int})
 
 
 class JournalFollower:
-    def __init__(self, on_line, selector: selectors.BaseSelector, clock, slices=SLICES,
-                 argv0: str = "journalctl"):
+    def __init__(self, on_line, selector: selectors.BaseSelector, clock, cursor_file: Path,
+                 reader_factory=_reader):
         self.on_line = on_line
         self.selector = selector
         self.clock = clock
-        self.slices = slices
-        self.argv0 = argv0
-        self.proc: subprocess.Popen | None = None
-        self.buf = b""
-        self.restart_after = 0.0
+        self.cursor_file = Path(cursor_file)
+        self.reader_factory = reader_factory
+        self.reader = None
+        self.units: tuple[str, ...] = ()
+        self.cursor: str | None = None        # the last entry read (or where reading began)
+        self.skip: str | None = None          # the entry at the cursor: read already
+        self.saved: str | None = None
+        self.saved_at = float("-inf")
 
-    def ensure_running(self) -> None:
-        """(Re)start journalctl if it is not running; called every tick."""
-        if self.proc is not None and self.proc.poll() is None:
+    # -- position ----------------------------------------------------------------------------
+    def watch(self, units) -> None:
+        """Read these units' lines (called at start and after a reload)."""
+        units = tuple(sorted(set(units)))
+        if units == self.units and self.reader is not None:
             return
-        if self.proc is not None:
-            self._close()
-        if self.clock() < self.restart_after:
-            return
-        argv = [self.argv0, "--follow", "--lines=0", "--output=json",
-                "--output-fields=MESSAGE,_SYSTEMD_UNIT,_SYSTEMD_INVOCATION_ID"]
-        argv += [f"_SYSTEMD_SLICE={s}" for s in self.slices]
-        try:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                         stdin=subprocess.DEVNULL)  # its errors: our journal
-        except OSError as exc:
-            log.error("cannot follow the workers' journal (%s): failed users will not be"
-                      " detected until it works", exc)
-            self.restart_after = self.clock() + 30
-            return
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        self.selector.register(self.proc.stdout, selectors.EVENT_READ, self._read)
+        self.units = units
+        if self.reader is None:
+            if not self._open():
+                return
+        else:
+            self.reader.flush_matches()
+            self._match()
+            self._seek_after(self.cursor)
 
-    def _read(self) -> None:
+    def _open(self) -> bool:
         try:
-            data = os.read(self.proc.stdout.fileno(), 65536)
-        except BlockingIOError:
+            self.reader = self.reader_factory()
+        except Exception as exc:   # python3-systemd missing, or no journal to read
+            log.error("cannot read the workers' journal (%s): failed users will not be"
+                      " detected", exc)
+            return False
+        saved = self._load()
+        if saved is None:
+            # First start: from the end of the whole journal, a position that a saved cursor
+            # can name even before any worker logged anything.
+            self.reader.seek_tail()
+            last = self.reader.get_previous()
+            self.cursor = last.get("__CURSOR")
+        self._match()
+        if saved is not None:
+            self._replay_from(saved)
+        else:
+            self._seek_after(self.cursor)
+            self.save(force=True)
+        self.selector.register(self.reader.fileno(), selectors.EVENT_READ, self._ready)
+        return True
+
+    def _match(self) -> None:
+        for unit in self.units:
+            self.reader.add_match(_SYSTEMD_UNIT=unit)   # one field: the matches are OR-ed
+
+    def _seek_after(self, cursor: str | None) -> None:
+        if cursor is None:
+            self.reader.seek_tail()
+            self.reader.get_previous()
             return
-        if not data:
-            self._close()
-            self.restart_after = self.clock() + 1
+        self.reader.seek_cursor(cursor)
+        self.skip = cursor            # the entry at the cursor itself comes first, if it is ours
+
+    def _replay_from(self, cursor: str) -> None:
+        """Position after ``cursor``; if more than REPLAY_MAX entries follow, before the
+        newest REPLAY_MAX of them instead."""
+        r = self.reader
+        r.seek_cursor(cursor)
+        count = 0
+        entry = r.get_next()
+        while entry and count <= REPLAY_MAX:
+            if entry.get("__CURSOR") != cursor:
+                count += 1
+            entry = r.get_next()
+        self.cursor = cursor
+        if count <= REPLAY_MAX:
+            self._seek_after(cursor)
+            if count:
+                log.info("reading %d worker journal entries written since the daemon last ran",
+                         count)
             return
-        self.buf += data
-        *lines, self.buf = self.buf.split(b"\n")
-        for line in lines:
-            try:
-                entry = json.loads(line)
-            except ValueError:
+        r.seek_tail()
+        r.get_previous(REPLAY_MAX + 1)      # the entry before the newest REPLAY_MAX
+        log.warning("more than %d worker journal entries were written since the daemon last"
+                    " ran: reading only the newest %d", REPLAY_MAX, REPLAY_MAX)
+
+    # -- reading -----------------------------------------------------------------------------
+    def _ready(self) -> None:
+        self.reader.process()          # resets the descriptor's readiness
+        self.pump()
+
+    def pump(self) -> int:
+        """Deliver up to BATCH new entries; returns how many were read."""
+        if self.reader is None:
+            return 0
+        n = 0
+        while n < BATCH:
+            entry = self.reader.get_next()
+            if not entry:
+                break
+            n += 1
+            cursor = entry.get("__CURSOR")
+            if cursor is not None and cursor == self.skip:
+                self.skip = None
                 continue
-            message = entry.get("MESSAGE")
-            if isinstance(message, list):   # journald's form for non-UTF-8 text
-                message = bytes(message).decode("utf-8", "replace")
-            unit = entry.get("_SYSTEMD_UNIT")
+            self.skip = None
+            self.cursor = cursor or self.cursor
+            message, unit = entry.get("MESSAGE"), entry.get("_SYSTEMD_UNIT")
+            if isinstance(message, bytes):     # not UTF-8: journald keeps the bytes
+                message = message.decode("utf-8", "replace")
             if isinstance(message, str) and isinstance(unit, str):
-                self.on_line(unit, message, entry.get("_SYSTEMD_INVOCATION_ID"))
+                self.on_line(unit, message, entry.get("_SYSTEMD_INVOCATION_ID"),
+                             entry.get("__REALTIME_TIMESTAMP"))
+        return n
 
-    def _close(self) -> None:
+    def history(self, unit: str, invocation: str) -> list[tuple[str, int]]:
+        """The newest lines of one run of a unit, oldest first: [(message, at)]."""
+        r = self.reader_factory()
         try:
-            self.selector.unregister(self.proc.stdout)
-        except (KeyError, ValueError):
-            pass
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(2)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.proc.stdout.close()
-        self.proc = None
+            r.add_match(_SYSTEMD_UNIT=unit, _SYSTEMD_INVOCATION_ID=invocation)
+            r.seek_tail()
+            out = []
+            while len(out) < HISTORY_MAX:
+                entry = r.get_previous()
+                if not entry:
+                    break
+                message = entry.get("MESSAGE")
+                if isinstance(message, bytes):
+                    message = message.decode("utf-8", "replace")
+                if isinstance(message, str):
+                    out.append((message, entry.get("__REALTIME_TIMESTAMP")))
+            return out[::-1]
+        finally:
+            r.close()
+
+    # -- the cursor file ---------------------------------------------------------------------
+    def _load(self) -> str | None:
+        try:
+            text = self.cursor_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("cannot read %s (%s): following the workers' journal from now",
+                        self.cursor_file, exc)
+            return None
+        return text or None
+
+    def save(self, force: bool = False) -> None:
+        """Remember the position; called after each tick, which has acted on what was read."""
+        if self.cursor is None or self.cursor == self.saved:
+            return
+        now = self.clock()
+        if not force and now - self.saved_at < CURSOR_SAVE:
+            return
+        try:
+            atomic_write(self.cursor_file, self.cursor.encode() + b"\n", mode=0o600)
+        except OSError as exc:
+            log.warning("cannot save the journal position to %s: %s", self.cursor_file, exc)
+            return
+        self.saved, self.saved_at = self.cursor, now
 
     def close(self) -> None:
-        if self.proc is not None:
-            self._close()
+        if self.reader is None:
+            return
+        self.save(force=True)
+        try:
+            self.selector.unregister(self.reader.fileno())
+        except (KeyError, ValueError):
+            pass
+        self.reader.close()
+        self.reader = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import signal
 from dataclasses import dataclass
 
 from ..paths import DEFAULT
@@ -115,6 +116,21 @@ class Systemd:
 
     def stop(self, unit: str) -> None:
         self._manager.Manager.StopUnit(unit.encode(), b"replace")
+
+    def kill(self, unit: str, signum: int = signal.SIGTERM) -> None:
+        """Signal every process of a unit at once. No job is queued, so nothing can order it
+        after another job: during the daemon's own stop a StopUnit job for a worker would wait
+        for that stop (the worker units are Before=syncwarden.service)."""
+        self._manager.Manager.KillUnit(unit.encode(), b"all", int(signum))
+
+    def invocation(self, unit: str) -> str:
+        """The unit's current InvocationID as the journal writes it (hex), "" if none."""
+        from pystemd.systemd1 import Unit
+
+        u = Unit(unit.encode(), bus=self._bus)
+        u.load()
+        raw = u.Unit.InvocationID
+        return bytes(raw).hex() if raw else ""
 
     def exit_info(self, unit: str) -> ExitInfo:
         from pystemd.systemd1 import Unit

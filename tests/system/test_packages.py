@@ -145,7 +145,7 @@ def test_deb_payload_conffile_and_depends(debs, tmp_path):
     assert f"Version: {debs.version}\n" in control and "Architecture: all\n" in control
     depends = re.search(r"^Depends: (.*)$", control, re.M)[1]
     for dep in ("python3-transitions", "python3-pystemd", "python3-sdnotify", "python3-yaml",
-                "cyrus-replication"):
+                "python3-systemd", "cyrus-replication"):
         assert dep in depends
     assert debs.deb.name == f"syncwarden_{debs.version}_all.deb"
     ctl = tmp_path / "control"
@@ -204,8 +204,8 @@ def test_rpm_payload_scriptlets_and_rpmlint(rpms, debs, tmp_path):
     assert "mark-restart-system-units syncwarden.service" in postun     # ..._with_restart
     requires = _host_run(["rpm", "-qpR", rpms.rpm]).stdout
     for dep in ("python3dist(transitions)", "python3dist(pystemd)", "python3dist(sdnotify)",
-                "python3dist(pyyaml)", "cyrus-imapd", "/usr/bin/python3",
-                "python(abi) >= 3.11"):
+                "python3dist(pyyaml)", "python3dist(systemd-python)", "cyrus-imapd",
+                "/usr/bin/python3", "python(abi) >= 3.11"):
         assert dep in requires
     # the same unit files as the .deb
     payload = tmp_path / "payload"

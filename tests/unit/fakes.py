@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+
 from supervisor.cyrus.probe import ProbeResult
 from supervisor.systemd.units import ExitInfo, UnitStatus
 
@@ -21,8 +24,30 @@ class FakeClock:
         self.wall_time += seconds
 
 
+# What a rolling sync_client logs right after logging in to a 3.6+ replica.
+LOGIN = "Destination supports #sieve mailbox"
+REFUSED = "couldn't authenticate to backend server: authentication failure"
+
+
+class FakeWorkerLog:
+    """The workers' journal, by invocation: (message, journal time) lines."""
+
+    def __init__(self):
+        self.lines: dict[str, list[tuple[str, int]]] = {}
+        self._at = itertools.count(1)
+
+    def add(self, invocation: str, message: str) -> None:
+        self.lines.setdefault(invocation, []).append((message, next(self._at)))
+
+    def history(self, unit, invocation):
+        return list(self.lines.get(invocation, []))
+
+
 class FakeSystemd:
-    """Units start and stop at once; a test can make a unit exit with ``exit(unit, status)``."""
+    """Units start and stop at once; a test can make a unit exit with ``exit(unit, status)``.
+
+    Each start of a unit is a new invocation; a rolling worker logs ``says[unit]`` (by default
+    the login line) into ``log`` as it starts, and a unit found running has logged it before."""
 
     def __init__(self):
         self.units: dict[str, UnitStatus] = {}
@@ -30,6 +55,22 @@ class FakeSystemd:
         self.calls: list[tuple[str, str]] = []
         # one-shot units (drain passes) run their hook at start and are inactive at once
         self.oneshot: dict[str, object] = {}
+        self.invocations: dict[str, str] = {}
+        self.log = FakeWorkerLog()
+        self.says: dict[str, list[str]] = {}
+        self._runs = itertools.count(1)
+
+    def _new_run(self, unit):
+        inv = self.invocations[unit] = f"{unit}#{next(self._runs)}"
+        if unit.startswith("syncwarden-sync@"):
+            for line in self.says.get(unit, [LOGIN]):
+                self.log.add(inv, line)
+        return inv
+
+    def invocation(self, unit):
+        if unit not in self.invocations and self.running(unit):
+            self._new_run(unit)            # found running: started before we looked
+        return self.invocations.get(unit, "") if self.running(unit) else ""
 
     def list(self, *patterns):
         return dict(self.units)
@@ -41,11 +82,19 @@ class FakeSystemd:
             self.exits[unit] = ExitInfo("success" if status == 0 else "exit-code", status)
             self.units[unit] = UnitStatus(unit, "inactive" if status == 0 else "failed", "dead")
             return
+        self._new_run(unit)
         self.units[unit] = UnitStatus(unit, "active", "running")
 
     def stop(self, unit):
         self.calls.append(("stop", unit))
         self.units[unit] = UnitStatus(unit, "inactive", "dead")
+
+    def kill(self, unit, signum=15):
+        """SIGTERM: sync_client exits 75 at once (SuccessExitStatus): inactive."""
+        self.calls.append(("kill", unit))
+        if self.running(unit):
+            self.units[unit] = UnitStatus(unit, "inactive", "dead")
+            self.exits[unit] = ExitInfo("success", 75)
 
     def exit(self, unit, status=0, result="success"):
         self.units[unit] = UnitStatus(unit, "failed" if status else "inactive", "dead")
@@ -94,3 +143,88 @@ class FakeJournal:
     def transitions(self, link=None):
         return [(e["SYNCWARDEN_FROM"], e["SYNCWARDEN_TO"]) for e in self.entries
                 if e["ID"] == "state-change" and (link is None or e["SYNCWARDEN_LINK"] == link)]
+
+
+class FakeJournalFiles:
+    """journald's files, shared by every FakeReader opened on them: entries appended in order,
+    each a dict of fields with a __CURSOR and a __REALTIME_TIMESTAMP (µs)."""
+
+    def __init__(self):
+        self.entries: list[dict] = []
+        self._n = itertools.count(1)
+        self.readers: list["FakeReader"] = []
+
+    def log(self, unit: str, message: str, invocation: str = "inv-1") -> dict:
+        n = next(self._n)
+        entry = {"__CURSOR": f"s=fake;i={n:x}", "__REALTIME_TIMESTAMP": 1_000_000 + n,
+                 "_SYSTEMD_UNIT": unit, "MESSAGE": message,
+                 "_SYSTEMD_INVOCATION_ID": invocation}
+        self.entries.append(entry)
+        return entry
+
+    def reader(self):
+        r = FakeReader(self)
+        self.readers.append(r)
+        return r
+
+
+class FakeReader:
+    """The part of python3-systemd's journal.Reader the follower uses, with sd-journal's
+    positioning: after seek_tail/seek_cursor there is no current entry, only a place between
+    two; get_next/get_previous move to the next/previous matching entry (skip of them)."""
+
+    def __init__(self, files: FakeJournalFiles):
+        self.files = files
+        self.matches: dict[str, set[str]] = {}
+        self.current: int | None = None
+        self.gap = 0
+        self.closed = False
+        self._fds = os.pipe()            # a descriptor a selector accepts, never readable
+
+    def add_match(self, **fields):
+        for k, v in fields.items():
+            self.matches.setdefault(k, set()).add(v)
+
+    def flush_matches(self):
+        self.matches = {}
+
+    def _ok(self, e):
+        return all(e.get(k) in vs for k, vs in self.matches.items())
+
+    def seek_tail(self):
+        self.current, self.gap = None, len(self.files.entries)
+
+    def seek_cursor(self, cursor):
+        idx = [e["__CURSOR"] for e in self.files.entries]
+        self.current = None
+        self.gap = idx.index(cursor) if cursor in idx else len(idx)
+
+    def get_next(self, skip=1):
+        if skip < 0:
+            return self.get_previous(-skip)
+        start = self.current + 1 if self.current is not None else self.gap
+        entries = self.files.entries
+        found = [i for i in range(start, len(entries)) if self._ok(entries[i])]
+        if not found:
+            return {}
+        self.current = found[min(skip, len(found)) - 1]
+        return dict(self.files.entries[self.current])
+
+    def get_previous(self, skip=1):
+        start = self.current - 1 if self.current is not None else self.gap - 1
+        found = [i for i in range(start, -1, -1) if self._ok(self.files.entries[i])]
+        if not found:
+            return {}
+        self.current = found[min(skip, len(found)) - 1]
+        return dict(self.files.entries[self.current])
+
+    def fileno(self):
+        return self._fds[0]
+
+    def process(self):
+        return 0
+
+    def close(self):
+        self.closed = True
+        for fd in self._fds:
+            os.close(fd)

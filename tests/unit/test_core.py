@@ -34,7 +34,8 @@ probe: {{interval: 2s, timeout: 1s}}
     clock = FakeClock()
     env = dict(clock=clock, systemd=FakeSystemd(), prober=FakeProber(clock),
                journal=FakeJournal(), holds=Holds(tmp_path / "holds.json"))
-    sup = Reconciler(cfg, imapd, Edges(env["systemd"], env["prober"], env["journal"], clock),
+    sup = Reconciler(cfg, imapd, Edges(env["systemd"], env["prober"], env["journal"], clock,
+                                       env["systemd"].log),
                      LocalState(env["holds"], RoleStore(tmp_path / "role.json"),
                                 QuarantineStore(tmp_path / "quarantine"), tmp_path / "users"))
     return sup, env

@@ -15,7 +15,7 @@ from supervisor.link.quarantine_store import file_stem
 from supervisor.systemd.journal import MESSAGE_IDS, Journal
 from supervisor.systemd.notify import Notifier
 
-from .fakes import FakeSystemd
+from .fakes import FakeJournalFiles, FakeSystemd
 
 IMAPD = """configdirectory: {d}
 sync_log: on
@@ -57,7 +57,8 @@ def running(tmp_path, monkeypatch, request):
     journal.bind(str(tmp_path / "journal"))
     systemd = FakeSystemd()
     d = Daemon(cfg, systemd_factory=lambda: systemd, journal=Journal(str(tmp_path / "journal")),
-               notifier=Notifier(), instance=Instance(root=tmp_path))
+               notifier=Notifier(), instance=Instance(root=tmp_path),
+               journal_reader=FakeJournalFiles().reader)
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("rc", d.run()), daemon=True)
     t.start()

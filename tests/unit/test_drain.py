@@ -5,6 +5,7 @@ import os
 from supervisor.link.drain import MAX_FAILED_PASSES, WORKER_FINISH_GRACE
 from supervisor.link.states import LinkState
 
+from .fakes import REFUSED
 from .test_core import W1, make, state, step
 
 D1 = "syncwarden-drain@replica1.service"
@@ -61,14 +62,15 @@ def test_drain_command_sends_everything_then_holds(tmp_path):
     assert sup.status()["links"][0]["last_drain"]["drained"] is True
 
 
-def test_worker_that_does_not_finish_is_terminated(tmp_path):
+def test_worker_that_does_not_finish_is_signalled_not_stopped(tmp_path):
     sup, env = live(tmp_path)
-    sync_dir(tmp_path)
+    (sync_dir(tmp_path) / "log").write_text(LINES)
     sup.operator.drain("replica1")
     step(sup, env)
-    assert env["systemd"].running(W1)
+    assert env["systemd"].running(W1) and (tmp_path / "sync/replica1/shutdown").exists()
     step(sup, env, seconds=WORKER_FINISH_GRACE + 1, n=2)
-    assert ("stop", W1) in env["systemd"].calls
+    # SIGTERM over KillUnit: a StopUnit job would wait for the daemon's own stop
+    assert ("kill", W1) in env["systemd"].calls and ("stop", W1) not in env["systemd"].calls
 
 
 def test_unreachable_replica_leaves_files_and_reports_count(tmp_path):
@@ -178,3 +180,77 @@ def test_an_edge_error_ends_the_drain_instead_of_looping(tmp_path):
     assert not sup.draining and ("draining", "down") in env["journal"].transitions("replica1")
     assert "Read-only file system" in sup.drains.last["replica1"]["message"]
     assert (d / "log").read_text() == LINES
+
+
+def test_a_refused_login_ends_the_drain_at_once_and_keeps_the_entries(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES * 4)
+    env["systemd"].stop(W1)
+    sup.drain_all("because syncwarden is stopping")
+    step(sup, env)
+    assert env["systemd"].running(D1)        # sync_client -R -1 retries the login forever
+    sup.feed_worker_log(D1, REFUSED)
+    step(sup, env)
+    assert not sup.draining and not env["systemd"].running(D1)
+    assert (d / "log").read_text() == LINES * 4
+    (entry,) = [e for e in env["journal"].entries if e["ID"] == "drain-incomplete"]
+    assert "replica refused the sync login: authentication failure" in entry["MESSAGE"]
+    assert "more passes cannot fix that" in entry["MESSAGE"]
+    assert entry["SYNCWARDEN_ENTRIES_LEFT"] == 8
+
+
+def test_a_line_from_before_the_drain_does_not_end_it(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES)
+    env["systemd"].stop(W1)
+    sup.operator.drain("replica1")
+    step(sup, env)
+    before = int((env["clock"].wall() - 60) * 1_000_000)
+    sup.feed_worker_log(D1, REFUSED, "old-pass", before)     # replayed from an earlier drain
+    step(sup, env)
+    assert sup.draining
+
+
+def test_a_configuration_exit_ends_the_drain_at_once(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log-run").write_text(LINES)
+    env["systemd"].oneshot[D1] = lambda: 78
+    env["systemd"].stop(W1)
+    sup.operator.drain("replica1")
+    step(sup, env, n=3)
+    assert env["systemd"].calls.count(("start", D1)) == 1
+    assert "status 78, a configuration error" in sup.drains.last["replica1"]["message"]
+    assert (d / "log-run").read_text() == LINES
+
+
+def test_a_fresh_install_drains_at_once_with_nothing_to_send(tmp_path):
+    sup, env = live(tmp_path)                # Cyrus never logged anything: no channel dir
+    assert not (tmp_path / "sync" / "replica1").exists()
+    sup.drain_all("because syncwarden is stopping")
+    step(sup, env, n=2)
+    assert not sup.draining
+    assert ("kill", W1) in env["systemd"].calls and ("stop", W1) not in env["systemd"].calls
+    (entry,) = [e for e in env["journal"].entries if e["ID"] == "drain-finished"
+                and e["SYNCWARDEN_LINK"] == "replica1"]
+    assert "nothing to send" in entry["MESSAGE"] and entry["SYNCWARDEN_PASSES"] == 0
+    assert not (tmp_path / "sync" / "replica1").exists()     # never made by root
+
+
+def test_a_worker_that_never_logged_in_is_signalled_not_asked(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES)
+    env["systemd"].exit(W1, 0)
+    env["systemd"].says[W1] = []             # the new run is stuck retrying its login
+    step(sup, env, seconds=2.0, n=3)
+    assert env["systemd"].running(W1) and state(sup) is LinkState.CATCHING_UP
+    env["systemd"].oneshot[D1] = one_pass(d)
+    sup.operator.drain("replica1")
+    step(sup, env)
+    # it looks at the shutdown file only between passes: SIGTERM (log-run stays whole)
+    assert ("kill", W1) in env["systemd"].calls and not (d / "shutdown").exists()
+    step(sup, env, n=3)
+    assert sup.drains.last["replica1"]["drained"] is True
