@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cyrus import synclog
-from ..cyrus.failures import FailedPass, FailureDetector
+from ..cyrus.failures import FailedPass, FailureDetector, Session, session_event
 from ..state import atomic_write, cyrus_gid, ensure_dir
 from .quarantine_store import QuarantineStore
 from ..systemd.units import LinkUnits
@@ -82,6 +82,7 @@ class Quarantine:
         self.job: Job | None = None
         self.retrying: str | None = None
         self.unit_error = ""
+        self.unit_refused = False       # the user sync's login was refused: it never ends
         self.log_seen: tuple | None = None
         self.invocation: str | None = None          # the worker run whose lines we read
         self.stopped_invocations: set[str] = set()
@@ -106,9 +107,14 @@ class Quarantine:
                          failed.error, ", ".join(sorted(failed.users)) or "none",
                          extra={"link": self.link})
                 self.failure = failed
-        elif unit == self.unit and ("NO response" in message or "bailing out" in message
-                                    or "IOERROR" in message or "update failed" in message):
-            self.unit_error = message.strip()
+        elif unit == self.unit:
+            event = session_event(message)
+            if event is not None and event.kind is Session.REFUSED:
+                # sync_client -u retries that login forever, with the password it read at start
+                self.unit_error, self.unit_refused = event.cause, True
+            elif ("NO response" in message or "bailing out" in message
+                  or "IOERROR" in message or "update failed" in message):
+                self.unit_error = message.strip()
 
     @property
     def busy(self) -> bool:
@@ -123,6 +129,11 @@ class Quarantine:
              stop_worker) -> str | None:
         """Returns a reason when failures cannot be pinned on users (the link must wait)."""
         unit_running = unit_status is not None and unit_status.running
+        if self.unit_refused:
+            self.unit_refused = False
+            if unit_running:          # SIGTERM: judged below as a failed run, tried again later
+                systemd.stop(self.unit)
+                return None
         if self.job is None and self.failure is not None and self.retrying is None:
             self._open_job()
         if self.job is not None:

@@ -215,7 +215,8 @@ class Reconciler:
                     rt.worker_ours = True
                     rt.link.fire("adopt", f"adopted running worker {rt.units.worker}")
                 else:
-                    rt.link.fire("replica_up", f"replica answered: {rt.probe.detail}")
+                    again = f"; retrying after: {rt.last_problem}" if rt.last_problem else ""
+                    rt.link.fire("replica_up", f"replica answered: {rt.probe.detail}{again}")
         if units_known:
             self._converge_worker(rt, mono)
 
@@ -265,8 +266,9 @@ class Reconciler:
         if problem is None:
             rt.reported_problem = None
             if run.proven:
-                rt.restart_backoff = RESTART_BACKOFF_MIN
+                rt.restart_backoff, rt.last_problem = RESTART_BACKOFF_MIN, None
             return False
+        rt.last_problem = problem.cause
         unit = rt.units.worker
         if problem.kind is Session.REFUSED:
             # It would retry forever with the credentials it read at start: a new worker

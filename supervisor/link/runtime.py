@@ -64,6 +64,7 @@ class LinkRuntime:
     worker_started: float = 0.0
     runs: WorkerRuns = field(default_factory=WorkerRuns)   # what the worker's runs showed
     reported_problem: str | None = None      # the worker problem the link's reason names
+    last_problem: str | None = None          # why the last run failed, until a run succeeds
 
     @property
     def name(self) -> str:

@@ -121,8 +121,8 @@ class JournalFollower:
         if count <= REPLAY_MAX:
             self._seek_after(cursor)
             if count:
-                log.info("reading %d worker journal entries written since the daemon last ran",
-                         count)
+                log.info("reading %d worker journal %s written since the daemon last ran",
+                         count, "entry" if count == 1 else "entries")
             return
         r.seek_tail()
         r.get_previous(REPLAY_MAX + 1)      # the entry before the newest REPLAY_MAX

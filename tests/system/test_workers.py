@@ -56,6 +56,7 @@ def test_wrong_sync_password_is_never_live_names_the_cause_and_does_not_hold_up_
     queued = sum(log_lines(sandbox, cyrus, "replica1").values())
     assert queued >= 50
     took = stop_timed(sandbox, "cyrus-imapd", "syncwarden")
+    print(f"stop with a refused login took {took:.1f}s")
     assert took < 60, f"the stop took {took:.1f}s"
     (entry,) = [e for e in sw.journal_messages(message_id=DRAIN_INCOMPLETE)
                 if e["SYNCWARDEN_LINK"] == "replica1"]
@@ -75,6 +76,7 @@ def test_fresh_install_stops_at_once_with_nothing_to_send(sandbox, cyrus, sw):
     assert sw.wait_state("replica1", "live")    # earned by the worker's login: nothing queued
     assert not sandbox.host_path(cyrus.sync_dir("replica1")).exists()
     took = stop_timed(sandbox, "syncwarden")
+    print(f"stop of a fresh install took {took:.1f}s")
     assert took < 30, f"the stop took {took:.1f}s"
     (entry,) = [e for e in sw.journal_messages(message_id=DRAIN_FINISHED)
                 if e["SYNCWARDEN_LINK"] == "replica1"]

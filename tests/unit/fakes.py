@@ -86,7 +86,10 @@ class FakeSystemd:
         self.units[unit] = UnitStatus(unit, "active", "running")
 
     def stop(self, unit):
+        """SIGTERM: sync_client exits 75 at once (SuccessExitStatus): inactive."""
         self.calls.append(("stop", unit))
+        if self.running(unit):
+            self.exits[unit] = ExitInfo("success", 75)
         self.units[unit] = UnitStatus(unit, "inactive", "dead")
 
     def kill(self, unit, signum=15):

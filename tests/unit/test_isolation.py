@@ -5,6 +5,7 @@ import json
 from supervisor.link.quarantine_store import QuarantineStore
 from supervisor.link.states import LinkState
 
+from .fakes import REFUSED
 from .test_core import W1, make, state, step
 from .test_failures import ANONYMOUS, PASS_METHOD1
 
@@ -155,6 +156,18 @@ def test_back_off_doubles(tmp_path):
     step(sup, env, n=2)
     q = sup.local.store.get("replica1", "alice")
     assert q.attempts == 1 and q.next_retry - env["clock"].wall() > 1.9 * iv - 5
+
+
+def test_a_retry_whose_login_is_refused_is_ended_and_tried_again(tmp_path):
+    sup, env, d = alice_quarantined(tmp_path)
+    env["clock"].advance(sup.config.quarantine.retry_interval)
+    step(sup, env)
+    assert env["systemd"].running(U1)         # sync_client -u: it would retry the login forever
+    sup.feed_worker_log(U1, REFUSED)
+    step(sup, env, n=2)
+    assert ("stop", U1) in env["systemd"].calls
+    q = sup.local.store.get("replica1", "alice")
+    assert q.attempts == 1 and q.error == "replica refused the sync login: authentication failure"
 
 
 def test_drop_needs_the_user_and_gives_entries_up(tmp_path):

@@ -10,6 +10,7 @@ from .fakes import LOGIN, REFUSED, FakeClock
 from .test_core import W1, make, state, step
 
 NO_CONNECT = "connect(127.0.0.1) failed: Connection refused"
+REFUSED_CAUSE = "replica refused the sync login: authentication failure"
 RETRYING = "Can not connect to server '127.0.0.1', retrying in 15 seconds"
 
 
@@ -60,6 +61,11 @@ def test_refused_login_is_never_live_and_says_why(tmp_path):
     reason = link(sup)["reason"]
     assert reason.startswith("replica refused the sync login: authentication failure")
     assert "trying again in 1s" in reason
+    env["systemd"].says[W1] = []
+    step(sup, env, n=2)                               # the next worker, after 1 s
+    assert state(sup) is LinkState.CATCHING_UP
+    assert link(sup)["reason"].endswith("retrying after: " + REFUSED_CAUSE)
+    sup.feed_worker_log(W1, REFUSED, env["systemd"].invocations[W1])
     # a new worker reads imapd.conf again; as long as it is refused, never live
     env["systemd"].says[W1] = [REFUSED]
     seen = set()
