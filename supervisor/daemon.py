@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import config as configmod
 from .cyrus import imapdconf
+from .cyrus import procs as cyrus_procs
 from .link import report
 from .control import ControlServer
 from .link.operator import QuarantineAction
@@ -71,7 +72,7 @@ class Daemon:
     def __init__(self, config_path: Path | None = None, instance: Instance = Instance(),
                  systemd_factory=None, journal: Journal | None = None,
                  notifier: Notifier | None = None, clock=SystemClock(),
-                 journal_reader=None):
+                 journal_reader=None, rival_scan=cyrus_procs.rival_sync_clients):
         self.instance = instance
         self.config_path = Path(config_path or instance.config)
         self.systemd_factory = systemd_factory
@@ -81,6 +82,7 @@ class Daemon:
         self.socket_path = instance.socket
         self.status_path = instance.status_file
         self.journal_reader = journal_reader   # tests pass a fake python3-systemd Reader
+        self.rival_scan = rival_scan
         self.stop_requests = 0
         self.problems: list[str] = []     # damaged state found at start, for status
         self.status_gid: int | None = None
@@ -130,7 +132,8 @@ class Daemon:
         follower = JournalFollower(None, selector, self.clock.monotonic, inst.journal_cursor,
                                    **({"reader_factory": self.journal_reader}
                                       if self.journal_reader else {}))
-        sup = Reconciler(cfg, imapd, Edges(systemd, prober, self.journal, self.clock, follower),
+        sup = Reconciler(cfg, imapd, Edges(systemd, prober, self.journal, self.clock, follower,
+                                           self.rival_scan),
                          LocalState(holds, roles, store, inst.users_dir, inst.name,
                                     crash_points(inst.crash_flag)))
         follower.on_line = sup.feed_worker_log

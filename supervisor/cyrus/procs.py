@@ -179,7 +179,13 @@ def _proc(root: Path, pid: int, exe: str) -> Proc | None:
 
 def _exe(root: Path, pid: int) -> str | None:
     exe = _readlink(root / str(pid) / "exe")
-    return exe.removesuffix(" (deleted)") if exe else None
+    if exe:
+        return exe.removesuffix(" (deleted)")
+    # /proc/PID/exe needs CAP_SYS_PTRACE for another user's process, which the daemon's unit
+    # does not grant (it would also open /proc/PID/mem): what the process calls itself, then.
+    raw = _read(root / str(pid) / "cmdline", 4096)
+    argv0 = raw.split(b"\0", 1)[0] if raw else b""
+    return argv0.decode("utf-8", "surrogateescape") or None
 
 
 def processes(root: Path, wanted) -> dict[int, Proc]:

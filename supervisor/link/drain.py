@@ -135,7 +135,8 @@ class DrainJob:
         return self._finish(False, reason)
 
     def step(self, now: float, worker: UnitStatus | None, drainer: UnitStatus | None,
-             replica_lost: bool, systemd, worker_logged_in: bool = True) -> Outcome | None:
+             replica_lost: bool, systemd, worker_logged_in: bool = True,
+             rival=lambda: None) -> Outcome | None:
         """Advance by one tick; returns the outcome once the drain is over."""
         if self.outcome is not None:
             return self.outcome
@@ -160,7 +161,7 @@ class DrainJob:
                 return None
             self.files.clear_shutdown()
             self.phase = Phase.PASSES
-        return self._passes(now, drainer_running, systemd)
+        return self._passes(now, drainer_running, systemd, rival)
 
     def _finish_worker(self, now: float, systemd, logged_in: bool) -> None:
         if self.shutdown_requested_at is None:
@@ -176,14 +177,14 @@ class DrainJob:
         systemd.kill(self.worker_unit)   # SIGTERM: exit 75 at once, log-run kept whole
         self.killed_at = now
 
-    def _passes(self, now: float, drainer_running: bool, systemd) -> Outcome | None:
+    def _passes(self, now: float, drainer_running: bool, systemd, rival) -> Outcome | None:
         if drainer_running:
             return None
         run, log = self.files.present()
         if self.files_left is None:
             self.files_left = run + log
             if not self.files_left:
-                return self._finish(True, "nothing to send")
+                return self._sent("nothing to send", rival)
         elif self.pass_running:        # a pass just ended: judge it by the files
             self.pass_running = False
             info = systemd.exit_info(self.unit)
@@ -201,11 +202,19 @@ class DrainJob:
                 self.files_left -= 1
                 self.last_progress = now
         if self.files_left <= 0 or not (run or log):
-            return self._finish(True, "every entry queued when the drain began was sent")
+            return self._sent("every entry queued when the drain began was sent", rival)
         systemd.start(self.unit)
         self.pass_running = True
         self.passes += 1
         return None
+
+    def _sent(self, message: str, rival) -> Outcome:
+        """The files say everything was sent: claimed only if no other client shares them."""
+        who = rival()
+        if who:
+            return self._finish(False, f"{who}: it takes entries from the same sync log, so"
+                                " this drain cannot tell that they were all sent")
+        return self._finish(True, message)
 
     def _finish(self, drained: bool, message: str) -> Outcome:
         self.outcome = Outcome(drained, message)
@@ -219,8 +228,9 @@ class Drains:
     operator's holds at construction. The reconcile tick calls ``step`` for a draining link.
     """
 
-    def __init__(self, systemd, journal, clock, holds):
+    def __init__(self, systemd, journal, clock, holds, rival_now=lambda link: None):
         self.systemd = systemd
+        self.rival_now = rival_now     # link -> why a sync_client we did not start runs, or None
         self.journal = journal
         self.clock = clock
         self.holds = holds
@@ -264,7 +274,8 @@ class Drains:
         try:
             logged_in = rt.runs.current is not None and rt.runs.run.session is Session.LOGGED_IN
             outcome = job.step(mono, rt.worker, units.get(job.unit),
-                               rt.probe_failures >= LOST_AFTER, self.systemd, logged_in)
+                               rt.probe_failures >= LOST_AFTER, self.systemd, logged_in,
+                               lambda: self.rival_now(rt.name))
         except Exception as exc:  # D-Bus or the file system refused: the logs are untouched
             outcome = job.fail(f"{type(exc).__name__}: {exc}")
             for unit, act in ((rt.units.worker, self.systemd.kill), (job.unit, self.systemd.stop)):

@@ -83,6 +83,7 @@ class Quarantine:
         self.retrying: str | None = None
         self.unit_error = ""
         self.unit_refused = False       # the user sync's login was refused: it never ends
+        self.rival: str | None = None
         self.log_seen: tuple | None = None
         self.invocation: str | None = None          # the worker run whose lines we read
         self.stopped_invocations: set[str] = set()
@@ -126,9 +127,12 @@ class Quarantine:
 
     # -- one tick ----------------------------------------------------------------------------
     def step(self, mono: float, wall: float, worker_running: bool, unit_status, systemd,
-             stop_worker) -> str | None:
-        """Returns a reason when failures cannot be pinned on users (the link must wait)."""
+             stop_worker, rival: str | None = None) -> str | None:
+        """Returns a reason when failures cannot be pinned on users (the link must wait).
+        ``rival``: a sync_client syncwarden did not start runs for the link (link/rivals.py):
+        its sync log is not rewritten meanwhile."""
         unit_running = unit_status is not None and unit_status.running
+        self.rival = rival
         if self.unit_refused:
             self.unit_refused = False
             if unit_running:          # SIGTERM: judged below as a failed run, tried again later
@@ -142,7 +146,8 @@ class Quarantine:
             if not unit_running:
                 self._retry_done(wall, systemd)
             return None
-        self._filter_log()
+        if rival is None:
+            self._filter_log()
         due = [q for q in self.store.records(self.link) if q.next_retry <= wall]
         if due and not unit_running:
             self._start_retry(min(due, key=lambda q: q.next_retry), systemd)
@@ -199,6 +204,8 @@ class Quarantine:
                         f" not a per-user problem, e.g. {next(iter(job.culprits.values()))}")
             job.phase = "move"
         if job.phase == "move":
+            if self.rival is not None:
+                return None           # it renames log without the lock: wait until it is gone
             self._quarantine(job.culprits, wall)
             self.job = None
             self.failure = None   # reported by the stopped worker: its log-run is gone now

@@ -26,6 +26,7 @@ from .operator import Operator
 from .quarantine import Quarantine, no_crash
 from .quarantine_store import QuarantineStore
 from .report import quarantine_json, status, summary
+from .rivals import RivalWatch
 from .roles import RoleControl, RoleStore
 from .runtime import (RESTART_BACKOFF_MAX, RESTART_BACKOFF_MIN, Blocker, LinkRuntime,
                       LinkView)
@@ -48,6 +49,8 @@ class Edges:
     # The workers' journal, for an adopted worker's lines from before the daemon started:
     # ``history(unit, invocation)`` -> [(message, journal time µs)], oldest first.
     worker_log: object = None
+    # ``rivals(imapd_conf_path, links)``: sync_clients syncwarden did not start (cyrus/procs.py)
+    rivals: object = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,9 @@ class Reconciler:
         self.config, self.imapd = config, imapd
         self.role = RoleControl(config.role, local.roles, local.holds, imapd, edges.journal,
                                 edges.clock)
-        self.drains = Drains(edges.systemd, edges.journal, edges.clock, local.holds)
+        self.rivals = RivalWatch(edges.rivals)
+        self.drains = Drains(edges.systemd, edges.journal, edges.clock, local.holds,
+                             self._rival_now)
         self.operator = Operator(lambda: self.links, self.drains, local.holds, self.role,
                                  edges.clock, lambda: self.config.drain.timeout,
                                  lambda name: self.imapd.sync_dir(name))
@@ -117,6 +122,7 @@ class Reconciler:
         mono, wall = self.clock.monotonic(), self.clock.wall()
         self._take_probe_results(mono)
         units = self._list_units()
+        self.rivals.refresh(self.imapd.path, self.links, mono)
         for rt in self.links.values():
             if units is not None:
                 rt.worker = units.get(rt.units.worker)
@@ -224,12 +230,19 @@ class Reconciler:
         q = rt.quarantine
         try:
             stuck = q.step(mono, self.clock.wall(), rt.worker_running, units.get(q.unit),
-                           self.systemd, lambda: self._stop_worker(rt))
+                           self.systemd, lambda: self._stop_worker(rt),
+                           self.rivals.reason(rt.name))
         except OSError as exc:   # the store or a sync log could not be written: hold the link
             stuck = f"quarantine store or sync log: {exc}"
             q.job = None
         if stuck:
             rt.link.fire("quarantine", f"failures cannot be pinned on users: {stuck}")
+
+    def _rival_now(self, link: str) -> str | None:
+        """Whether a sync_client syncwarden did not start runs for ``link`` now (a fresh look:
+        a drain asks before it claims that everything was sent)."""
+        self.rivals.refresh(self.imapd.path, self.links, self.clock.monotonic(), force=True)
+        return self.rivals.reason(link)
 
     def feed_worker_log(self, unit: str, message: str, invocation: str | None = None,
                         at: int | None = None) -> None:
@@ -373,8 +386,10 @@ class Reconciler:
     # -- reporting ---------------------------------------------------------------------------
     def _view(self, rt: LinkRuntime, mono: float) -> LinkView:
         s, link = rt.settings, rt.link
+        rival = self.rivals.reason(s.name)
         return LinkView(
-            name=s.name, state=link.state, since=link.since, reason=link.reason,
+            name=s.name, state=link.state, since=link.since,
+            reason=f"{link.reason}; {rival}" if rival else link.reason, rival=rival,
             host=s.host, port=s.port, enabled=s.enabled, held=s.name in self.local.holds,
             reachable=rt.reachable, probe_detail=rt.probe.detail if rt.probe else None,
             unreachable_for=(mono - rt.unreachable_since

@@ -12,8 +12,9 @@ from .states import LinkState, WORKER_STATES
 def describe(view: LinkView, role: str) -> str:
     """One link's part of the STATUS= line."""
     name, state, queued = view.name, view.state, view.backlog.entries
+    rival = ", rival sync_client running" if view.rival else ""
     if state in WORKER_STATES:
-        return f"{name} {state.value}, {queued} queued"
+        return f"{name} {state.value}, {queued} queued{rival}"
     if state is LinkState.DOWN:
         if view.blocker is not None:
             why = view.blocker.short(role)
@@ -23,8 +24,8 @@ def describe(view: LinkView, role: str) -> str:
             why = f"unreachable {human_duration(view.unreachable_for)}"
         else:
             why = "starting"
-        return f"{name} down ({why}), {queued} queued"
-    return f"{name} {state.value}"
+        return f"{name} down ({why}), {queued} queued{rival}"
+    return f"{name} {state.value}{rival}"
 
 
 def summary(views: list[LinkView], role: str) -> str:
@@ -59,6 +60,7 @@ def link_json(v: LinkView) -> dict:
         "held": v.held, "enabled": v.enabled,
         "last_drain": v.last_drain,
         "quarantined": v.quarantined,
+        "rival": v.rival,
     }
 
 

@@ -103,5 +103,6 @@ class LinkView:
     worker_active: bool
     worker_state: str
     worker_session: str              # what the current run showed (worker_run.py)
+    rival: str | None                # a sync_client syncwarden did not start runs (rivals.py)
     quarantined: int
     last_drain: dict | None

@@ -41,6 +41,8 @@ TRANSITION_TABLE = [
     ("fell_behind", ("live",), "catching-up"),
     ("replica_lost", ("catching-up", "live"), "down"),
     ("worker_exited", ("catching-up", "live"), "down"),
+    ("login_refused", ("catching-up", "live"), "down"),
+    ("worker_failing", ("catching-up", "live"), "catching-up"),
     ("hold", ("catching-up", "live"), "down"),
     ("disable", ("catching-up", "live"), "down"),
     ("drain", ("down", "catching-up", "live"), "draining"),

@@ -20,7 +20,7 @@ W1 = "syncwarden-sync@replica1.service"
 W2 = "syncwarden-sync@replica2.service"
 
 
-def make(tmp_path: Path, role="master", extra=""):
+def make(tmp_path: Path, role="master", extra="", rivals=None):
     cfg = configmod.parse(f"""
 role: {role}
 cyrus: {{imapd_conf: {tmp_path}/imapd.conf}}
@@ -35,7 +35,7 @@ probe: {{interval: 2s, timeout: 1s}}
     env = dict(clock=clock, systemd=FakeSystemd(), prober=FakeProber(clock),
                journal=FakeJournal(), holds=Holds(tmp_path / "holds.json"))
     sup = Reconciler(cfg, imapd, Edges(env["systemd"], env["prober"], env["journal"], clock,
-                                       env["systemd"].log),
+                                       env["systemd"].log, rivals),
                      LocalState(env["holds"], RoleStore(tmp_path / "role.json"),
                                 QuarantineStore(tmp_path / "quarantine"), tmp_path / "users"))
     return sup, env

@@ -175,6 +175,15 @@ def test_rival_sync_clients_are_those_outside_our_units(lab, tmp_path):
                              " replica1: pid 20 (unit session-4.scope)")
 
 
+
+def test_a_rival_is_found_even_where_proc_pid_exe_cannot_be_read(lab):
+    # the daemon's unit has no CAP_SYS_PTRACE: another user's /proc/PID/exe is EACCES there
+    conf, proc = lab
+    d = proc.add(20, f"{BIN}/sync_client", f"{BIN}/sync_client", "-C", str(conf), "-r", "-n",
+                 "replica1", cgroup="/system.slice/cyrus-imapd.service")
+    (d / "exe").unlink()
+    assert [r.pid for r in rival_sync_clients(conf, LINKS, proc.root)] == [20]
+
 # Debian's /etc/cyrus.conf (3.6.1-4+deb12u5), shortened, with the entries a plain-Cyrus site
 # adds for replication.
 DEBIAN_CYRUS_CONF = """\

@@ -58,7 +58,7 @@ def running(tmp_path, monkeypatch, request):
     systemd = FakeSystemd()
     d = Daemon(cfg, systemd_factory=lambda: systemd, journal=Journal(str(tmp_path / "journal")),
                notifier=Notifier(), instance=Instance(root=tmp_path),
-               journal_reader=FakeJournalFiles().reader)
+               journal_reader=FakeJournalFiles().reader, rival_scan=lambda conf, links: [])
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("rc", d.run()), daemon=True)
     t.start()
