@@ -79,20 +79,29 @@ class JournalFollower:
                       " detected", exc)
             return False
         saved = self._load()
-        if saved is None:
-            # First start: from the end of the whole journal, a position that a saved cursor
-            # can name even before any worker logged anything.
-            self.reader.seek_tail()
-            last = self.reader.get_previous()
-            self.cursor = last.get("__CURSOR")
         self._match()
         if saved is not None:
-            self._replay_from(saved)
-        else:
-            self._seek_after(self.cursor)
-            self.save(force=True)
+            try:
+                self._replay_from(saved)
+            except (OSError, ValueError) as exc:     # not a cursor sd-journal can read
+                log.warning("cannot resume the workers' journal at the cursor in %s (%s):"
+                            " following it from now", self.cursor_file, exc)
+                saved = None
+        if saved is None:
+            self._start_at_end()
         self.selector.register(self.reader.fileno(), selectors.EVENT_READ, self._ready)
         return True
+
+    def _start_at_end(self) -> None:
+        """From the end of the whole journal (first start): a position that a saved cursor can
+        name even before any worker logged anything."""
+        r = self.reader
+        r.flush_matches()
+        r.seek_tail()
+        self.cursor = r.get_previous().get("__CURSOR")
+        self._match()
+        self._seek_after(self.cursor)
+        self.save(force=True)
 
     def _match(self) -> None:
         for unit in self.units:

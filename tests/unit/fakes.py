@@ -198,6 +198,8 @@ class FakeReader:
         self.current, self.gap = None, len(self.files.entries)
 
     def seek_cursor(self, cursor):
+        if not cursor.startswith("s="):
+            raise OSError(22, "Invalid argument")    # what sd_journal_seek_cursor says
         idx = [e["__CURSOR"] for e in self.files.entries]
         self.current = None
         self.gap = idx.index(cursor) if cursor in idx else len(idx)

@@ -69,6 +69,17 @@ def test_restart_reads_what_the_workers_logged_while_down(tmp_path):
                                (U1, "bailing out!")]
 
 
+def test_a_damaged_cursor_file_means_from_now_and_a_new_cursor(tmp_path):
+    files, lines = journal(), []
+    (tmp_path / "journal-cursor").write_text("garbage\n")
+    files.log(W1, "old news")
+    f = follower(files, tmp_path, lines)
+    files.log(W1, "new")
+    f.pump()
+    assert messages(lines) == [(W1, "new")]
+    assert (tmp_path / "journal-cursor").read_text().startswith("s=")
+
+
 def test_a_huge_backlog_is_read_from_its_newest_entries(tmp_path, monkeypatch):
     monkeypatch.setattr(follow, "REPLAY_MAX", 5)
     files, lines = journal(), []
