@@ -1,7 +1,7 @@
 """What keeps an instance serving, found from the instance itself (issue 10, items 14, 15):
 a Cyrus master under a unit of any name stops `failover`, and a sync_client syncwarden did not
-start (running, or in cyrus.conf) makes `check-config` fail, against real Cyrus under real
-systemd."""
+start (running, or in cyrus.conf) makes `check-config` fail and, while it runs, is named in
+`status` and keeps a drain from claiming completion, against real Cyrus under real systemd."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import time
 import pytest
 
 from .cyruslab import BIN
-from .swlab import Syncwarden, check_config
+from .swlab import Syncwarden, check_config, wait_same
 
 pytestmark = pytest.mark.system
 
 MASTER_DIR = "/srv/cyrlab/master"
+USERS = ("bob", "alice", "carol", "dave", "erin")
 
 
 @pytest.fixture
@@ -94,3 +95,34 @@ def test_check_config_names_a_sync_client_it_did_not_start(sandbox, cyrus, sw):
         f"  links.replica1: {MASTER_DIR}/cyrus.conf:2 (START entry 'syncclient') starts"
         f" `sync_client -C {cyrus.master_conf} -r -n replica1` for channel replica1; remove the"
         " entry (two clients on one channel race for its sync log)"]
+
+
+@pytest.mark.cyrus(replicas=("replica1",))
+def test_a_rival_sync_client_is_named_and_a_drain_claims_nothing_while_it_runs(
+        sandbox, cyrus, sw):
+    sw.setup()
+    assert sw.wait_state("replica1", "live")
+    # as a plain-Cyrus site's cyrus.conf would start it, beside syncwarden's worker
+    sandbox.run("systemd-run", "--unit=old-sync-client", "-p", "User=cyrus", "-p", "Group=mail",
+                f"{BIN}/sync_client", "-C", cyrus.master_conf, "-R", "-n",
+                "replica1")
+    deadline, link = time.monotonic() + 30, {}
+    while time.monotonic() < deadline and not link.get("rival"):
+        link = sw.link("replica1")
+        time.sleep(0.5)
+    assert link.get("rival", "").startswith("a sync_client that syncwarden did not start runs"
+                                            " for channel replica1: pid ")
+    assert "old-sync-client.service" in link["rival"] and link["rival"] in link["reason"]
+    cyrus.deliver_many(USERS, 5, "rival")
+    r = sw.cli("drain", "replica1", "--wait", check=False)
+    assert r.returncode == 1 and "syncwarden did not start" in r.stdout + r.stderr
+    assert sw.link("replica1")["last_drain"]["drained"] is False
+    sandbox.systemctl("stop", "old-sync-client")
+    sw.cli("resume", "replica1")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and sw.link("replica1").get("rival"):
+        time.sleep(0.5)
+    assert sw.link("replica1")["rival"] is None
+    r = sw.cli("drain", "replica1", "--wait")
+    assert "drained" in r.stdout
+    assert wait_same(cyrus, "replica1", USERS) == {}

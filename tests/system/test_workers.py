@@ -116,34 +116,3 @@ def test_failures_logged_while_the_daemon_was_down_are_read_at_start(sandbox, cy
     assert [e["SYNCWARDEN_USER"] for e in sw.journal_messages(message_id=QUARANTINED)] == [BROKEN]
     others = tuple(u for u in Q_USERS if u != BROKEN)
     assert wait_same(cyrus, "replica1", others, timeout=60) == {}
-
-
-@pytest.mark.cyrus(replicas=("replica1",))
-def test_a_rival_sync_client_is_named_and_a_drain_claims_nothing_while_it_runs(
-        sandbox, cyrus, sw):
-    sw.setup()
-    assert sw.wait_state("replica1", "live")
-    # as a plain-Cyrus site's cyrus.conf would start it, beside syncwarden's worker
-    sandbox.run("systemd-run", "--unit=old-sync-client", "-p", "User=cyrus", "-p", "Group=mail",
-                "/usr/lib/cyrus/bin/sync_client", "-C", cyrus.master_conf, "-R", "-n",
-                "replica1")
-    deadline, link = time.monotonic() + 30, {}
-    while time.monotonic() < deadline and not link.get("rival"):
-        link = sw.link("replica1")
-        time.sleep(0.5)
-    assert link.get("rival", "").startswith("a sync_client that syncwarden did not start runs"
-                                            " for channel replica1: pid ")
-    assert "old-sync-client.service" in link["rival"] and link["rival"] in link["reason"]
-    cyrus.deliver_many(USERS, 5, "rival")
-    r = sw.cli("drain", "replica1", "--wait", check=False)
-    assert r.returncode == 1 and "syncwarden did not start" in r.stdout + r.stderr
-    assert sw.link("replica1")["last_drain"]["drained"] is False
-    sandbox.systemctl("stop", "old-sync-client")
-    sw.cli("resume", "replica1")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and sw.link("replica1").get("rival"):
-        time.sleep(0.5)
-    assert sw.link("replica1")["rival"] is None
-    r = sw.cli("drain", "replica1", "--wait")
-    assert "drained" in r.stdout
-    assert wait_same(cyrus, "replica1", USERS) == {}
