@@ -14,26 +14,20 @@ from pathlib import Path
 
 from .. import config as configmod
 from ..cyrus import imapdconf
+from ..cyrus.channel import Channel
+from ..cyrus.commands import SyncClient
 from ..paths import Instance
 from ..systemd.units import parse_qualified
 
 EX_CONFIG = 78
 
 
-def shutdown_file(sync_dir: Path) -> Path:
-    """Where the drain asks the rolling client to finish (sync_client -F)."""
-    return sync_dir / "shutdown"
-
-
-def argv(cfg: configmod.Config, link: str, shutdown: Path, mode: str = "rolling",
-         users: Path | None = None) -> list[str]:
-    base = [str(cfg.cyrus.sync_client), "-C", str(cfg.cyrus.imapd_conf)]
+def argv(client: SyncClient, link: str, channel: Channel, mode: str, users: Path) -> list[str]:
     if mode == "once":      # one drain pass over one file (log-run if present, else log)
-        return base + ["-R", "-1", "-n", link]
+        return client.one_pass(link)
     if mode == "users":     # full sync of the listed users; exit 1 if any of them failed
-        return base + ["-n", link, "-u", "-f", str(users)]
-    # -R: rolling without fork (-r forks and the parent exits, which systemd would see as done)
-    return base + ["-R", "-n", link, "-F", str(shutdown)]
+        return client.users(link, users)
+    return client.rolling(link, channel.shutdown)
 
 
 def main(name: str, config_path: Path | None = None, mode: str = "rolling") -> int:
@@ -56,16 +50,15 @@ def main(name: str, config_path: Path | None = None, mode: str = "rolling") -> i
     except imapdconf.ImapdConfError as exc:
         print(f"{path}: cyrus.imapd_conf: {exc}", file=sys.stderr)
         return EX_CONFIG
-    stale = shutdown_file(sync_dir)
+    channel = Channel(sync_dir)
     try:
-        stale.unlink()
-        print(f"removed stale shutdown file {stale}", file=sys.stderr)
-    except FileNotFoundError:
-        pass
+        if channel.clear_shutdown():
+            print(f"removed stale shutdown file {channel.shutdown}", file=sys.stderr)
     except OSError as exc:
-        print(f"cannot remove stale shutdown file {stale}: {exc.strerror}", file=sys.stderr)
+        print(f"cannot remove stale shutdown file {channel.shutdown}: {exc.strerror}",
+              file=sys.stderr)
         return EX_CONFIG
-    args = argv(cfg, link, stale, mode, instance.users_file(link))
+    args = argv(SyncClient.from_config(cfg), link, channel, mode, instance.users_file(link))
     sys.stderr.flush()
     os.execv(args[0], args)
     return 127  # not reached

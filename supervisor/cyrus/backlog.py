@@ -10,27 +10,12 @@ proportional to what was appended, never to the size of the files.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .synclog import VALID_LINE, count_lines  # noqa: F401  (the grammar lives there)
+
 _CHUNK = 4 << 20
-
-# One sync log line (imap/sync_log.c): TYPE SP astring [SP astring] LF. Names are atoms, or
-# quoted strings when they hold space, tab, parentheses, quote, backslash or braces.
-_ARG = rb'(?:[^\s"(){}\\]+|"(?:[^"\\\n]|\\.)*")'
-_ONE = rb"APPEND|MAILBOX|UNMAILBOX|QUOTA|ANNOTATION|META|SIEVE|USER|UNUSER"
-_TWO = rb"DOUBLEMAILBOX|RENAME|SEEN|SUB|UNSUB"
-VALID_LINE = re.compile(rb"^(?:(?:%s) %s|(?:%s) %s %s)\r?$" % (_ONE, _ARG, _TWO, _ARG, _ARG),
-                        re.IGNORECASE | re.MULTILINE)
-
-
-def count_lines(data: bytes) -> tuple[int, int]:
-    """(valid, malformed) among the complete lines of ``data`` (which ends with a newline)."""
-    total = data.count(b"\n")
-    # subn counts matches in C without building a list: cheap even for a million lines.
-    _, valid = VALID_LINE.subn(b"", data)
-    return valid, total - valid
 
 
 class _Tail:

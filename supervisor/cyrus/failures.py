@@ -29,6 +29,8 @@ import enum
 import re
 from dataclasses import dataclass, field
 
+from .synclog import mailbox_user, userid
+
 _UPDATE_FAILED = re.compile(r"do_folders\(\): update failed: (\S+) '(.*)'")
 _PROMOTING = re.compile(r"Promoting: MAILBOX (\S+) -> USER (\S+)")
 _USER_FAILED = re.compile(r"user replication failed: error=<([^>]*)> userid=<([^>]*)>")
@@ -86,16 +88,6 @@ def session_event(message: str) -> SessionEvent | None:
     return None
 
 
-def mailbox_user(mailbox: str) -> str | None:
-    """The userid owning an internal mailbox name: user.bob.Sent -> bob,
-    example.com!user.bob -> bob@example.com, user.john^doe -> john.doe; None if shared."""
-    domain, sep, rest = mailbox.strip('"').rpartition("!")
-    if not rest.startswith("user."):
-        return None
-    user = rest[5:].split(".", 1)[0].replace("^", ".")
-    return f"{user}@{domain}" if sep and domain else user
-
-
 @dataclass
 class FailedPass:
     users: dict[str, str] = field(default_factory=dict)   # userid -> error as logged
@@ -125,18 +117,18 @@ class FailureDetector:
             return None
         m = _UPDATE_FAILED.search(message)
         if m:
-            user = mailbox_user(m.group(1))
+            user = mailbox_user(m.group(1).strip('"'))
             if user:
                 self.pending[user] = f"update of {m.group(1)} failed: {m.group(2)}"
             return None
         m = _PROMOTING.search(message)
         if m:
-            self.pending.setdefault(m.group(2).replace("^", "."), f"mailbox {m.group(1)} failed")
+            self.pending.setdefault(userid(m.group(2)), f"mailbox {m.group(1)} failed")
             return None
         m = _USER_FAILED.search(message) or _DO_USER_FAILED.search(message)
         if m:
             user, err = (m.group(2), m.group(1)) if m.re is _USER_FAILED else (m.group(1), "")
-            self.pending[user.replace("^", ".")] = err or self.last_error or message
+            self.pending[userid(user)] = err or self.last_error or message
             if m.re is _USER_FAILED:
                 return None
         m = _NO_RESPONSE.search(message)

@@ -1,145 +1,163 @@
-"""Rewriting Cyrus sync logs: moving a user's entries out, and putting entries back.
+"""Cyrus's sync log grammar: what a line says, whether Cyrus acts on it, and whose entry it is.
 
-Cyrus writers (imap/sync_log.c) open ``log`` with O_APPEND, take an fcntl lock on it, check
-that the path still names the inode they locked (else retry: it was renamed to log-run), write
-whole lines, fsync and unlock. Rewriting ``log`` follows the same protocol: with the lock held,
-read it, write the kept lines to a new file and rename that over ``log``; a writer waiting for
-the lock then finds a new inode and retries on it. The entries moved out are written to their
-destination (and synced) before the rewrite, so a crash leaves a duplicate, never a loss:
-replaying a sync log entry is idempotent.
+The one place that knows the format (read in cyrus-imapd 3.6.1 and 3.10.3, which agree):
 
-``log-run`` is rewritten only while no worker runs: sync_client unlinks it after a pass.
+Writers (imap/sync_log.c, sync_log.h) append ``TYPE SP name [SP name] LF``:
+    USER UNUSER META SIEVE                      one userid
+    APPEND MAILBOX UNMAILBOX QUOTA ANNOTATION   one mailbox
+    DOUBLEMAILBOX RENAME                        two mailboxes
+    SEEN SUB UNSUB                              a userid, then a mailbox
+(a RENAME is always followed by ``MAILBOX old`` and ``MAILBOX new``). sync_quote_name writes a
+name bare unless it holds space, tab or parentheses (then it is quoted) or backslash, double
+quote or braces (quoted, each escaped with a backslash); "" is the empty name; a name never
+holds CR or LF.
+
+The reader (sync_log_reader_getitem) is more liberal, and decides what counts:
+- TYPE is a word (ended by whitespace, parentheses or a quote), upper-cased before use.
+- Then one space and one or two IMAP astrings: an atom (no whitespace, parentheses or double
+  quote, not starting with ``{``), a quoted string (a backslash takes the next byte as is), or
+  a literal (never written; counted as malformed here). LF or CR LF ends the line.
+- A line that is empty or a lone word is skipped silently; trailing garbage is logged and
+  skipped; a malformed name makes the reader give up on the rest of the file.
+- sync_client (sync_do_reader) acts on the 14 types above; any other is "Unknown action type".
+
+So a line is *valid* when it is as a writer writes it (a known type with its number of names);
+blank lines are ignored by Cyrus and are neither entries nor malformed; anything else is
+malformed. Lines are bytes: names are decoded as UTF-8 (invalid bytes replaced) only to read
+userids out of them.
+
+Whose entry a line is: the userid of USER..UNSUB lines (the first name), else the owner of each
+mailbox named (a RENAME or DOUBLEMAILBOX may name two users, or a user and a shared mailbox).
+``sync_client -u USER`` covers a line only if every name in it is USER's (``covered_by``).
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
-from collections import defaultdict
-from pathlib import Path
+from typing import Iterable, NamedTuple
 
-from .failures import mailbox_user
+# -- the grammar, as data; backlog.VALID_LINE and the parser below are built from it ----------
+USER_TYPES = ("USER", "UNUSER", "META", "SIEVE")             # TYPE userid
+MAILBOX_TYPES = ("APPEND", "MAILBOX", "UNMAILBOX", "QUOTA", "ANNOTATION")   # TYPE mailbox
+TWO_MAILBOX_TYPES = ("DOUBLEMAILBOX", "RENAME")              # TYPE mailbox mailbox
+USER_MAILBOX_TYPES = ("SEEN", "SUB", "UNSUB")                # TYPE userid mailbox
+ONE_NAME = MAILBOX_TYPES + USER_TYPES      # the most frequent first: the regex tries in order
+TWO_NAMES = TWO_MAILBOX_TYPES + USER_MAILBOX_TYPES
+TYPES = frozenset(ONE_NAME + TWO_NAMES)
+DELETED_PREFIX = "DELETED"       # imapd.conf deletedprefix (its default)
 
-_TOKEN = re.compile(rb'"(?:[^"\\\n]|\\.)*"|[^\s"]+')
-_USER_TYPES = {b"SEEN", b"SUB", b"UNSUB", b"META", b"SIEVE", b"USER", b"UNUSER"}
-_LOCK_TRIES = 64
+_ATOM = rb'[^\s"(){][^\s"()]*'
+_QUOTED = rb'"(?:[^"\\\r\n]|\\[^\r\n])*"'
+NAME = rb"(?:%s|%s)" % (_ATOM, _QUOTED)
+_WORD = rb'[^\s"()]+'
+
+# A whole valid line, for counting many lines in C (re.MULTILINE; the type case-insensitive).
+VALID_LINE = re.compile(rb"^(?:(?i:%s) %s|(?i:%s) %s %s)\r?$" % (
+    b"|".join(t.encode() for t in ONE_NAME), NAME,
+    b"|".join(t.encode() for t in TWO_NAMES), NAME, NAME), re.MULTILINE)
+# A line the reader takes apart (any type word, one or two names), for reading names out.
+_READABLE = re.compile(rb"(%s) (%s)(?: (%s))?\r?\n?" % (_WORD, NAME, NAME))
+_ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
+_BLANK_AFTER_LF = re.compile(rb"\n(?=\r?\n)")
 
 
-def _unquote(token: bytes) -> str:
-    if token.startswith(b'"') and token.endswith(b'"') and len(token) >= 2:
-        token = re.sub(rb"\\(.)", rb"\1", token[1:-1])
-    return token.decode("utf-8", "replace")
+class Entry(NamedTuple):
+    kind: str                   # upper-cased, as sync_client compares it
+    args: tuple[str, ...]       # the names, unquoted
+
+    @property
+    def valid(self) -> bool:
+        return (self.kind in ONE_NAME and len(self.args) == 1) or (
+            self.kind in TWO_NAMES and len(self.args) == 2)
+
+    def owners(self) -> list[str | None]:
+        """Who each name belongs to (None: a shared mailbox); [] for a type Cyrus ignores."""
+        if self.kind in USER_TYPES or self.kind in USER_MAILBOX_TYPES:
+            return [userid(self.args[0])]
+        if self.kind in MAILBOX_TYPES or self.kind in TWO_MAILBOX_TYPES:
+            return [mailbox_user(a) for a in self.args]
+        return []
+
+    def users(self) -> set[str]:
+        return {u for u in self.owners() if u is not None}
+
+    def covered_by(self, user: str) -> bool:
+        """Does ``sync_client -u user`` do everything this line asks for?"""
+        owners = self.owners()
+        return bool(owners) and all(u == user for u in owners)
+
+
+def parse(line: bytes) -> Entry | None:
+    """The entry a line holds, as Cyrus's reader takes it apart; None if the reader skips it
+    (blank, a lone word, garbage). ``Entry.valid`` says whether it is as a writer writes it."""
+    m = _READABLE.fullmatch(line)
+    if m is None:
+        return None
+    return Entry(m[1].decode("ascii", "replace").upper(),
+                 tuple(_unquote(a) for a in m.group(2, 3) if a is not None))
+
+
+def _unquote(name: bytes) -> str:
+    if name[:1] == b'"':
+        name = _ESCAPE.sub(rb"\1", name[1:-1])
+    return name.decode("utf-8", "replace")
+
+
+def is_blank(line: bytes) -> bool:
+    return line in (b"\n", b"\r\n", b"", b"\r")
 
 
 def line_users(line: bytes) -> set[str]:
     """Userids an entry belongs to (a RENAME or DOUBLEMAILBOX may name two)."""
-    parts = _TOKEN.findall(line)
-    if len(parts) < 2:
-        return set()
-    kind, args = parts[0].upper(), [_unquote(p) for p in parts[1:3]]
-    if kind in _USER_TYPES:
-        return {args[0].replace("^", ".")}
-    return {u for u in (mailbox_user(a) for a in args) if u}
+    entry = parse(line)
+    return entry.users() if entry is not None else set()
 
 
-def split(data: bytes, users: set[str]) -> tuple[bytes, dict[str, list[bytes]]]:
-    """(the lines to keep, {user: lines moved out}); a line naming two quarantined users goes
-    to the first, in sorted order, so that it is stored exactly once."""
-    kept, moved = [], defaultdict(list)
-    for line in data.splitlines(keepends=True):
-        hit = sorted(line_users(line) & users)
-        if hit:
-            moved[hit[0]].append(line if line.endswith(b"\n") else line + b"\n")
-        else:
-            kept.append(line)
-    return b"".join(kept), dict(moved)
-
-
-def users_in(path: Path) -> set[str]:
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return set()
-    found = set()
-    for line in data.splitlines():
+def users_of(lines: Iterable[bytes]) -> set[str]:
+    found: set[str] = set()
+    for line in set(lines):          # logs repeat the same lines: parse each once
         found |= line_users(line)
     return found
 
 
-class _Locked:
-    """``path`` opened and fcntl-locked, the lock taken on the inode the path still names."""
-
-    def __init__(self, path: Path, create: bool = False):
-        self.path = Path(path)
-        flags = os.O_RDWR | (os.O_CREAT | os.O_APPEND if create else 0)
-        for _ in range(_LOCK_TRIES):
-            self.fd = os.open(self.path, flags, 0o600)
-            fcntl.lockf(self.fd, fcntl.LOCK_EX)
-            st = os.fstat(self.fd)
-            try:
-                cur = os.stat(self.path)
-                if (cur.st_dev, cur.st_ino) == (st.st_dev, st.st_ino):
-                    self.st = st
-                    return
-            except FileNotFoundError:
-                if not create:
-                    os.close(self.fd)
-                    raise
-            os.close(self.fd)          # renamed under us: try the file that has the name now
-        raise OSError(f"{self.path}: renamed under us {_LOCK_TRIES} times in a row")
-
-    def read(self) -> bytes:
-        return os.pread(self.fd, self.st.st_size, 0)
-
-    def close(self) -> None:
-        os.close(self.fd)              # releases the lock
+def count_lines(data: bytes) -> tuple[int, int]:
+    """(valid, malformed) among the complete lines of ``data`` (which ends with a newline)."""
+    total = data.count(b"\n")
+    # subn counts matches in C without building a list: cheap even for a million lines.
+    _, valid = VALID_LINE.subn(b"", data)
+    blank = 0
+    if valid < total:                # blank lines: Cyrus skips them, so they are not malformed
+        _, blank = _BLANK_AFTER_LF.subn(b"", data)
+        blank += data[:1] == b"\n" or data[:2] == b"\r\n"
+    return valid, total - valid - blank
 
 
-def move_out(path: Path, users: set[str], sink) -> int:
-    """Move ``users``' lines from ``path`` to ``sink(moved)``; returns how many were moved."""
-    try:
-        f = _Locked(path)
-    except FileNotFoundError:
-        return 0
-    try:
-        kept, moved = split(f.read(), users)
-        if not moved:
-            return 0
-        sink(moved)                    # stored and synced first: a crash now only duplicates
-        tmp = f.path.with_name(f".{f.path.name}.syncwarden")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, kept)
-            os.fchown(fd, f.st.st_uid, f.st.st_gid)
-            os.fchmod(fd, f.st.st_mode & 0o777)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, f.path)
-        _sync_dir(f.path.parent)
-        return sum(len(v) for v in moved.values())
-    finally:
-        f.close()
+def userid(name: str) -> str:
+    """A userid as written in USER..UNSUB lines (a "^" stands for a "." in old logs)."""
+    return name.replace("^", ".")
 
 
-def append(path: Path, lines: list[bytes], owner: tuple[int, int]) -> None:
-    """Append entries the way a Cyrus writer does (for entries put back into the stream)."""
-    if not lines:
-        return
-    f = _Locked(path, create=True)
-    try:
-        if f.st.st_size == 0 and (f.st.st_uid, f.st.st_gid) != owner:
-            os.fchown(f.fd, *owner)    # we created it: it must stay writable for Cyrus
-        os.write(f.fd, b"".join(lines))
-        os.fsync(f.fd)
-    finally:
-        f.close()
+def mailbox_user(name: str, deleted_prefix: str = DELETED_PREFIX) -> str | None:
+    """The userid owning an internal mailbox name, as mbname_from_intname reads it:
+    user.bob.Sent -> bob, example.com!user.bob -> bob@example.com, user.john^doe -> john.doe,
+    DELETED.user.bob.Sent.5F3A1B2C -> bob; None for a shared mailbox."""
+    domain, sep, rest = name.partition("!")
+    if not sep:
+        domain, rest = "", name
+    boxes = [b for b in rest.split(".") if b]       # strtok: empty parts vanish
+    if len(boxes) > 2 and boxes[0] == deleted_prefix:
+        boxes = boxes[1:-1]                         # the prefix and the hex time of deletion
+    if len(boxes) < 2 or boxes[0] != "user":
+        return None
+    local = boxes[1].replace("^", ".")
+    return f"{local}@{domain}" if domain else local
 
 
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def needle(user: str) -> bytes | None:
+    """A byte string that every line naming ``user`` holds, for finding candidate lines at C
+    speed (``parse`` then decides): the longest piece of its local part that no spelling of
+    the name changes (not "." or "^", which swap, nor what quoting escapes, nor bytes that were
+    not UTF-8). None when there is no such piece: then every line is a candidate."""
+    local = user.rsplit("@", 1)[0]
+    piece = max(re.split(r'[.^\\"\ufffd]', local), key=len)
+    return piece.encode() if piece else None

@@ -32,6 +32,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cyrus.channel import Channel as SyncFiles   # the channel's files, as the drain uses them
 from ..cyrus.failures import CONFIG_EXITS, Session, session_event
 from ..cyrus.probe import LOST_AFTER
 from ..systemd.units import LinkUnits, UnitStatus
@@ -50,36 +51,6 @@ KILL_REPEAT = 5.0
 class Phase(enum.Enum):
     FINISH_WORKER = "finish-worker"   # the rolling worker finishes its file, then stops
     PASSES = "passes"                 # one-shot passes until the files are sent
-
-
-class SyncFiles:
-    """The channel directory as the drain sees it: which log files exist, by identity."""
-
-    def __init__(self, sync_dir: Path):
-        self.dir = Path(sync_dir)
-        self.shutdown = self.dir / "shutdown"
-
-    def present(self) -> tuple[bool, bool]:
-        """(log-run exists, log exists). Files are counted, not identified: Cyrus unlinks
-        log-run and creates a new log all the time, and inode numbers get reused."""
-        return (self.dir / "log-run").exists(), (self.dir / "log").exists()
-
-    def pending(self) -> bool:
-        return any(self.present())
-
-    def request_shutdown(self) -> bool:
-        """Create the shutdown file; only where Cyrus already made the channel directory, so
-        that we never create a root-owned directory that Cyrus could not write its log into."""
-        if not self.dir.is_dir():
-            return False
-        self.shutdown.touch()
-        return True
-
-    def clear_shutdown(self) -> None:
-        try:
-            self.shutdown.unlink()
-        except FileNotFoundError:
-            pass
 
 
 @dataclass

@@ -5,7 +5,7 @@ file stalls (cyrus-lab.md 4c). Per link, this module:
 
 1. reads the worker's log for failed passes (failures.py) and the users they name;
 2. quarantines those users: stops the worker (SIGTERM keeps log-run whole), moves their entries
-   out of log-run and log into the store (synclog.py, quarantine.py), and lets the core start
+   out of log-run and log into the store (rewrite.py, quarantine.py), and lets the core start
    the worker again;
 3. when the log names nobody, bisects the stuck log-run's users with one-shot
    ``sync_client -n LINK -u -f LIST`` runs (exit 1 when any user failed);
@@ -22,7 +22,8 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cyrus import synclog
+from ..cyrus import rewrite
+from ..cyrus.channel import LOG_RUN, Channel
 from ..cyrus.failures import FailedPass, FailureDetector, Session, session_event
 from ..state import atomic_write, cyrus_gid, ensure_dir
 from .quarantine_store import QuarantineStore
@@ -177,7 +178,7 @@ class Quarantine:
                 if not (self.sync_dir / "log-run").exists():
                     self.job = None      # nothing is stuck any more: let the worker go on
                     return None
-                job.candidates = synclog.users_in(self.sync_dir / "log-run")
+                job.candidates = Channel(self.sync_dir).users_in(LOG_RUN)
                 if not job.candidates:
                     self.job = None
                     return ("passes keep failing on a log-run that names no user (shared"
@@ -239,7 +240,9 @@ class Quarantine:
         self.crash_point("record-saved")
         moved = 0
         for name in ("log-run", "log"):
-            moved += synclog.move_out(self.sync_dir / name, users, self._store_entries)
+            # the worker is stopped (job phase "stop-worker"): log-run may be rewritten
+            moved += rewrite.move_out(self.sync_dir / name, users, self._store_entries,
+                                      no_client=True)
             self.crash_point(f"{name}-rewritten")
         if len(new) < len(culprits):
             log.info("Moved %d more entries of users %s, quarantined already on %s.", moved,
@@ -268,7 +271,7 @@ class Quarantine:
             return
         seen = (st.st_ino, st.st_size, st.st_mtime_ns)
         if seen != self.log_seen:
-            synclog.move_out(log, users, self._store_entries)
+            rewrite.move_out(log, users, self._store_entries)
             self.log_seen = seen
 
     # -- retries -----------------------------------------------------------------------------
@@ -288,10 +291,11 @@ class Quarantine:
             return   # dropped meanwhile
         status = systemd.exit_info(self.unit).status
         if status == 0:
-            # The user sync covered every entry stored before it began; later ones go back.
-            later = self.store.entries(self.link, user, max(q.retry_offset, 0))
-            owner = self.sync_dir.stat()
-            synclog.append(self.sync_dir / "log", later, (owner.st_uid, owner.st_gid))
+            # The user sync covered the entries stored before it began, except lines naming
+            # someone else too; those and the later ones go back.
+            back = rewrite.replay_after_user_sync(self.store.entries(self.link, user), user,
+                                                  max(q.retry_offset, 0))
+            rewrite.append(self.sync_dir / "log", back)
             self.store.remove(self.link, user)
             self.failure = None   # passes that failed on this user before it was repaired
             self.journal.send(f"link {self.link}: user {user} released after {q.attempts + 1}"

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cyrus.channel import Channel
 from ..cyrus.imapdconf import ImapdConf
 from ..state import atomic_write
 
@@ -90,10 +91,9 @@ def leftover_backlogs(imapd: ImapdConf, links) -> dict[str, list[str]]:
     """Sync log files written before a role change: they target the host's former peer."""
     found = {}
     for link in links:
-        d = imapd.sync_dir(link)
-        files = [name for name in ("log-run", "log") if (d / name).exists()]
+        files = Channel(imapd.sync_dir(link)).existing()
         if files:
-            found[link] = [str(d / f) for f in files]
+            found[link] = [str(f) for f in files]
     return found
 
 

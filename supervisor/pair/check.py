@@ -11,7 +11,6 @@ drop out.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cyrus.channel import Channel
 from . import compare, credentials
 from .imapclient import AdminView, ImapError, read_user, user_session
 from ..state import atomic_write
@@ -27,49 +27,10 @@ CONFIRM_PAUSE = 2.0          # seconds: a sync_client pass (repeat interval 1 s)
 PROGRESS_EVERY = 2.0         # seconds between progress lines on stderr
 JOURNAL_LINES = 40           # differences listed in the journal entry itself
 
-# --- the backlog: which users have entries still to send (pure parsing + one file edge) -------
-
-_ARG = re.compile(rb'"((?:[^"\\]|\\.)*)"|(\S+)')
-_MAILBOX_ARGS = {b"APPEND": 1, b"MAILBOX": 1, b"UNMAILBOX": 1, b"QUOTA": 1, b"ANNOTATION": 1,
-                 b"DOUBLEMAILBOX": 2, b"RENAME": 2}
-_USER_ARG = {b"USER", b"UNUSER", b"META", b"SIEVE", b"SEEN", b"SUB", b"UNSUB"}
-
-
-def user_of_internal(name: str) -> str | None:
-    """Cyrus's internal name -> userid: 'example.com!user.bob^x.Sent' -> 'bob.x@example.com'."""
-    domain, _, rest = name.rpartition("!")
-    parts = rest.split(".")
-    if len(parts) < 2 or parts[0] != "user" or not parts[1]:
-        return None
-    return parts[1].replace("^", ".") + (f"@{domain}" if domain else "")
-
-
-def pending_users(data: bytes) -> set[str]:
-    """Users named by sync log lines (imap/sync_log.c format: TYPE SP astring [SP astring])."""
-    users: set[str] = set()
-    for line in data.splitlines():
-        kind, _, rest = line.strip().partition(b" ")
-        kind = kind.upper()
-        args = [(q if q is not None else a) for q, a in (m.groups() for m in _ARG.finditer(rest))]
-        args = [re.sub(rb"\\(.)", rb"\1", a).decode("utf-8", "replace") for a in args]
-        if kind in _MAILBOX_ARGS:
-            found = [user_of_internal(a) for a in args[:_MAILBOX_ARGS[kind]]]
-        elif kind in _USER_ARG and args:
-            found = [args[0].replace("^", ".")]
-        else:
-            continue
-        users.update(u for u in found if u)
-    return users
-
+# --- the backlog: which users have entries still to send (the channel's files) ---------------
 
 def read_backlog(sync_dir: Path) -> set[str]:
-    users: set[str] = set()
-    for name in ("log-run", "log"):
-        try:
-            users |= pending_users((sync_dir / name).read_bytes())
-        except FileNotFoundError:
-            pass
-    return users
+    return Channel(sync_dir).users_pending()
 
 
 # --- reading both sides -------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cyrus import CYRUS_USER   # the units run sync_client as this user too
+from ..cyrus.commands import SyncClient
 from . import compare
 from .imapclient import ImapError
 
@@ -129,12 +129,6 @@ def _private_write(folder: Path, name: str, data: bytes) -> Path:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     return path
-
-
-def sync_client_argv(cfg, link: str, *args: str) -> list[str]:
-    # As the cyrus user, like the workers: files it creates must stay Cyrus's.
-    return ["runuser", "-u", CYRUS_USER, "--", str(cfg.cyrus.sync_client), "-C",
-            str(cfg.cyrus.imapd_conf), "-n", link, *args]
 
 
 def run_sync_client(argv: list[str]) -> tuple[int, str]:
@@ -262,7 +256,7 @@ class Executor:
         self._log(action, f"synced user {action.user}: {action.why}")
 
     def _sync(self, action: Action, *args: str) -> None:
-        argv = sync_client_argv(self.cfg, self.sides.link, *args)
+        argv = SyncClient.from_config(self.cfg).as_cyrus(self.sides.link, *args)
         rc, output = self.sync_client(argv)
         if rc != 0:
             tail = " | ".join(output.splitlines()[-5:])

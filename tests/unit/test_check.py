@@ -4,7 +4,7 @@ import io
 import json
 
 from supervisor.pair import check
-from supervisor.pair.check import pending_users, user_of_internal
+from supervisor.cyrus.synclog import mailbox_user, users_of
 
 from .fakecyrus import Box, Pair
 from .fakes import FakeJournal
@@ -112,9 +112,9 @@ def test_backlog_names_users():
     log = (b'APPEND user.bob\nMAILBOX "user.bob.My Folder"\nDOUBLEMAILBOX user.a.X user.c\n'
            b"SEEN erin 6f1c2a0e\nSUB frank user.frank.Sent\nUSER john^doe\nQUOTA user.gina\n"
            b"MAILBOX shared.news\nMAILBOX example.com!user.hal^x.Sent\ngarbage\n")
-    assert pending_users(log) == {"bob", "a", "c", "erin", "frank", "john.doe", "gina",
-                                  "hal.x@example.com"}
-    assert user_of_internal("user") is None and user_of_internal("shared.x") is None
+    assert users_of(log.splitlines()) == {"bob", "a", "c", "erin", "frank", "john.doe", "gina",
+                                          "hal.x@example.com"}
+    assert mailbox_user("user") is None and mailbox_user("shared.x") is None
 
 
 def test_result_file_and_journal(tmp_path):

@@ -2,8 +2,10 @@
 
 import pytest
 
-from supervisor.cyrus.failures import FailureDetector, mailbox_user
-from supervisor.cyrus.synclog import line_users, move_out, split, users_in
+from supervisor.cyrus.channel import Channel
+from supervisor.cyrus.failures import FailureDetector
+from supervisor.cyrus.rewrite import move_out
+from supervisor.cyrus.synclog import line_users, mailbox_user
 
 PASS_METHOD1 = [  # chmod 000 on the replica's mailbox: named through do_folders and Promoting
     "MAILBOX user.alice",
@@ -61,7 +63,9 @@ def test_one_shot_user_failure_names_the_user():
 @pytest.mark.parametrize("mailbox,user", [
     ("user.bob", "bob"), ("user.bob.Sent", "bob"), ("example.com!user.bob.Sent",
                                                      "bob@example.com"),
-    ("user.john^doe", "john.doe"), ("shared.folder", None), ('"user.bob.My Folder"', "bob")])
+    ("user.john^doe", "john.doe"), ("shared.folder", None), ("user.bob.My Folder", "bob"),
+    ("DELETED.user.bob.Sent.5F3A1B2C", "bob"), ("user", None), ("!user.bob", "bob"),
+    ("user..bob", "bob"), ("DELETED.user.5F3A1B2C", None)])
 def test_mailbox_user(mailbox, user):
     assert mailbox_user(mailbox) == user
 
@@ -78,14 +82,18 @@ def test_line_users(line, users):
     assert line_users(line) == users
 
 
-def test_split_keeps_order_and_moves_each_line_once():
+def test_move_out_keeps_order_and_moves_each_line_once(tmp_path):
+    log = tmp_path / "log"
     data = b"APPEND user.bob\nAPPEND user.alice\nDOUBLEMAILBOX user.alice user.bob.x\n"
-    kept, moved = split(data, {"alice", "bob"})
-    assert kept == b"" and moved == {"alice": [b"APPEND user.alice\n",
-                                               b"DOUBLEMAILBOX user.alice user.bob.x\n"],
-                                     "bob": [b"APPEND user.bob\n"]}
-    kept, moved = split(data, {"alice"})
-    assert kept == b"APPEND user.bob\n"
+    log.write_bytes(data)
+    stored = {}
+    assert move_out(log, {"alice", "bob"}, stored.update) == 3
+    assert log.read_bytes() == b"" and stored == {"alice": [b"APPEND user.alice\n",
+                                                            b"DOUBLEMAILBOX user.alice user.bob.x\n"],
+                                                  "bob": [b"APPEND user.bob\n"]}
+    log.write_bytes(data)
+    move_out(log, {"alice"}, stored.update)
+    assert log.read_bytes() == b"APPEND user.bob\n"
 
 
 def test_move_out_rewrites_and_keeps_owner_mode(tmp_path):
@@ -97,8 +105,8 @@ def test_move_out_rewrites_and_keeps_owner_mode(tmp_path):
     assert n == 1 and stored == {"alice": [b"APPEND user.alice\n"]}
     assert log.read_bytes() == b"APPEND user.bob\nMAILBOX user.bob\n"
     assert log.stat().st_mode & 0o777 == 0o600
-    assert users_in(log) == {"bob"}
-    assert move_out(tmp_path / "absent", {"alice"}, stored.update) == 0
+    assert Channel(tmp_path).users_in("log") == {"bob"}
+    assert move_out(tmp_path / "absent" / "log", {"alice"}, stored.update) == 0
 
 
 def test_a_crash_after_storing_duplicates_never_loses(tmp_path):
@@ -112,7 +120,7 @@ def test_a_crash_after_storing_duplicates_never_loses(tmp_path):
         raise KeyboardInterrupt        # the daemon dies between storing and rewriting
 
     with pytest.raises(KeyboardInterrupt):
-        move_out(log, {"alice"}, sink_then_crash)
+        move_out(log, {"alice"}, sink_then_crash, no_client=True)
     assert log.read_bytes() == original and stored == [b"APPEND user.alice\n"]
     assert not list(tmp_path.glob(".*syncwarden"))
 

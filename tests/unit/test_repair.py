@@ -12,7 +12,8 @@ from supervisor.pair import check
 
 from supervisor.commands import repair as repaircmd
 from supervisor.config import parse
-from supervisor.pair.repair import Action, Executor, RepairError, plan_user, sync_client_argv
+from supervisor.cyrus.commands import SyncClient
+from supervisor.pair.repair import Action, Executor, RepairError, plan_user
 
 from .fakecyrus import Pair
 from .fakes import FakeJournal
@@ -103,7 +104,7 @@ def test_stash_puts_back_what_the_merge_expunged(tmp_path):
 
 
 def test_sync_client_runs_as_cyrus_with_the_link():
-    assert sync_client_argv(CFG, "replica1", "-O", "-m", "user.bob") == [
+    assert SyncClient.from_config(CFG).as_cyrus("replica1", "-O", "-m", "user.bob") == [
         "runuser", "-u", "cyrus", "--", "/usr/lib/cyrus/bin/sync_client", "-C",
         "/srv/m/imapd.conf", "-n", "replica1", "-O", "-m", "user.bob"]
 

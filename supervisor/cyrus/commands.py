@@ -1,0 +1,46 @@
+"""Every sync_client command line syncwarden runs, built in one place (pure functions).
+
+Options as Cyrus 3.6 reads them (imap/sync_client.c): ``-C`` the imapd.conf, ``-n`` the channel,
+``-R`` rolling in the foreground (``-r`` forks and its parent exits, which systemd would take for
+the end of the service), ``-1`` one pass over one file (log-run if present, else log) then exit,
+``-F`` the shutdown file, ``-u`` users (``-f`` reads them from a file; exit 1 if any failed),
+``-m`` mailboxes, ``-O`` replace the replica's copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import CYRUS_USER
+
+
+@dataclass(frozen=True)
+class SyncClient:
+    binary: Path             # cyrus.sync_client
+    imapd_conf: Path         # cyrus.imapd_conf
+
+    @classmethod
+    def from_config(cls, cfg) -> "SyncClient":
+        return cls(cfg.cyrus.sync_client, cfg.cyrus.imapd_conf)
+
+    def _conf(self) -> list[str]:
+        return [str(self.binary), "-C", str(self.imapd_conf)]
+
+    # The order of the options is today's: tests and operators find workers by it.
+    def rolling(self, link: str, shutdown: Path) -> list[str]:
+        """The worker: replicate continuously until the shutdown file appears."""
+        return self._conf() + ["-R", "-n", link, "-F", str(shutdown)]
+
+    def one_pass(self, link: str) -> list[str]:
+        """A drain pass: one file (log-run if present, else log), then exit."""
+        return self._conf() + ["-R", "-1", "-n", link]
+
+    def users(self, link: str, users_file: Path) -> list[str]:
+        """A full sync of the users listed in a file, one per line."""
+        return self._conf() + ["-n", link, "-u", "-f", str(users_file)]
+
+    def as_cyrus(self, link: str, *args: str) -> list[str]:
+        """Run by root from the command line (repair): as the cyrus user, like the workers, so
+        that files it creates stay Cyrus's."""
+        return ["runuser", "-u", CYRUS_USER, "--"] + self._conf() + ["-n", link, *args]
