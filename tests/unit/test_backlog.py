@@ -3,7 +3,12 @@
 import os
 import time
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from supervisor.cyrus.backlog import Backlog, count_lines
+from supervisor.cyrus.rewrite import move_out
+from supervisor.cyrus.synclog import is_blank, parse
 
 from .fakes import FakeClock
 
@@ -139,3 +144,61 @@ def test_new_log_reusing_the_old_inode_is_recounted(tmp_path):
     assert (snap.entries, snap.malformed) == (41, 0)
     log.write_bytes(LINES)                    # truncate-and-rewrite of the same file
     assert read(b, clock).entries == 2
+
+
+# -- property: the counts equal a reference count, whatever Cyrus does --------------------------
+
+BACKLOG_LINE = st.sampled_from([b"APPEND user.bob\n", b"MAILBOX user.alice.Sent\n",
+                                b"RENAME user.a user.b\n", b"SEEN alice x\n", b"garbage\n",
+                                b"\n", b"APPEND user.bob", b"MAILBOX user.c\r\n"])
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.lists(BACKLOG_LINE, min_size=1, max_size=5)),
+    st.tuples(st.just("rename"), st.none()),     # sync_client starts a pass
+    st.tuples(st.just("sent"), st.none()),       # ... and unlinks log-run after it
+    st.tuples(st.just("move"), st.sampled_from(["alice", "bob"]))),   # a quarantine rewrite
+    max_size=25)
+
+
+def reference(d):
+    valid = malformed = 0
+    for name in ("log-run", "log"):
+        if (d / name).exists():
+            data = (d / name).read_bytes()
+            complete = data[:data.rfind(b"\n") + 1]
+            for line in complete.splitlines(keepends=True):
+                entry = parse(line)
+                if entry is not None and entry.valid:
+                    valid += 1
+                elif not is_blank(line):
+                    malformed += 1
+    return valid, malformed
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_counts_follow_any_sequence_of_appends_and_renames(tmp_path_factory, ops):
+    d = tmp_path_factory.mktemp("chan")
+    clock = FakeClock(wall=time.time())
+    b = Backlog(d)
+    listed = {}
+    for step, (op, arg) in enumerate(ops):
+        if op == "append":
+            data = b"".join(arg)
+            with open(d / "log", "ab") as f:
+                f.write(data)
+        elif op == "rename" and (d / "log").exists() and not (d / "log-run").exists():
+            os.rename(d / "log", d / "log-run")
+        elif op == "sent" and (d / "log-run").exists():
+            (d / "log-run").unlink()
+        elif op == "move":
+            move_out(d / "log", {arg}, lambda moved: None)
+        # names changed: the directory's mtime moves on (the kernel's clock is coarse: two
+        # changes within a few ms could look like one, which is not what is tested here)
+        names = {p.name: p.stat().st_ino for p in d.iterdir()}
+        if names != listed:
+            os.utime(d, ns=((step + 1) * 10**9,) * 2)
+            listed = names
+        clock.advance(1)
+        snap = read(b, clock)
+        assert (snap.entries, snap.malformed) == reference(d), (op, arg)

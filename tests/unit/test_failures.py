@@ -1,9 +1,11 @@
 """Reading sync_client's log lines (as seen in cyrus-lab.md 4c) and sync log entries."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from supervisor.cyrus.channel import Channel
-from supervisor.cyrus.failures import FailureDetector
+from supervisor.cyrus.failures import FailedPass, FailureDetector
 from supervisor.cyrus.rewrite import move_out
 from supervisor.cyrus.synclog import line_users, mailbox_user
 
@@ -139,3 +141,24 @@ def test_a_broken_connection_blames_nobody():
     assert failed.transport and "dave" in failed.users
     (again,) = feed(det, PASS_METHOD3)          # the next real failure is judged afresh
     assert not again.transport and list(again.users) == ["bob"]
+
+
+FRAGMENTS = PASS_METHOD1 + PASS_METHOD3 + ANONYMOUS + [
+    "Reprocessing sync log file /x/log-run", "Error in sync_do_user(): bailing out!",
+    "IOERROR: user replication failed: error=<> userid=<>", "do_folders(): update failed: ! ''",
+    "  Promoting: MAILBOX DELETED.user.x -> USER ^", "Processing sync log file x failed"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=80), st.sampled_from(FRAGMENTS),
+                          st.builds(lambda a, b: a + b, st.sampled_from(FRAGMENTS),
+                                    st.text(max_size=20))), max_size=30))
+def test_any_log_lines_give_failed_passes_or_nothing(lines):
+    det = FailureDetector()
+    for i, line in enumerate(lines):
+        out = det.feed(line)
+        assert out is None or isinstance(out, FailedPass)
+        if out is not None:
+            assert all(isinstance(u, str) and isinstance(e, str) for u, e in out.users.items())
+        if i % 7 == 6:
+            det.pass_succeeded()

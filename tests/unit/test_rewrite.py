@@ -174,7 +174,7 @@ def test_cyrus_racing_every_step_loses_and_doubles_nothing(tmp_path, monkeypatch
             for line in written:
                 t = threading.Thread(target=cyrus_write, args=(d, line))
                 t.start()
-                t.join(0.05)             # done, or waiting for our lock
+                t.join(0.03)             # done, or waiting for our lock
                 writers.append(t)
 
         stored = Store()
