@@ -68,6 +68,7 @@ _RENAME_EXCHANGE = 2
 _RENAME_NOREPLACE = 1
 
 log = logging.getLogger(__name__)
+_UNSEEN = object()
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
 
@@ -105,13 +106,16 @@ def _rename2(dir_fd: int, a: str, b: str, flags: int) -> bool:
 
 
 def _write_all(fd: int, views: list) -> None:
+    views = [v for v in views if len(v)]
     while views:
         n = os.writev(fd, views[:512])
-        while n and views:
+        if n <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        while n:
             if n >= len(views[0]):
                 n -= len(views.pop(0))
             else:
-                views[0] = views[0][n:]
+                views[0] = memoryview(views[0])[n:]
                 n = 0
 
 
@@ -195,6 +199,27 @@ class _Out:
         if self.pending >= CHUNK:
             self.flush()
 
+    def keep_around(self, data: bytes, start: int, end: int, hits: list) -> None:
+        """Keep data[start:end] but the lines in ``hits`` ((start, end, user), in order)."""
+        view = memoryview(data)
+        if not hits:
+            self.keep(view[start:end])
+            return
+        self.start()
+        views, prev, n = self.views, start, 0
+        for ls, le, _ in hits:
+            if ls > prev:
+                views.append(view[prev:ls])
+                n += ls - prev
+            prev = le
+        if end > prev:
+            views.append(view[prev:end])
+            n += end - prev
+        self.size += n
+        self.pending += n
+        if self.pending >= CHUNK:
+            self.flush()
+
     def start(self) -> None:
         if self.fd is not None:
             return
@@ -204,7 +229,8 @@ class _Out:
         os.lseek(self.fd, self.prefix, os.SEEK_SET)
 
     def flush(self) -> None:
-        _write_all(self.fd, self.views)
+        # one joined write: cheaper than writev over thousands of short pieces
+        _write_all(self.fd, [b"".join(self.views)])
         self.views, self.pending = [], 0
 
 
@@ -285,21 +311,26 @@ def _split_stream(fd, out: _Out, users, sink, hook, cancelled, chunk) -> int:
     """Read L to its end in chunks; kept bytes to ``out``, moved lines to ``sink``."""
     finder = _Finder(users)
     batch: dict[str, list[bytes]] = {}
-    state = {"batch": 0, "moved": 0}
+    batched = moved = 0
 
-    def move(line: bytes, user: str) -> None:
-        out.start()
-        batch.setdefault(user, []).append(line if line.endswith(b"\n") else line + b"\n")
-        state["batch"] += len(line)
-        state["moved"] += 1
-        if state["batch"] >= BATCH:
+    def split(data: bytes, start: int, end: int) -> None:
+        nonlocal batched, moved
+        hits = finder.hits(data, start, end)
+        out.keep_around(data, start, end, hits)
+        for ls, le, user in hits:
+            line = data[ls:le]
+            batch.setdefault(user, []).append(line if line[-1:] == b"\n" else line + b"\n")
+            batched += le - ls
+        moved += len(hits)
+        if batched >= BATCH:
             flush_batch()
 
     def flush_batch() -> None:
+        nonlocal batched
         if batch:
             sink(dict(batch))
             batch.clear()
-            state["batch"] = 0
+            batched = 0
             hook("stored")
 
     pos, carry, passing = 0, b"", False
@@ -320,63 +351,71 @@ def _split_stream(fd, out: _Out, users, sink, hook, cancelled, chunk) -> int:
                 continue
             out.keep(memoryview(data)[:nl + 1])
             start, passing = nl + 1, False
-        cut = data.rfind(b"\n") + 1
+        cut = max(data.rfind(b"\n") + 1, start)
         if cut > start:
-            finder.split(data, start, cut, out, move)
-        else:
-            cut = start
+            split(data, start, cut)
         carry = data[cut:]
         if len(carry) > LONG_LINE:
             out.keep(memoryview(carry))
             carry, passing = b"", True
         hook("read")
     if carry:                            # a last line without its newline (Cyrus ignores it)
-        finder.split(carry, 0, len(carry), out, move)
+        split(carry, 0, len(carry))
     flush_batch()
-    return state["moved"]
+    return moved
 
 
 class _Finder:
     """Finds the lines of a buffer that name one of ``users``: candidate lines first, at C
-    speed, by a byte string each user's lines must hold (synclog.needle); the grammar decides.
-    """
+    speed, by a byte string each user's lines must hold (synclog.needle); the grammar decides,
+    once per distinct line (logs repeat the same lines)."""
+
+    _CACHE = 1 << 16
 
     def __init__(self, users: set[str]):
         self.users = set(users)
         needles = [synclog.needle(u) for u in sorted(users)]
         self.needles = None if None in needles else sorted(set(needles))
+        self.verdicts: dict[bytes, str | None] = {}
 
-    def split(self, data: bytes, start: int, end: int, out: _Out, move) -> None:
-        view = memoryview(data)
-        prev = start
+    def hits(self, data: bytes, start: int, end: int) -> list[tuple[int, int, str]]:
+        """(start, end, user) of each line in data[start:end] naming one of the users (the
+        first in sorted order), in order."""
+        out = []
+        verdicts = self.verdicts
         for ls, le in self._candidates(data, start, end):
-            hit = sorted(synclog.line_users(data[ls:le]) & self.users)
-            if hit:
-                out.keep(view[prev:ls])
-                move(data[ls:le], hit[0])
-                prev = le
-        out.keep(view[prev:end])
+            line = data[ls:le]
+            hit = verdicts.get(line, _UNSEEN)
+            if hit is _UNSEEN:
+                named = synclog.line_users(line) & self.users
+                hit = min(named) if named else None
+                if len(verdicts) >= self._CACHE:
+                    verdicts.clear()
+                verdicts[line] = hit
+            if hit is not None:
+                out.append((ls, le, hit))
+        return out
 
-    def _candidates(self, data: bytes, start: int, end: int):
+    def _candidates(self, data: bytes, start: int, end: int) -> list[tuple[int, int]]:
+        """(start, end) of each line holding a needle, in order."""
         if self.needles is None:         # every line is a candidate (slow, but exact)
-            pos = start
+            spans, pos = [], start
             while pos < end:
                 nl = data.find(b"\n", pos, end)
                 le = end if nl < 0 else nl + 1
-                yield pos, le
+                spans.append((pos, le))
                 pos = le
-            return
-        spans = set()
+            return spans
+        spans = []
+        find, rfind = data.find, data.rfind
         for needle in self.needles:
-            i = data.find(needle, start, end)
+            i = find(needle, start, end)
             while i >= 0:
-                ls = data.rfind(b"\n", start, i) + 1 or start
-                ls = max(ls, start)
-                nl = data.find(b"\n", i, end)
+                nl = find(b"\n", i, end)
                 le = end if nl < 0 else nl + 1
-                spans.add((ls, le))
-                i = data.find(needle, le, end)
-        yield from sorted(spans)
+                spans.append((max(rfind(b"\n", start, i) + 1, start), le))
+                i = find(needle, le, end)
+        return spans if len(self.needles) == 1 else sorted(set(spans))
 
 
 def _finish(dir_fd: int, path: Path, src: _Locked, out: _Out, hook) -> None:
