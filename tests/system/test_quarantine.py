@@ -154,3 +154,44 @@ def test_daemon_killed_at_each_step_of_a_quarantine_loses_nothing(sandbox, cyrus
         time.sleep(0.5)
     assert wait_same(cyrus, "replica1", USERS, timeout=60) == {}
     assert len(cyrus.messages("replica1", BROKEN)) == 11
+
+
+@pytest.mark.cyrus(users=USERS, replicas=("replica1",))
+def test_symlinks_cyrus_plants_in_the_sync_directory_are_never_written_through(sandbox, cyrus,
+                                                                               sw):
+    """Root rewrites the log and writes the shutdown file in a directory the cyrus user owns:
+    links planted there (at the rewrite's temporary names, at `shutdown`) lead nowhere."""
+    sw.setup()
+    assert sw.wait_state("replica1", "live")
+    cyrus.deliver_many(USERS, 1, "before")
+    assert wait_same(cyrus, "replica1", USERS) == {}
+    sandbox.sh("mkdir -p /var/lib/swtest && printf \"root's\\n\" > /var/lib/swtest/victim"
+               " && chmod 600 /var/lib/swtest/victim")
+    d = cyrus.sync_dir("replica1")
+    for name in (".log.syncwarden", ".log-run.syncwarden"):
+        sandbox.run("ln", "-sfn", "/var/lib/swtest/victim", f"{d}/{name}", user="cyrus")
+    # a link to a file that does not exist yet: O_CREAT would make it, root-owned
+    sandbox.run("ln", "-sfn", "/var/lib/swtest/made-by-root", f"{d}/shutdown", user="cyrus")
+
+    def victim_untouched():
+        st = sandbox.run("stat", "-c", "%U %a %s", "/var/lib/swtest/victim").stdout.split()
+        return (st == ["root", "600", "7"] and sandbox.read_file("/var/lib/swtest/victim") ==
+                "root's\n" and not sandbox.host_path("/var/lib/swtest/made-by-root").exists())
+
+    break_user(sandbox, cyrus, sw, "unreadable")
+    cyrus.deliver_many(USERS, 3, "after", sessions=2)
+    deadline = time.monotonic() + 60
+    while not sw.status().get("quarantine") and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert [q["user"] for q in sw.status()["quarantine"]] == [BROKEN]     # rewrites happened
+    assert victim_untouched()
+    assert wait_same(cyrus, "replica1", OTHERS, timeout=60) == {}
+    # a drain asks the worker to finish through the shutdown file: refused, stopped by signal
+    sandbox.run("ln", "-sfn", "/var/lib/swtest/made-by-root", f"{d}/shutdown", user="cyrus")
+    cyrus.deliver_many(OTHERS, 2, "drain")
+    r = sw.cli("drain", "replica1", "--wait", timeout=120)
+    assert "drained" in r.stdout
+    assert victim_untouched()
+    assert wait_same(cyrus, "replica1", OTHERS, timeout=10) == {}
+    journal = "\n".join(sandbox.journal(unit="syncwarden.service"))
+    assert "shutdown file not written" in journal and "refused" in journal
