@@ -174,7 +174,7 @@ def reference(d):
     return valid, malformed
 
 
-@settings(max_examples=80, deadline=None,
+@settings(max_examples=80, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS)
 def test_counts_follow_any_sequence_of_appends_and_renames(tmp_path_factory, ops):

@@ -149,7 +149,7 @@ FRAGMENTS = PASS_METHOD1 + PASS_METHOD3 + ANONYMOUS + [
     "  Promoting: MAILBOX DELETED.user.x -> USER ^", "Processing sync log file x failed"]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(st.lists(st.one_of(st.text(max_size=80), st.sampled_from(FRAGMENTS),
                           st.builds(lambda a, b: a + b, st.sampled_from(FRAGMENTS),
                                     st.text(max_size=20))), max_size=30))

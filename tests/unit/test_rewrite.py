@@ -86,7 +86,7 @@ LINE = st.one_of(
     st.just(b"\n"))
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=150, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(LINE, max_size=40), users=st.sets(st.sampled_from(
     USERS + ["alice@example.com"]), max_size=3), chunk=st.sampled_from([7, 64, 4096]),
@@ -111,7 +111,7 @@ def test_every_line_kept_or_moved_exactly_once(tmp_path_factory, lines, users, c
     assert not list(d.glob(".*syncwarden"))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(stored=st.lists(LINE, max_size=20, unique=True), cut=st.integers(0, 20))
 def test_release_puts_back_what_the_user_sync_does_not_cover(stored, cut):
     user = "alice"

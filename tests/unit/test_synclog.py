@@ -57,7 +57,7 @@ ANY_LINE = st.one_of(
               st.binary(max_size=12)))
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=250, deadline=None, database=None)
 @given(ANY_LINE, st.sampled_from([b"\n", b"\r\n"]))
 def test_counting_and_parsing_agree(body, eol):
     """backlog's regex (C speed) and the parser say the same of every line."""
@@ -68,7 +68,7 @@ def test_counting_and_parsing_agree(body, eol):
     assert malformed == int(not valid and not synclog.is_blank(line))
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=250, deadline=None, database=None)
 @given(ANY_LINE)
 def test_every_line_naming_a_user_holds_its_needle(body):
     """The rewrite finds candidate lines by needle(user): it must never miss one."""
@@ -77,6 +77,7 @@ def test_every_line_naming_a_user_holds_its_needle(body):
         assert n is None or n in body
 
 
+@settings(database=None, deadline=None)
 @given(st.text(max_size=30))
 def test_mailbox_user_never_raises(name):
     user = mailbox_user(name)
