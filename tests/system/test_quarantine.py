@@ -194,4 +194,5 @@ def test_symlinks_cyrus_plants_in_the_sync_directory_are_never_written_through(s
     assert victim_untouched()
     assert wait_same(cyrus, "replica1", OTHERS, timeout=10) == {}
     journal = "\n".join(sandbox.journal(unit="syncwarden.service"))
+    assert "removed a symbolic link planted at our temporary file's name" in journal
     assert "shutdown file not written" in journal and "refused" in journal
