@@ -59,22 +59,15 @@ from typing import Callable
 
 from . import synclog
 from .channel import LOG, LOG_RUN, UnsafeFile, check_file, names_file, open_dir, open_file
+from .splitter import CHUNK, Cancelled, split_stream
 
-CHUNK = 4 << 20          # bytes read at a time
-BATCH = 8 << 20          # bytes of moved lines handed to the sink at a time
-LONG_LINE = 1 << 20      # a "line" longer than this is garbage: passed through, never parsed
 _LOCK_TRIES = 64
 _RENAME_EXCHANGE = 2
 _RENAME_NOREPLACE = 1
 
 log = logging.getLogger(__name__)
-_UNSEEN = object()
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
-
-
-class Cancelled(Exception):
-    """The caller asked the rewrite to stop; the log was left as it was."""
 
 
 class _Flock(ctypes.Structure):
@@ -282,7 +275,7 @@ def move_out(path: Path, users: set[str], sink: Callable[[dict[str, list[bytes]]
             hook("locked")
             out = _Out(dir_fd, path.parent, path.name, src)
             try:
-                moved = _split_stream(src.fd, out, users, sink, hook, cancelled, chunk)
+                moved = split_stream(src.fd, out, users, sink, hook, cancelled, chunk)
                 if not moved:
                     return 0
                 out.flush()
@@ -305,117 +298,6 @@ def _unlink_if(dir_fd: int, name: str, out: _Out) -> None:
             os.unlink(name, dir_fd=dir_fd)
     except OSError:
         pass
-
-
-def _split_stream(fd, out: _Out, users, sink, hook, cancelled, chunk) -> int:
-    """Read L to its end in chunks; kept bytes to ``out``, moved lines to ``sink``."""
-    finder = _Finder(users)
-    batch: dict[str, list[bytes]] = {}
-    batched = moved = 0
-
-    def split(data: bytes, start: int, end: int) -> None:
-        nonlocal batched, moved
-        hits = finder.hits(data, start, end)
-        out.keep_around(data, start, end, hits)
-        for ls, le, user in hits:
-            line = data[ls:le]
-            batch.setdefault(user, []).append(line if line[-1:] == b"\n" else line + b"\n")
-            batched += le - ls
-        moved += len(hits)
-        if batched >= BATCH:
-            flush_batch()
-
-    def flush_batch() -> None:
-        nonlocal batched
-        if batch:
-            sink(dict(batch))
-            batch.clear()
-            batched = 0
-            hook("stored")
-
-    pos, carry, passing = 0, b"", False
-    while True:
-        if cancelled is not None and cancelled():
-            raise Cancelled(f"rewrite cancelled after {pos} bytes")
-        block = os.pread(fd, chunk, pos)
-        if not block:
-            break
-        pos += len(block)
-        data = carry + block if carry else block
-        carry = b""
-        start = 0
-        if passing:                      # inside an over-long line: pass it through
-            nl = data.find(b"\n")
-            if nl < 0:
-                out.keep(memoryview(data))
-                continue
-            out.keep(memoryview(data)[:nl + 1])
-            start, passing = nl + 1, False
-        cut = max(data.rfind(b"\n") + 1, start)
-        if cut > start:
-            split(data, start, cut)
-        carry = data[cut:]
-        if len(carry) > LONG_LINE:
-            out.keep(memoryview(carry))
-            carry, passing = b"", True
-        hook("read")
-    if carry:                            # a last line without its newline (Cyrus ignores it)
-        split(carry, 0, len(carry))
-    flush_batch()
-    return moved
-
-
-class _Finder:
-    """Finds the lines of a buffer that name one of ``users``: candidate lines first, at C
-    speed, by a byte string each user's lines must hold (synclog.needle); the grammar decides,
-    once per distinct line (logs repeat the same lines)."""
-
-    _CACHE = 1 << 16
-
-    def __init__(self, users: set[str]):
-        self.users = set(users)
-        needles = [synclog.needle(u) for u in sorted(users)]
-        self.needles = None if None in needles else sorted(set(needles))
-        self.verdicts: dict[bytes, str | None] = {}
-
-    def hits(self, data: bytes, start: int, end: int) -> list[tuple[int, int, str]]:
-        """(start, end, user) of each line in data[start:end] naming one of the users (the
-        first in sorted order), in order."""
-        out = []
-        verdicts = self.verdicts
-        for ls, le in self._candidates(data, start, end):
-            line = data[ls:le]
-            hit = verdicts.get(line, _UNSEEN)
-            if hit is _UNSEEN:
-                named = synclog.line_users(line) & self.users
-                hit = min(named) if named else None
-                if len(verdicts) >= self._CACHE:
-                    verdicts.clear()
-                verdicts[line] = hit
-            if hit is not None:
-                out.append((ls, le, hit))
-        return out
-
-    def _candidates(self, data: bytes, start: int, end: int) -> list[tuple[int, int]]:
-        """(start, end) of each line holding a needle, in order."""
-        if self.needles is None:         # every line is a candidate (slow, but exact)
-            spans, pos = [], start
-            while pos < end:
-                nl = data.find(b"\n", pos, end)
-                le = end if nl < 0 else nl + 1
-                spans.append((pos, le))
-                pos = le
-            return spans
-        spans = []
-        find, rfind = data.find, data.rfind
-        for needle in self.needles:
-            i = find(needle, start, end)
-            while i >= 0:
-                nl = find(b"\n", i, end)
-                le = end if nl < 0 else nl + 1
-                spans.append((max(rfind(b"\n", start, i) + 1, start), le))
-                i = find(needle, le, end)
-        return spans if len(self.needles) == 1 else sorted(set(spans))
 
 
 def _finish(dir_fd: int, path: Path, src: _Locked, out: _Out, hook) -> None:

@@ -90,9 +90,9 @@ def test_move_out_keeps_order_and_moves_each_line_once(tmp_path):
     log.write_bytes(data)
     stored = {}
     assert move_out(log, {"alice", "bob"}, stored.update) == 3
-    assert log.read_bytes() == b"" and stored == {"alice": [b"APPEND user.alice\n",
-                                                            b"DOUBLEMAILBOX user.alice user.bob.x\n"],
-                                                  "bob": [b"APPEND user.bob\n"]}
+    assert log.read_bytes() == b""
+    assert stored == {"alice": [b"APPEND user.alice\n", b"DOUBLEMAILBOX user.alice user.bob.x\n"],
+                      "bob": [b"APPEND user.bob\n"]}
     log.write_bytes(data)
     move_out(log, {"alice"}, stored.update)
     assert log.read_bytes() == b"APPEND user.bob\n"
