@@ -67,7 +67,10 @@ _RENAME_NOREPLACE = 1
 
 log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(None, use_errno=True)
-_renameat2 = getattr(_libc, "renameat2", None)
+_renameat2 = getattr(_libc, "renameat2", None)       # glibc >= 2.28
+if _renameat2 is not None:
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                           ctypes.c_uint]
 
 
 class _Flock(ctypes.Structure):
@@ -364,8 +367,7 @@ def append(path: Path, lines: list[bytes]) -> None:
     try:
         f = _Locked(dir_fd, path.parent, path.name, create=True)
         try:
-            for line in lines:
-                _write_all(f.fd, [line])
+            _write_all(f.fd, list(lines))
             os.fsync(f.fd)
             if f.created:
                 os.fsync(dir_fd)
