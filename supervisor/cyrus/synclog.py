@@ -21,9 +21,10 @@ The reader (sync_log_reader_getitem) is more liberal, and decides what counts:
   skipped; a malformed name makes the reader give up on the rest of the file.
 - sync_client (sync_do_reader) acts on the 14 types above; any other is "Unknown action type".
 
-So a line is *valid* when it is as a writer writes it (a known type with its number of names);
-blank lines are ignored by Cyrus and are neither entries nor malformed; anything else is
-malformed. Lines are bytes: names are decoded as UTF-8 (invalid bytes replaced) only to read
+So a line is *valid* when it is as a writer writes it: a known type with its number of names,
+a name bare only where sync_quote_name leaves it bare (no braces or backslash in an atom, which
+the reader would take). Blank lines are ignored by Cyrus and are neither entries nor malformed;
+anything else is malformed. Whose entry a line is, though, is read as the reader reads it. Lines are bytes: names are decoded as UTF-8 (invalid bytes replaced) only to read
 userids out of them.
 
 Whose entry a line is: the userid of USER..UNSUB lines (the first name), else the owner of each
@@ -46,29 +47,34 @@ TWO_NAMES = TWO_MAILBOX_TYPES + USER_MAILBOX_TYPES
 TYPES = frozenset(ONE_NAME + TWO_NAMES)
 DELETED_PREFIX = "DELETED"       # imapd.conf deletedprefix (its default)
 
-_ATOM = rb'[^\s"(){][^\s"()]*'
+_ATOM = rb'[^\s"(){][^\s"()]*'                 # what the reader takes as an atom
+_WRITER_ATOM = rb'[^\s"(){}\\]+'                # what a writer leaves bare
 _QUOTED = rb'"(?:[^"\\\r\n]|\\[^\r\n])*"'
 NAME = rb"(?:%s|%s)" % (_ATOM, _QUOTED)
+_WRITER_NAME = rb"(?:%s|%s)" % (_WRITER_ATOM, _QUOTED)
 _WORD = rb'[^\s"()]+'
 
 # A whole valid line, for counting many lines in C (re.MULTILINE; the type case-insensitive).
 VALID_LINE = re.compile(rb"^(?:(?i:%s) %s|(?i:%s) %s %s)\r?$" % (
-    b"|".join(t.encode() for t in ONE_NAME), NAME,
-    b"|".join(t.encode() for t in TWO_NAMES), NAME, NAME), re.MULTILINE)
+    b"|".join(t.encode() for t in ONE_NAME), _WRITER_NAME,
+    b"|".join(t.encode() for t in TWO_NAMES), _WRITER_NAME, _WRITER_NAME), re.MULTILINE)
 # A line the reader takes apart (any type word, one or two names), for reading names out.
 _READABLE = re.compile(rb"(%s) (%s)(?: (%s))?\r?\n?" % (_WORD, NAME, NAME))
 _ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
+_WRITER_QUOTES = re.compile(rb"[{}\\]")       # in a name, these make a writer quote it
 _BLANK_AFTER_LF = re.compile(rb"\n(?=\r?\n)")
 
 
 class Entry(NamedTuple):
     kind: str                   # upper-cased, as sync_client compares it
     args: tuple[str, ...]       # the names, unquoted
+    quoted_as_written: bool = True   # no bare name holds what a writer would have quoted
 
     @property
     def valid(self) -> bool:
-        return (self.kind in ONE_NAME and len(self.args) == 1) or (
-            self.kind in TWO_NAMES and len(self.args) == 2)
+        return self.quoted_as_written and (
+            (self.kind in ONE_NAME and len(self.args) == 1) or
+            (self.kind in TWO_NAMES and len(self.args) == 2))
 
     def owners(self) -> list[str | None]:
         """Who each name belongs to (None: a shared mailbox); [] for a type Cyrus ignores."""
@@ -93,8 +99,9 @@ def parse(line: bytes) -> Entry | None:
     m = _READABLE.fullmatch(line)
     if m is None:
         return None
-    return Entry(m[1].decode("ascii", "replace").upper(),
-                 tuple(_unquote(a) for a in m.group(2, 3) if a is not None))
+    names = [a for a in m.group(2, 3) if a is not None]
+    return Entry(m[1].decode("ascii", "replace").upper(), tuple(_unquote(a) for a in names),
+                 not any(a[:1] != b'"' and _WRITER_QUOTES.search(a) for a in names))
 
 
 def _unquote(name: bytes) -> str:

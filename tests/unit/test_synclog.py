@@ -13,7 +13,8 @@ from supervisor.cyrus.synclog import Entry, count_lines, line_users, mailbox_use
     (b"append user.bob\r\n", Entry("APPEND", ("user.bob",))),          # types: any case
     (b'MAILBOX "user.bob.My Folder"\n', Entry("MAILBOX", ("user.bob.My Folder",))),
     (b'MAILBOX "user.bob.a\\"b\\\\c"\n', Entry("MAILBOX", ('user.bob.a"b\\c',))),
-    (b"MAILBOX user.bob.a{1}\n", Entry("MAILBOX", ("user.bob.a{1}",))),  # a brace inside: an atom
+    # a brace inside a bare name: the reader takes it, a writer would have quoted it
+    (b"MAILBOX user.bob.a{1}\n", Entry("MAILBOX", ("user.bob.a{1}",), False)),
     (b'SEEN alice ""\n', Entry("SEEN", ("alice", ""))),
     (b"FOO x\n", Entry("FOO", ("x",))),          # read, but sync_client ignores the type
 ])
@@ -33,6 +34,8 @@ def test_validity_is_the_writers_arity():
     assert parse(b"SEEN alice\n").valid is False                       # SEEN takes two
     assert parse(b"USER a b\n").valid is False and parse(b"FOO x\n").valid is False
     assert parse(b"RENAME a b\n").valid and parse(b"unsub a b\n").valid
+    assert not parse(b"MAILBOX user.bob.a{1}\n").valid and parse(b'MAILBOX "a{1}"\n').valid
+    assert parse(b"MAILBOX user.bob.a{1}\n").users() == {"bob"}
 
 
 def test_owners_and_cover():
