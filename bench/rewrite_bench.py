@@ -11,8 +11,10 @@ late it woke (the stall the rewrite causes, GIL included).
 Printed next to it, in the same run and on the same file: plain `cp` of the log, and `cp` plus
 an fsync of the copy (the rewrite must fsync: a crash may not lose the kept entries). The result
 is checked: every line either kept (in order) or stored, and the last line, past 2 GiB, there.
-Targets: throughput at least half of `cp`+fsync's, and no tick later than 100 ms (the daemon's
-WatchdogSec is 30 s; a tick stays well under a second).
+The loop also ticks while `cp` runs, and idle: the stalls the machine causes by itself.
+Targets: no tick later than 100 ms (the daemon's WatchdogSec is 30 s), and a throughput of at
+least half of `cp`+fsync's. Rounds (default 3) interleave cp, cp+fsync and a rewrite, each
+rewrite quarantining another user; medians are printed.
 """
 
 from __future__ import annotations
@@ -61,16 +63,25 @@ def make_log(path: Path, size: int) -> tuple[int, dict[str, int]]:
     return n * len(block) + 1, per_user
 
 
-def timed_cp(src: Path, dst: Path, fsync: bool) -> float:
-    t0 = time.perf_counter()
-    subprocess.run(["cp", str(src), str(dst)], check=True)
-    if fsync:
-        fd = os.open(dst, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    took = time.perf_counter() - t0
+def timed_cp(src: Path, dst: Path, fsync: bool, loop: "Loop") -> float:
+    """cp (and fsync) in a thread while ``loop`` ticks here: what the disk alone does to it."""
+    took = []
+
+    def copy():
+        t0 = time.perf_counter()
+        subprocess.run(["cp", str(src), str(dst)], check=True)
+        if fsync:
+            fd = os.open(dst, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        took.append(time.perf_counter() - t0)
+
+    worker = threading.Thread(target=copy)
+    worker.start()
+    loop.run_while(worker)
+    worker.join()
     dst.unlink()
-    return took
+    return took[0]
 
 
 class Loop:
@@ -137,14 +148,15 @@ def main() -> int:
         digest_kept = _expected_digest(log, QUARANTINED[0])
 
         idle = Loop()
-        sleeper = threading.Thread(target=time.sleep, args=(2.0,))
+        sleeper = threading.Thread(target=time.sleep, args=(5.0,))
         sleeper.start()
         idle.run_while(sleeper)
 
         cp, cp_sync, rw, late, ok = [], [], [], [], True
+        cp_loop = Loop()
         for r in range(rounds):       # interleaved: the shared disk's mood hits all alike
-            cp.append(timed_cp(log, Path(tmp) / "copy", fsync=False))
-            cp_sync.append(timed_cp(log, Path(tmp) / "copy", fsync=True))
+            cp.append(timed_cp(log, Path(tmp) / "copy", False, cp_loop))
+            cp_sync.append(timed_cp(log, Path(tmp) / "copy", True, cp_loop))
             user = QUARANTINED[r]
             before = log.stat().st_size
             seconds, moved, stored, loop = rewrite_round(log, user, Path(tmp) / f"{user}.entries")
@@ -177,16 +189,24 @@ def main() -> int:
     print(f"  main loop (10 ms ticks) during the rewrites: {len(late)} ticks, late by"
           f" {statistics.median(late) * 1000:.2f} ms median, {p99 * 1000:.2f} ms p99,"
           f" {worst * 1000:.2f} ms worst")
-    print(f"  main loop idle (no rewrite):                 {len(idle.late)} ticks, late by"
+    print(f"  main loop while cp runs (baseline):          {len(cp_loop.late)} ticks, late by"
+          f" {statistics.median(cp_loop.late) * 1000:.2f} ms median,"
+          f" {max(cp_loop.late) * 1000:.2f} ms worst")
+    print(f"  main loop idle, 5 s:                         {len(idle.late)} ticks, late by"
           f" {statistics.median(idle.late) * 1000:.2f} ms median,"
           f" {max(idle.late) * 1000:.2f} ms worst")
+    print(f"  machine: {os.cpu_count()} CPUs, load average"
+          f" {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"  result checked (kept lines in order, moved lines stored, the line past 2 GiB):"
           f" {'ok' if ok else 'WRONG'}")
-    met = ok and gbs >= 0.5 * cps_gbs and worst <= 0.100
+    fast, smooth = gbs >= 0.5 * cps_gbs, worst <= 0.100
+    yes = {True: "yes", False: "no"}
     print(f"RESULT rewrite_gbs={gbs:.3f} cp_gbs={cp_gbs:.3f} cp_fsync_gbs={cps_gbs:.3f}"
           f" loop_stall_max_ms={worst * 1000:.2f} loop_stall_p99_ms={p99 * 1000:.2f}"
+          f" cp_loop_stall_max_ms={max(cp_loop.late) * 1000:.2f}"
           f" idle_stall_max_ms={max(idle.late) * 1000:.2f} size_bytes={size}"
-          f" correct={'yes' if ok else 'no'} target_met={'yes' if met else 'no'}")
+          f" correct={yes[ok]} stall_target_met={yes[smooth]} speed_target_met={yes[fast]}"
+          f" target_met={yes[ok and fast and smooth]}")
     return 0 if ok else 1
 
 
