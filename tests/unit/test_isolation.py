@@ -148,6 +148,23 @@ def test_retry_releases_and_puts_later_entries_back(tmp_path):
     assert (d / "log").read_bytes() == b"APPEND user.alice\n"
 
 
+def test_release_puts_back_what_names_another_user_too(tmp_path):
+    """RENAME user.alice.Proj user.bob.Proj left the stream with alice; `sync_client -u alice`
+    does not cover bob's part, so her release puts it back (issue 10, item 3)."""
+    sup, env, d = live_link(tmp_path)
+    rename = b"RENAME user.alice.Proj user.bob.Proj\n"
+    (d / "log-run").write_bytes(entries("alice") + rename + entries("bob"))
+    fail_pass(sup)
+    step(sup, env, n=3)
+    assert [q["user"] for q in sup.status()["quarantine"]] == ["alice"]
+    assert rename not in (d / "log-run").read_bytes()
+    env["systemd"].oneshot[U1] = lambda: 0
+    sup.operator.quarantine("retry", "alice", None)
+    step(sup, env, n=3)
+    assert sup.status()["quarantine"] == []
+    assert (d / "log").read_bytes() == rename       # alice's own lines were covered
+
+
 def test_back_off_doubles(tmp_path):
     sup, env, d = alice_quarantined(tmp_path)
     env["systemd"].oneshot[U1] = lambda: 1
