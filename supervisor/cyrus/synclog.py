@@ -24,12 +24,13 @@ The reader (sync_log_reader_getitem) is more liberal, and decides what counts:
 So a line is *valid* when it is as a writer writes it: a known type with its number of names,
 a name bare only where sync_quote_name leaves it bare (no braces or backslash in an atom, which
 the reader would take). Blank lines are ignored by Cyrus and are neither entries nor malformed;
-anything else is malformed. Whose entry a line is, though, is read as the reader reads it. Lines are bytes: names are decoded as UTF-8 (invalid bytes replaced) only to read
-userids out of them.
+anything else is malformed.
 
-Whose entry a line is: the userid of USER..UNSUB lines (the first name), else the owner of each
-mailbox named (a RENAME or DOUBLEMAILBOX may name two users, or a user and a shared mailbox).
-``sync_client -u USER`` covers a line only if every name in it is USER's (``covered_by``).
+Whose entry a line is, read as the reader reads it: the userid of USER..UNSUB lines (the first
+name), else the owner of each mailbox named (a RENAME or DOUBLEMAILBOX may name two users, or a
+user and a shared mailbox). ``sync_client -u USER`` covers a line only if every name in it is
+USER's (``covered_by``). Lines are bytes: names are decoded as UTF-8 (invalid bytes replaced)
+only to read userids out of them.
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def userid(name: str) -> str:
 def mailbox_user(name: str, deleted_prefix: str = DELETED_PREFIX) -> str | None:
     """The userid owning an internal mailbox name, as mbname_from_intname reads it:
     user.bob.Sent -> bob, example.com!user.bob -> bob@example.com, user.john^doe -> john.doe,
-    DELETED.user.bob.Sent.5F3A1B2C -> bob; None for a shared mailbox."""
+    DELETED.user.bob.Sent.5F3A1B2C -> bob; None for a shared mailbox. (Cyrus also drops a
+    domain equal to imapd.conf's defaultdomain; internal names in it carry none anyway.)"""
     domain, sep, rest = name.partition("!")
     if not sep:
         domain, rest = "", name
