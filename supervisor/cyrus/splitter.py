@@ -95,7 +95,8 @@ class Finder:
     def __init__(self, users: set[str]):
         self.users = set(users)
         needles = [synclog.needle(u) for u in sorted(users)]
-        self.needles = None if None in needles else sorted(set(needles))
+        # a backslash: quoting may escape any byte of a name, so such lines are candidates too
+        self.needles = None if None in needles else sorted(set(needles)) + [b"\\"]
         self.verdicts: dict[bytes, str | None] = {}
 
     def hits(self, data: bytes, start: int, end: int) -> list[tuple[int, int, str]]:

@@ -163,10 +163,12 @@ def mailbox_user(name: str, deleted_prefix: str = DELETED_PREFIX) -> str | None:
 
 
 def needle(user: str) -> bytes | None:
-    """A byte string that every line naming ``user`` holds, for finding candidate lines at C
-    speed (``parse`` then decides): the longest piece of its local part that no spelling of
-    the name changes (not "." or "^", which swap, nor what quoting escapes, nor bytes that were
-    not UTF-8). None when there is no such piece: then every line is a candidate."""
+    """A byte string that every line naming ``user`` and holding no backslash holds, for
+    finding candidate lines at C speed (``parse`` then decides; lines with a backslash must be
+    candidates too: a quoted name may escape any byte): the longest piece of its local part
+    that no spelling of the name changes (not "." or "^", which swap, nor what quoting escapes,
+    nor bytes that were not UTF-8). None when there is no such piece: every line is a
+    candidate then."""
     local = user.rsplit("@", 1)[0]
     piece = max(re.split(r'[.^\\"\ufffd]', local), key=len)
     return piece.encode() if piece else None

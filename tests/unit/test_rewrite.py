@@ -72,7 +72,8 @@ class Store(dict):
 
 NAMES = st.sampled_from(["user.alice", "user.alice.Sent", "user.bob", "user.bob.Proj",
                          "example.com!user.alice", "user.john^doe.x", "shared.news",
-                         '"user.bob.My Folder"', "user.a", "DELETED.user.alice.x.5F00"])
+                         '"user.bob.My Folder"', "user.a", "DELETED.user.alice.x.5F00",
+                         '"user.al\\ice.x"'])     # an escape a writer would not make
 LINE = st.one_of(
     st.builds(lambda k, n: b"%s %s\n" % (k, n.encode()),
               st.sampled_from([b"APPEND", b"MAILBOX", b"UNMAILBOX", b"QUOTA", b"annotation"]),
