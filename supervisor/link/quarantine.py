@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cyrus import rewrite
-from ..cyrus.channel import LOG_RUN, Channel
+from ..cyrus.channel import LOG, LOG_RUN, Channel
 from ..cyrus.failures import FailedPass, FailureDetector, Session, session_event
 from ..state import atomic_write, cyrus_gid, ensure_dir
 from .quarantine_store import QuarantineStore
@@ -175,7 +175,7 @@ class Quarantine:
                 return None
             self.crash_point("worker-stopped")
             if job.bisect:
-                if not (self.sync_dir / "log-run").exists():
+                if not (self.sync_dir / LOG_RUN).exists():
                     self.job = None      # nothing is stuck any more: let the worker go on
                     return None
                 job.candidates = Channel(self.sync_dir).users_in(LOG_RUN)
@@ -239,7 +239,7 @@ class Quarantine:
             self.store.add(self.link, user, error, wall, self.retry_interval)
         self.crash_point("record-saved")
         moved = 0
-        for name in ("log-run", "log"):
+        for name in (LOG_RUN, LOG):
             # the worker is stopped (job phase "stop-worker"): log-run may be rewritten
             moved += rewrite.move_out(self.sync_dir / name, users, self._store_entries,
                                       no_client=True)
@@ -264,7 +264,7 @@ class Quarantine:
         users = self.quarantined()
         if not users:
             return
-        log = self.sync_dir / "log"
+        log = self.sync_dir / LOG
         try:
             st = log.stat()
         except FileNotFoundError:
@@ -295,7 +295,7 @@ class Quarantine:
             # someone else too; those and the later ones go back.
             back = rewrite.replay_after_user_sync(self.store.entries(self.link, user), user,
                                                   max(q.retry_offset, 0))
-            rewrite.append(self.sync_dir / "log", back)
+            rewrite.append(self.sync_dir / LOG, back)
             self.store.remove(self.link, user)
             self.failure = None   # passes that failed on this user before it was repaired
             self.journal.send(f"link {self.link}: user {user} released after {q.attempts + 1}"
