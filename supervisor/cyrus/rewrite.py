@@ -239,8 +239,9 @@ class _Out:
         os.lseek(self.fd, self.prefix, os.SEEK_SET)
 
     def flush(self) -> None:
-        # one joined write: cheaper than writev over thousands of short pieces
-        _write_all(self.fd, [b"".join(self.views)])
+        # a few long pieces are written as they are; thousands of short ones joined first
+        views = self.views if len(self.views) <= 16 else [b"".join(self.views)]
+        _write_all(self.fd, views)
         self.views, self.pending = [], 0
         written = self.size - self.synced
         if written >= _WRITEBACK:        # start writing to disk now: the final fsync waits less
