@@ -320,3 +320,16 @@ def test_append_creates_log_for_cyrus_and_keeps_the_protocol(tmp_path):
     append(tmp_path / "log", [b"APPEND user.carol\n"])
     assert (tmp_path / "log").read_bytes() == (b"APPEND user.alice\nAPPEND user.bob\n"
                                                b"APPEND user.carol\n")
+
+
+def test_many_flushes_and_early_writeback_keep_every_byte(tmp_path, monkeypatch):
+    monkeypatch.setattr(rewrite, "CHUNK", 4096)          # flush T every 4 KiB
+    monkeypatch.setattr(rewrite, "_WRITEBACK", 16384)    # and start its writeback often
+    lines = [b"APPEND user.u%03d.f\n" % (i % 97) for i in range(60_000)]
+    lines[30_000:30_500] = [b"MAILBOX user.u001\n"] * 500                 # a clustered burst
+    (tmp_path / "log").write_bytes(b"".join(lines))
+    stored = Store()
+    moved = move_out(tmp_path / "log", {"u001", "u050"}, stored, chunk=65536)
+    expect_kept = [x for x in lines if not line_users(x) & {"u001", "u050"}]
+    assert (tmp_path / "log").read_bytes() == b"".join(expect_kept)
+    assert moved == len(lines) - len(expect_kept) == sum(len(v) for v in stored.values())
