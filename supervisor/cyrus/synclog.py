@@ -23,8 +23,8 @@ The reader (sync_log_reader_getitem) is more liberal, and decides what counts:
 
 So a line is *valid* when it is as a writer writes it: a known type with its number of names,
 a name bare only where sync_quote_name leaves it bare (no braces or backslash in an atom, which
-the reader would take). Blank lines are ignored by Cyrus and are neither entries nor malformed;
-anything else is malformed.
+the reader would take). Anything else is malformed (the backlog's ``malformed``: lines Cyrus
+skips, blank ones included, or acts on though no writer writes them so).
 
 Whose entry a line is, read as the reader reads it: the userid of USER..UNSUB lines (the first
 name), else the owner of each mailbox named (a RENAME or DOUBLEMAILBOX may name two users, or a
@@ -63,7 +63,6 @@ VALID_LINE = re.compile(rb"^(?:(?i:%s) %s|(?i:%s) %s %s)\r?$" % (
 _READABLE = re.compile(rb"(%s) (%s)(?: (%s))?\r?\n?" % (_WORD, NAME, NAME))
 _ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 _WRITER_QUOTES = re.compile(rb"[{}\\]")       # in a name, these make a writer quote it
-_BLANK_AFTER_LF = re.compile(rb"\n(?=\r?\n)")
 
 
 class Entry(NamedTuple):
@@ -111,10 +110,6 @@ def _unquote(name: bytes) -> str:
     return name.decode("utf-8", "replace")
 
 
-def is_blank(line: bytes) -> bool:
-    return line in (b"\n", b"\r\n", b"", b"\r")
-
-
 def line_users(line: bytes) -> set[str]:
     """Userids an entry belongs to (a RENAME or DOUBLEMAILBOX may name two)."""
     entry = parse(line)
@@ -133,11 +128,7 @@ def count_lines(data: bytes) -> tuple[int, int]:
     total = data.count(b"\n")
     # subn counts matches in C without building a list: cheap even for a million lines.
     _, valid = VALID_LINE.subn(b"", data)
-    blank = 0
-    if valid < total:                # blank lines: Cyrus skips them, so they are not malformed
-        _, blank = _BLANK_AFTER_LF.subn(b"", data)
-        blank += data[:1] == b"\n" or data[:2] == b"\r\n"
-    return valid, total - valid - blank
+    return valid, total - valid
 
 
 def userid(name: str) -> str:
