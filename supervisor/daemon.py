@@ -181,6 +181,7 @@ class Daemon:
                 control.expire(self.clock.monotonic())
         finally:
             self.notifier.stopping()
+            sup.close()
             control.close()
             prober.close()
             follower.close()

@@ -130,6 +130,8 @@ class DrainJob:
             if worker_running:
                 self._finish_worker(now, systemd, worker_logged_in)
                 return None
+            if worker is not None and worker.alive:
+                return None                      # still exiting: no pass beside it
             self.files.clear_shutdown()
             self.phase = Phase.PASSES
         return self._passes(now, drainer_running, systemd, rival)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,13 +64,15 @@ class Job:
     queue: list[list[str]] = field(default_factory=list)
     candidates: set[str] = field(default_factory=set)
     running: list[str] | None = None
+    moved: int | None = None                 # entries moved out, once the rewrite is over
 
 
 class Quarantine:
     """One link's quarantine workflow: failure detection, bisection, moving entries, retries."""
 
     def __init__(self, link: str, units: LinkUnits, sync_dir: Path, users_file: Path,
-                 store: QuarantineStore, journal, retry_interval: float, crash=no_crash):
+                 store: QuarantineStore, journal, retry_interval: float, crash=no_crash,
+                 executor=None):
         self.link = link
         self.worker_unit = units.worker
         self.unit = units.user
@@ -88,6 +92,15 @@ class Quarantine:
         self.log_seen: tuple | None = None
         self.invocation: str | None = None          # the worker run whose lines we read
         self.stopped_invocations: set[str] = set()
+        # Rewrites of multi-GB logs take seconds: they run in one thread per link, off the main
+        # loop (whose watchdog would kill a daemon blocked in one), and end early, leaving the
+        # log whole, when the daemon stops.
+        self._executor = executor or (lambda: ThreadPoolExecutor(
+            1, thread_name_prefix=f"rewrite-{link}"))
+        self._pool = None
+        self._rewrite: Future | None = None
+        self._on_rewritten = None
+        self._stopping = threading.Event()
 
     # -- input -------------------------------------------------------------------------------
     def feed(self, unit: str, message: str, invocation: str | None = None) -> None:
@@ -128,12 +141,14 @@ class Quarantine:
 
     # -- one tick ----------------------------------------------------------------------------
     def step(self, mono: float, wall: float, worker_running: bool, unit_status, systemd,
-             stop_worker, rival: str | None = None) -> str | None:
+             stop_worker, rival: str | None = None, worker_alive: bool | None = None
+             ) -> str | None:
         """Returns a reason when failures cannot be pinned on users (the link must wait).
         ``rival``: a sync_client syncwarden did not start runs for the link (link/rivals.py):
         its sync log is not rewritten meanwhile."""
         unit_running = unit_status is not None and unit_status.running
         self.rival = rival
+        self.worker_alive = worker_running if worker_alive is None else worker_alive
         if self.unit_refused:
             self.unit_refused = False
             if unit_running:          # SIGTERM: judged below as a failed run, tried again later
@@ -173,6 +188,8 @@ class Quarantine:
                 if self.invocation is not None:
                     self.stopped_invocations.add(self.invocation)
                 return None
+            if self.worker_alive:
+                return None       # stopping ("deactivating"): sync_client may still be at work
             self.crash_point("worker-stopped")
             if job.bisect:
                 if not (self.sync_dir / LOG_RUN).exists():
@@ -207,11 +224,41 @@ class Quarantine:
         if job.phase == "move":
             if self.rival is not None:
                 return None           # it renames log without the lock: wait until it is gone
-            self._quarantine(job.culprits, wall)
+            if job.moved is None and self._rewrite is None:
+                self._quarantine(job, wall)            # the rewrite starts
+            if not self._rewrite_done() or job.moved is None:
+                return None                            # running, or cancelled by a stop
             self.job = None
             self.failure = None   # reported by the stopped worker: its log-run is gone now
             self.detector.pass_succeeded()
         return None
+
+    # -- rewrites off the main loop ------------------------------------------------------------
+    def _submit(self, fn, on_done) -> None:
+        if self._pool is None:
+            self._pool = self._executor()
+        self._rewrite, self._on_rewritten = self._pool.submit(fn), on_done
+
+    def _rewrite_done(self) -> bool:
+        """True when no rewrite runs; a finished one hands its result to its callback here,
+        in the main loop (an OSError from it reaches the tick, which holds the link)."""
+        if self._rewrite is None:
+            return True
+        if not self._rewrite.done():
+            return False
+        future, on_done = self._rewrite, self._on_rewritten
+        self._rewrite = self._on_rewritten = None
+        try:
+            on_done(future.result())
+        except rewrite.Cancelled:
+            pass                      # the daemon is stopping: the log was left whole
+        return True
+
+    def close(self) -> None:
+        """The daemon stops: a rewrite in progress ends at its next chunk, the log whole."""
+        self._stopping.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def _judge_group(self, job: Job, systemd) -> None:
         group, job.running = job.running, None
@@ -232,28 +279,38 @@ class Quarantine:
         atomic_write(self.users_file, "".join(f"{u}\n" for u in users).encode(), 0o640, gid)
         systemd.start(self.unit)
 
-    def _quarantine(self, culprits: dict[str, str], wall: float) -> None:
+    def _quarantine(self, job: "Job", wall: float) -> None:
+        """Records first (in the loop), then the entries move out in the rewrite thread."""
+        culprits = job.culprits
         users = set(culprits)
         new = {u: e for u, e in culprits.items() if u not in self.quarantined()}
         for user, error in sorted(new.items()):
             self.store.add(self.link, user, error, wall, self.retry_interval)
         self.crash_point("record-saved")
-        moved = 0
-        for name in (LOG_RUN, LOG):
-            # the worker is stopped (job phase "stop-worker"): log-run may be rewritten
-            moved += rewrite.move_out(self.sync_dir / name, users, self._store_entries,
-                                      no_client=True)
-            self.crash_point(f"{name}-rewritten")
-        if len(new) < len(culprits):
-            log.info("Moved %d more entries of users %s, quarantined already on %s.", moved,
-                     ", ".join(sorted(set(culprits) - set(new))), self.link,
-                     extra={"link": self.link})
-        for user, error in sorted(new.items()):
-            self.journal.send(f"link {self.link}: user {user} quarantined: {error};"
-                              f" {self.store.count(self.link, user)} entries held in the store",
-                              "warning", "user-quarantined", SYNCWARDEN_LINK=self.link,
-                              SYNCWARDEN_USER=user, SYNCWARDEN_ERROR=error,
-                              SYNCWARDEN_ENTRIES=moved)
+
+        def move() -> int:
+            moved = 0
+            for name in (LOG_RUN, LOG):
+                # the worker is gone (job phase "stop-worker"): log-run may be rewritten
+                moved += rewrite.move_out(self.sync_dir / name, users, self._store_entries,
+                                          no_client=True, cancelled=self._stopping.is_set)
+                self.crash_point(f"{name}-rewritten")
+            return moved
+
+        def moved_out(moved: int) -> None:
+            job.moved = moved
+            if len(new) < len(culprits):
+                log.info("Moved %d more entries of users %s, quarantined already on %s.",
+                         moved, ", ".join(sorted(set(culprits) - set(new))), self.link,
+                         extra={"link": self.link})
+            for user, error in sorted(new.items()):
+                self.journal.send(f"link {self.link}: user {user} quarantined: {error};"
+                                  f" {self.store.count(self.link, user)} entries held in the"
+                                  " store", "warning", "user-quarantined",
+                                  SYNCWARDEN_LINK=self.link, SYNCWARDEN_USER=user,
+                                  SYNCWARDEN_ERROR=error, SYNCWARDEN_ENTRIES=moved)
+
+        self._submit(move, moved_out)
 
     def _store_entries(self, moved: dict[str, list[bytes]]) -> None:
         self.store.append(self.link, moved)
@@ -270,9 +327,11 @@ class Quarantine:
         except FileNotFoundError:
             return
         seen = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if seen != self.log_seen:
-            rewrite.move_out(log, users, self._store_entries)
-            self.log_seen = seen
+        if seen != self.log_seen and self._rewrite_done():
+            self._submit(lambda: rewrite.move_out(log, users, self._store_entries,
+                                                  cancelled=self._stopping.is_set),
+                         lambda moved: setattr(self, "log_seen", seen))
+            self._rewrite_done()      # done at once when the rewrite was quick
 
     # -- retries -----------------------------------------------------------------------------
     def _start_retry(self, q, systemd) -> None:

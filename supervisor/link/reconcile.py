@@ -51,6 +51,9 @@ class Edges:
     worker_log: object = None
     # ``rivals(imapd_conf_path, links)``: sync_clients syncwarden did not start (cyrus/procs.py)
     rivals: object = None
+    # Makes the executor that runs a link's sync-log rewrites off the loop (a thread; tests
+    # give one that runs them at once).
+    rewriter: object = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Reconciler:
                 rt.quarantine.sync_dir = imapd.sync_dir(name)
             self.links[name] = rt
         for name, rt in old.items():  # removed from the config: stop replicating it
+            rt.quarantine.close()
             if rt.worker_running:
                 self._stop_worker(rt)
             log.info("link %s removed from the configuration", name, extra={"link": name})
@@ -115,7 +119,7 @@ class Reconciler:
     def _quarantine(self, name, units, imapd, config) -> Quarantine:
         return Quarantine(name, units, imapd.sync_dir(name), self.local.users_dir / name,
                           self.local.store, self.journal, config.quarantine.retry_interval,
-                          self.local.crash)
+                          self.local.crash, self.edges.rewriter)
 
     # -- the tick ----------------------------------------------------------------------------
     def tick(self) -> str:
@@ -231,7 +235,8 @@ class Reconciler:
         try:
             stuck = q.step(mono, self.clock.wall(), rt.worker_running, units.get(q.unit),
                            self.systemd, lambda: self._stop_worker(rt),
-                           self.rivals.reason(rt.name))
+                           self.rivals.reason(rt.name),
+                           worker_alive=rt.worker is not None and rt.worker.alive)
         except OSError as exc:   # the store or a sync log could not be written: hold the link
             stuck = f"quarantine store or sync log: {exc}"
             q.job = None
@@ -382,6 +387,11 @@ class Reconciler:
                     and rt.link.state is not LinkState.QUARANTINED):
                 self.operator.drain(name, hold_after=False, why=why)
                 self._journal_history(rt)
+
+    def close(self) -> None:
+        """The daemon exits: rewrites in progress end at their next chunk, logs whole."""
+        for rt in self.links.values():
+            rt.quarantine.close()
 
     # -- reporting ---------------------------------------------------------------------------
     def _view(self, rt: LinkRuntime, mono: float) -> LinkView:

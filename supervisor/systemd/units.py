@@ -82,6 +82,12 @@ class UnitStatus:
     def running(self) -> bool:
         return self.active_state in ("active", "activating", "reloading") or self.job == "start"
 
+    @property
+    def alive(self) -> bool:
+        """Running, or still stopping: its process may still be at work (a sync_client
+        finishing after SIGTERM), so its sync log must not be rewritten or passed over yet."""
+        return self.running or self.active_state == "deactivating" or self.job == "stop"
+
 
 @dataclass(frozen=True)
 class ExitInfo:

@@ -233,3 +233,21 @@ class FakeReader:
         self.closed = True
         for fd in self._fds:
             os.close(fd)
+
+
+class SyncExecutor:
+    """Runs a submitted sync-log rewrite at once, in the caller's thread (a thread pool's
+    interface: the quarantine's tick sees the rewrite done in the tick that started it)."""
+
+    def submit(self, fn):
+        from concurrent.futures import Future
+
+        future = Future()
+        try:
+            future.set_result(fn())
+        except BaseException as exc:   # delivered through result(), as a pool would
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait=True):
+        pass

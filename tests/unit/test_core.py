@@ -14,7 +14,7 @@ from supervisor.link.states import WORKER_STATES, LinkState
 from supervisor.systemd.units import UnitStatus
 from supervisor.state import Holds
 
-from .fakes import FakeClock, FakeJournal, FakeProber, FakeSystemd
+from .fakes import FakeClock, FakeJournal, FakeProber, FakeSystemd, SyncExecutor
 
 W1 = "syncwarden-sync@replica1.service"
 W2 = "syncwarden-sync@replica2.service"
@@ -35,7 +35,7 @@ probe: {{interval: 2s, timeout: 1s}}
     env = dict(clock=clock, systemd=FakeSystemd(), prober=FakeProber(clock),
                journal=FakeJournal(), holds=Holds(tmp_path / "holds.json"))
     sup = Reconciler(cfg, imapd, Edges(env["systemd"], env["prober"], env["journal"], clock,
-                                       env["systemd"].log, rivals),
+                                       env["systemd"].log, rivals, SyncExecutor),
                      LocalState(env["holds"], RoleStore(tmp_path / "role.json"),
                                 QuarantineStore(tmp_path / "quarantine"), tmp_path / "users"))
     return sup, env

@@ -254,3 +254,21 @@ def test_a_worker_that_never_logged_in_is_signalled_not_asked(tmp_path):
     assert ("kill", W1) in env["systemd"].calls and not (d / "shutdown").exists()
     step(sup, env, n=3)
     assert sup.drains.last["replica1"]["drained"] is True
+
+
+def test_no_pass_starts_while_the_rolling_worker_is_still_stopping(tmp_path):
+    """Two sync_clients on one channel at once would race on log-run."""
+    from supervisor.systemd.units import UnitStatus
+
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES * 5)
+    env["systemd"].oneshot[D1] = one_pass(d)
+    sup.operator.drain("replica1")
+    step(sup, env)
+    env["systemd"].units[W1] = UnitStatus(W1, "deactivating", "stop-sigterm")
+    step(sup, env, n=3)
+    assert ("start", D1) not in env["systemd"].calls
+    env["systemd"].units[W1] = UnitStatus(W1, "inactive", "dead")
+    step(sup, env, n=3)
+    assert ("start", D1) in env["systemd"].calls

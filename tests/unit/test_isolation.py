@@ -1,6 +1,7 @@
 """Quarantine of failing users through the core, with fake units acting on real files."""
 
 import json
+import time
 
 from supervisor.link.quarantine_store import QuarantineStore
 from supervisor.link.states import LinkState
@@ -251,3 +252,65 @@ def test_replica_dying_mid_pass_quarantines_nobody(tmp_path):
                     "Error in do_sync(): bailing out! Bad protocol"])
     step(sup, env, n=3)
     assert sup.status()["quarantine"] == [] and ("stop", W1) not in env["systemd"].calls
+
+
+class GatedExecutor:
+    """A real thread that holds each rewrite until the test opens the gate."""
+
+    def __init__(self):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.gate = threading.Event()
+        self.pool = ThreadPoolExecutor(1)
+
+    def submit(self, fn):
+        def held():
+            assert self.gate.wait(10)
+            return fn()
+        return self.pool.submit(held)
+
+    def shutdown(self, wait=True):
+        self.gate.set()
+        self.pool.shutdown(wait)
+
+
+def test_the_rewrite_runs_off_the_loop_and_the_worker_waits_for_it(tmp_path):
+    """A multi-GB log takes seconds to rewrite: the tick goes on (the watchdog is petted),
+    and the worker starts again only once the entries are out."""
+    sup, env, d = live_link(tmp_path)
+    gated = GatedExecutor()
+    sup.links["replica1"].quarantine._executor = lambda: gated
+    (d / "log-run").write_bytes(entries("bob", "alice"))
+    before = all_lines(tmp_path, d)
+    fail_pass(sup)
+    step(sup, env, n=4)                                    # ticks return while it is held
+    assert not env["systemd"].running(W1)
+    assert b"alice" in (d / "log-run").read_bytes()        # not rewritten yet
+    gated.gate.set()
+    for _ in range(1000):               # the rewrite thread needs a moment of the GIL
+        step(sup, env)
+        if env["systemd"].running(W1):
+            break
+        time.sleep(0.005)
+    assert b"alice" not in (d / "log-run").read_bytes()
+    assert env["systemd"].running(W1)
+    assert all_lines(tmp_path, d) == before
+    sup.close()
+
+
+def test_log_run_is_not_rewritten_while_the_worker_is_still_stopping(tmp_path):
+    """A unit in "deactivating" has a sync_client that may still be at work on log-run."""
+    from supervisor.systemd.units import UnitStatus
+
+    sup, env, d = live_link(tmp_path)
+    (d / "log-run").write_bytes(entries("bob", "alice"))
+    fail_pass(sup)
+    step(sup, env)
+    assert ("stop", W1) in env["systemd"].calls
+    env["systemd"].units[W1] = UnitStatus(W1, "deactivating", "stop-sigterm")
+    step(sup, env, n=3)
+    assert b"alice" in (d / "log-run").read_bytes()
+    env["systemd"].units[W1] = UnitStatus(W1, "inactive", "dead")
+    step(sup, env, n=2)
+    assert b"alice" not in (d / "log-run").read_bytes()
