@@ -277,6 +277,7 @@ class Quarantine:
         self.store.save(q)
         self.retrying = q.user
         self._run_users([q.user], systemd)
+        self.crash_point("retry-started")
         self.journal.send(f"link {self.link}: retrying quarantined user {q.user} (attempt"
                           f" {q.attempts + 1})", "info", "user-retried",
                           SYNCWARDEN_LINK=self.link, SYNCWARDEN_USER=q.user)
