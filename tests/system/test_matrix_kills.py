@@ -7,6 +7,7 @@ the time; each scenario ends with every accepted message on both replicas.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -15,6 +16,9 @@ from .matrix import Pair
 from .sandbox import Sandbox, cleanup_stale
 
 pytestmark = [pytest.mark.system, pytest.mark.matrix]
+
+REPAIR_ACTION = "731e5034f2ae471c8c0cc739e53ee141"
+
 
 @pytest.fixture(scope="module")
 def pair():
@@ -93,4 +97,35 @@ def test_daemon_sigkill_during_a_retry(pair):
         pair.wait_accepted(mail, 20)
     assert sb.run("test", "-e", "/run/syncwarden/test-crash-at-retry-started",
                   check=False).returncode == 1             # it did die there
+    pair.settle(mail)
+
+
+def test_daemon_sigkill_during_a_repair(pair):
+    sb, sw, lab = pair.sb, pair.sw, pair.lab
+    with pair.delivering("daemon-sigkill-repair") as mail:
+        pair.wait_accepted(mail, 10)
+        # mail only the replica has: a folder the repair copies back, message by message (it
+        # takes less than the daemon's restart: the repair ends while no daemon runs)
+        lab.append("replica1", "alice", "INBOX.Only", 100, "replica-only")
+        cursor = sb.journal_cursor()
+        result = {}
+        repair = threading.Thread(target=lambda: result.update(
+            r=sw.cli("repair", "replica1", check=False, timeout=600)))
+        repair.start()
+        wait_for(lambda: any(e.get("SYNCWARDEN_ACTION") == "copy" for e in sb.journal(
+            since_cursor=cursor, fields=True) if e.get("MESSAGE_ID") == REPAIR_ACTION))
+        old = sw.main_pid()
+        sb.systemctl("kill", "--signal=KILL", "syncwarden")
+        wait_for(lambda: sw.main_pid() not in (0, old))
+        repair.join(600)
+        done = time.time()
+        r = result["r"]
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "replica1: resumed" in r.stdout
+        mail.recover_s = pair.recovered(mail, done)
+        pair.wait_accepted(mail, 20)
+    on_master = lab.messages("master", "alice", "INBOX.Only")
+    assert len(on_master) == 100
+    assert {g for _, g in lab.messages("replica1", "alice", "INBOX.Only")} == {
+        g for _, g in on_master}
     pair.settle(mail)

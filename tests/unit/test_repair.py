@@ -118,9 +118,17 @@ class FakeDaemon:
         self.sock.listen(8)
         threading.Thread(target=self.serve, daemon=True).start()
 
+    def crash(self):
+        """Gone, as a SIGKILLed daemon is: nothing listens on the socket any more."""
+        self.sock.close()
+        Path(self.path).unlink()
+
     def serve(self):
         while True:
-            conn, _ = self.sock.accept()
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
             req = json.loads(conn.makefile().readline())
             self.requests.append(req["cmd"])
             if req["cmd"] in ("hold", "resume"):
@@ -153,6 +161,22 @@ def test_a_link_held_before_stays_held(tmp_path):
                          tmp_path / "c.sock", tmp_path, out=out.append, sides=pair) == 0
     assert "resume" not in daemon.requests and daemon.held
     assert out[0] == "replica1: already held by an operator; it stays held afterwards"
+
+
+def test_a_daemon_that_crashes_meanwhile_is_waited_for_to_resume(tmp_path):
+    path, out, naps = tmp_path / "c.sock", [], []
+    daemon = FakeDaemon(path)
+
+    def sleep(seconds):           # systemd restarts the daemon while we wait
+        naps.append(seconds)
+        if len(naps) == 3:
+            restarted.append(FakeDaemon(path, held=True))   # the hold outlived it
+
+    restarted = []
+    with repaircmd.held("replica1", path, out.append, clock=lambda: len(naps), sleep=sleep):
+        daemon.crash()
+    assert out == ["replica1: held for the repair", "replica1: resumed"]
+    assert not restarted[0].held and restarted[0].requests == ["resume"]
 
 
 def test_dry_run_changes_nothing_and_needs_no_daemon(tmp_path):
