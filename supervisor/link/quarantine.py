@@ -185,6 +185,7 @@ class Quarantine:
                 job.queue = [sorted(job.candidates)]
                 job.phase = "bisect"
             else:
+                job.candidates = synclog.users_in(self.sync_dir / "log-run")
                 job.phase = "move"
         if job.phase == "bisect":
             if unit_running:
@@ -198,12 +199,13 @@ class Quarantine:
             if not job.culprits:
                 self.job = None   # every user synced on its own: the stall is over
                 return None
-            if len(job.candidates) > 1 and set(job.culprits) == job.candidates:
+            job.phase = "move"
+        if job.phase == "move":
+            if len(job.candidates) > 1 and set(job.culprits) >= job.candidates:
+                # Named or bisected alike: a replica whose disk is full refuses everyone.
                 self.job = None
                 return (f"every user of the stuck log-run fails ({len(job.candidates)}):"
                         f" not a per-user problem, e.g. {next(iter(job.culprits.values()))}")
-            job.phase = "move"
-        if job.phase == "move":
             if self.rival is not None:
                 return None           # it renames log without the lock: wait until it is gone
             self._quarantine(job.culprits, wall)

@@ -7,11 +7,14 @@ with every accepted message on both replicas and check --deep in sync on both li
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 import pytest
 
+from . import netlab
+from .cyruslab import CONF_SUBDIRS, ROOT
 from .matrix import Pair
 from .sandbox import Sandbox, cleanup_stale
 
@@ -55,4 +58,25 @@ def test_master_host_power_off_and_reboot(pair):
         mail.recover_s = pair.recovered(mail, booted)
         pair.recovered(mail, booted, "replica2")
         pair.wait_accepted(mail, 40)
+    pair.settle(mail)
+
+
+def test_replica_mail_partition_full(pair):
+    sb, sw, lab = pair.sb, pair.sw, pair.lab
+    with pair.delivering("replica-disk-full") as mail:
+        pair.wait_accepted(mail, 20)
+        netlab.fill(sb, lab.spool("replica2"))
+        # every user fails alike: the link is held for the operator, saying what Cyrus said
+        assert sw.wait_state("replica2", "quarantined", timeout=60), sw.link("replica2")
+        reason = sw.link("replica2")["reason"]
+        assert "every user of the stuck log-run fails" in reason, reason
+        assert "refused by the replica" in reason and "Failed to parse APPLY line" in reason
+        assert sw.status()["quarantine"] == []            # no user was singled out
+        pair.wait_accepted(mail, 40)                      # replica1 keeps flowing
+        pair.recovered(mail, time.time(), "replica1")
+        netlab.free(sb, lab.spool("replica2"))
+        freed = time.time()
+        sw.cli("release", "replica2")
+        mail.recover_s = pair.recovered(mail, freed, "replica2")
+        pair.wait_accepted(mail, 20)
     pair.settle(mail)
