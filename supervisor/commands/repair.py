@@ -118,6 +118,7 @@ def run(cfg, imapd, link: str, only_users, dry_run: bool, journal, socket_path: 
             executor.run(actions, replica)
         missing = _verify(sides, plans, out)
     outcome = executor.outcome
+    _retry_quarantined(link, set(plans) - outcome.failed_users, socket_path, out)
     ok = not (outcome.failures or missing or report.errors)
     journal.send(f"repair of link {link} {'finished' if ok else 'INCOMPLETE'}: {outcome.done}"
                  f" action(s) done, {outcome.copied} message(s) copied to the master,"
@@ -131,6 +132,24 @@ def run(cfg, imapd, link: str, only_users, dry_run: bool, journal, socket_path: 
     for failure in outcome.failures:
         out(f"  failed: {failure}")
     return 0 if ok else 1
+
+
+def _retry_quarantined(link: str, repaired: set, socket_path: Path, out) -> None:
+    """A repaired user the daemon holds in quarantine on this link is retried now: what
+    quarantined it (a uniqueid conflict, say) is fixed, and its next scheduled retry may be
+    hours away, while its new mail does not replicate."""
+    if not repaired:
+        return
+    ask = patiently(request)
+    try:
+        rows = ask("quarantine", path=socket_path, action="list").get("result") or []
+        for user in sorted({q["user"] for q in rows if q["link"] == link} & repaired):
+            answer = ask("quarantine", path=socket_path, action="retry", user=user, link=link)
+            out(f"{link}: {user} was quarantined; repaired, so retried now" if answer.get("ok")
+                else f"{link}: retry of {user} refused: {answer.get('error')}")
+    except ControlError as exc:
+        out(f"{link}: could not retry quarantined users ({exc}): see syncwarden quarantine"
+            " list, then syncwarden quarantine retry USER")
 
 
 def _verify(sides, plans: dict, out) -> int:

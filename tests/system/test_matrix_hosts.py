@@ -80,3 +80,44 @@ def test_replica_mail_partition_full(pair):
         mail.recover_s = pair.recovered(mail, freed, "replica2")
         pair.wait_accepted(mail, 20)
     pair.settle(mail)
+
+
+def test_hard_failover_ends_with_every_user_released_by_the_repair(pair):
+    """The issue's story: the master's host dies with no warning and no hold; the replica
+    serves mail, gets a new folder, a new user, and a folder of the same name as one the master
+    creates after it comes back; syncwarden starts as at boot."""
+    net, sw, lab = pair.net, pair.sw, pair.lab
+    with pair.delivering("hard-failover") as mail:
+        pair.wait_accepted(mail, 20)
+        net.power_off("master")
+        lab.deliver("alice", 3, "on-replica", instance="replica1")
+        lab.deliver("bob", 2, "on-replica", instance="replica1")
+        lab.append("replica1", "carol", "INBOX.Travel", 2, "new-folder-on-replica")
+        lab.create_mailbox("replica1", "user.zoe")
+        lab.deliver("zoe", 2, "new-user-on-replica", instance="replica1")
+        lab.append("replica1", "dave", "INBOX.Shared", 2, "same-name-replica-copy")
+        served = {(u, f): {g for _, g in lab.messages("replica1", u, f)}
+                  for u, f in (("alice", "INBOX"), ("bob", "INBOX"), ("carol", "INBOX.Travel"),
+                               ("zoe", "INBOX"), ("dave", "INBOX.Shared"))}
+        booted = net.power_on("master")
+        lab.append("master", "dave", "INBOX.Shared", 1, "same-name-master-copy")
+        # the same-name folder makes dave fail on replica1: quarantined, the others flow
+        wait_for(lambda: [q["user"] for q in sw.status()["quarantine"]] == ["dave"])
+        pair.wait_accepted(mail, 20)
+        # check finds every case
+        doc = json.loads(sw.cli("check", "replica1", "--json", check=False).stdout)
+        found = {(d["category"], d["user"], d["mailbox"]) for d in doc["differences"]}
+        assert {("uniqueid-conflict", "dave", "user.dave.Shared"),
+                ("replica-only", "carol", "user.carol.Travel"),
+                ("replica-only", "zoe", None)} <= found, found
+        r = sw.cli("repair", "replica1", check=False, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        repaired = time.time()
+        # the repair fixed what quarantined dave, and retries him at once (not in 10 minutes)
+        wait_for(lambda: sw.status()["quarantine"] == [], timeout=30)
+        mail.recover_s = pair.recovered(mail, booted)
+        print(f"dave released {time.time() - repaired:.1f}s after the repair")
+    pair.settle(mail)
+    for (user, folder), guids in served.items():    # what the replica served is everywhere
+        for side in ("master", "replica1", "replica2"):
+            assert guids <= {g for _, g in lab.messages(side, user, folder)}, (side, user, folder)

@@ -111,8 +111,10 @@ def test_sync_client_runs_as_cyrus_with_the_link():
 class FakeDaemon:
     """Answers status/hold/resume on a unix socket like the daemon's control socket."""
 
-    def __init__(self, path, held=False):
+    def __init__(self, path, held=False, quarantined=()):
         self.path, self.held, self.requests = str(path), held, []
+        self.quarantined = {u: "replica1" for u in quarantined}
+        self.retried = []
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen(8)
@@ -134,6 +136,11 @@ class FakeDaemon:
             if req["cmd"] in ("hold", "resume"):
                 self.held = req["cmd"] == "hold"
                 result = f"replica1: {req['cmd']}"
+            elif req["cmd"] == "quarantine" and req["action"] == "list":
+                result = [{"link": link, "user": u} for u, link in self.quarantined.items()]
+            elif req["cmd"] == "quarantine":
+                self.retried.append((req["action"], req["user"], req["link"]))
+                result = f"{req['link']}: {req['user']} will be retried now"
             else:
                 result = {"links": [{"name": "replica1", "held": self.held, "state": "down"
                                      if self.held else "live",
@@ -148,9 +155,22 @@ def test_repair_holds_the_link_and_resumes_it(tmp_path):
     rc = repaircmd.run(CFG, IMAPD, "replica1", None, False, FakeJournal(), tmp_path / "c.sock",
                        tmp_path, out=out.append, sides=pair, sync_client=pair.sync_client)
     assert rc == 0, out
-    assert daemon.requests[:2] == ["status", "hold"] and daemon.requests[-1] == "resume"
+    assert daemon.requests[:2] == ["status", "hold"]
+    assert [r for r in daemon.requests if r in ("hold", "resume")][-1] == "resume"
     assert not daemon.held
     assert "verify zed: 2 of 2 message(s) of the replica are on the master" in out
+
+
+def test_repaired_users_in_quarantine_are_retried_at_once(tmp_path):
+    # bob's same-name folder quarantined him; carol is quarantined for something else
+    daemon = FakeDaemon(tmp_path / "c.sock", quarantined=("bob", "carol"))
+    pair, out = failover_pair(), []
+    rc = repaircmd.run(CFG, IMAPD, "replica1", None, False, FakeJournal(), tmp_path / "c.sock",
+                       tmp_path, out=out.append, sides=pair, sync_client=pair.sync_client)
+    assert rc == 0, out
+    assert daemon.retried == [("retry", "bob", "replica1")]
+    assert "replica1: bob was quarantined; repaired, so retried now" in out
+    assert daemon.requests.index("resume") < daemon.requests.index("quarantine")
 
 
 def test_a_link_held_before_stays_held(tmp_path):
