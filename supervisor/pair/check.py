@@ -16,7 +16,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import compare, credentials
@@ -44,32 +44,72 @@ def user_of_internal(name: str) -> str | None:
     return parts[1].replace("^", ".") + (f"@{domain}" if domain else "")
 
 
-def pending_users(data: bytes) -> set[str]:
-    """Users named by sync log lines (imap/sync_log.c format: TYPE SP astring [SP astring])."""
-    users: set[str] = set()
+def mailbox_key(name: str, internal: bool) -> tuple[str, ...]:
+    """A mailbox's two spellings made one: Cyrus's internal 'example.com!user.bob.Sent' (a dot
+    in a name written '^') and the admin's 'user.bob.Sent@example.com' (or 'user/bob/Sent'
+    with unixhierarchysep) both give ('example.com', 'user', 'bob', 'Sent')."""
+    if internal:
+        domain, _, rest = name.rpartition("!")
+        return (domain, *(p.replace("^", ".") for p in rest.split(".")))
+    local, _, domain = name.rpartition("@") if "@" in name else (name, "", "")
+    delim = local[4:5] if local.startswith("user") and len(local) > 4 else "."
+    return (domain, *local.split(delim))
+
+
+@dataclass
+class Pending:
+    """What a link's backlog names: users, the ones with user-level entries (USER, SEEN, SUB,
+    ...: any of their state may be in flight), and mailboxes (as mailbox_key()s)."""
+    users: set = field(default_factory=set)
+    whole: set = field(default_factory=set)
+    mailboxes: set = field(default_factory=set)
+
+    def of(self, user: str):
+        """compare_user's ``pending`` for this user. A mailbox the backlog does not name is not
+        lag, even when the user has other entries queued (a mailbox lost on the replica stays
+        lost while new mail keeps the user's INBOX in the backlog)."""
+        if user in self.whole or user not in self.users:
+            return user in self.whole
+        return lambda name: name is None or mailbox_key(name, internal=False) in self.mailboxes
+
+    def update(self, other: "Pending") -> None:
+        self.users |= other.users
+        self.whole |= other.whole
+        self.mailboxes |= other.mailboxes
+
+
+def parse_backlog(data: bytes) -> Pending:
+    """Sync log lines (imap/sync_log.c format: TYPE SP astring [SP astring])."""
+    out = Pending()
     for line in data.splitlines():
         kind, _, rest = line.strip().partition(b" ")
         kind = kind.upper()
         args = [(q if q is not None else a) for q, a in (m.groups() for m in _ARG.finditer(rest))]
         args = [re.sub(rb"\\(.)", rb"\1", a).decode("utf-8", "replace") for a in args]
         if kind in _MAILBOX_ARGS:
-            found = [user_of_internal(a) for a in args[:_MAILBOX_ARGS[kind]]]
+            names = args[:_MAILBOX_ARGS[kind]]
+            out.users.update(u for u in map(user_of_internal, names) if u)
+            out.mailboxes.update(mailbox_key(n, internal=True) for n in names)
         elif kind in _USER_ARG and args:
-            found = [args[0].replace("^", ".")]
-        else:
-            continue
-        users.update(u for u in found if u)
-    return users
+            user = args[0].replace("^", ".")
+            out.users.add(user)
+            out.whole.add(user)
+    return out
 
 
-def read_backlog(sync_dir: Path) -> set[str]:
-    users: set[str] = set()
+def pending_users(data: bytes) -> set[str]:
+    """Users named by sync log lines."""
+    return parse_backlog(data).users
+
+
+def read_backlog(sync_dir: Path) -> Pending:
+    pending = Pending()
     for name in ("log-run", "log"):
         try:
-            users |= pending_users((sync_dir / name).read_bytes())
+            pending.update(parse_backlog((sync_dir / name).read_bytes()))
         except FileNotFoundError:
             pass
-    return users
+    return pending
 
 
 # --- reading both sides -------------------------------------------------------------------------
@@ -184,7 +224,7 @@ def _compare_users(sides, users, masters, replicas, pending, deep, parallel, pro
             m, r = sides.read(user, masters.get(user), replicas.get(user), deep)
         except ImapError as exc:
             return user, ([], (0, 0), str(exc), None)
-        diffs = compare.compare_user(user, m, r, pending=user in pending)
+        diffs = compare.compare_user(user, m, r, pending=pending.of(user))
         return user, (diffs, _size(m, r), None, (m, r) if diffs else None)
 
     results = {}
