@@ -311,4 +311,12 @@ def render(report: Report) -> str:
                "error": "check incomplete"}[report.result]
     lines.append(f"{report.link}: {verdict}: {what} compared in {took:.1f}s;"
                  f" differences: {counts_line(report.counts())}")
+    if report.result == "differences":
+        lines.append(f"{report.link}: {what_to_run(report.link)}")
     return "\n".join(lines)
+
+
+def what_to_run(link: str) -> str:
+    """The operator's next step for a pair that differs (check's report, status, journal)."""
+    return (f"to make them equal, run: syncwarden repair {link}"
+            f" (syncwarden repair {link} --dry-run shows the plan first)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -121,3 +122,40 @@ def test_hard_failover_ends_with_every_user_released_by_the_repair(pair):
     for (user, folder), guids in served.items():    # what the replica served is everywhere
         for side in ("master", "replica1", "replica2"):
             assert guids <= {g for _, g in lab.messages(side, user, folder)}, (side, user, folder)
+
+
+def test_replica_back_with_an_empty_spool_is_found_and_repaired(pair):
+    """The replica's disk was replaced: its Cyrus comes back empty. Rolling replication sends
+    only what changes from now on, so the link looks healthy while users and folders nobody
+    writes to are missing: the check timer finds it, and status says what to run."""
+    sb, net, sw, lab = pair.sb, pair.net, pair.sw, pair.lab
+    writers = ("bob", "alice", "carol", "dave")           # erin gets no new mail
+    lab.append("master", "bob", "INBOX.Archive", 5, "archived")
+    lab.deliver("erin", 3, "old-mail")
+    with pair.delivering("replica-empty-spool", users=writers) as mail:
+        pair.wait_accepted(mail, 20)
+        pair.recovered(mail, time.time())
+        net.power_off("replica1")
+        d = f"{ROOT}/replica1"
+        sb.sh(f"rm -rf {d}/spool/* {d}/sieve/* {d}/conf\n"
+              + "".join(f"mkdir -p {d}/conf/{sub}\n" for sub in CONF_SUBDIRS)
+              + f"chown -R cyrus:mail {d}")
+        booted = net.power_on("replica1")
+        assert sw.wait_state("replica1", "live", timeout=60)
+        # what is written to goes out again (Cyrus uploads a whole missing mailbox) ...
+        mail.recover_s = pair.recovered(mail, booted)
+        # ... but erin and bob's archive are gone from the replica, and nothing says so but
+        # the check: the timer's service, run as the timer would
+        r = sb.systemctl("start", "syncwarden-check@replica1.service", check=False)
+        assert r.returncode != 0                        # the unit fails: divergence found
+        last = sw.link("replica1")["last_check"]
+        assert last["result"] == "differences" and last["counts"]["master-only"] >= 2, last
+        status = sw.cli("status", check=False).stdout
+        assert re.search(r"replica1: last check .* DIFFERENCES: .*master-only \d", status)
+        assert "syncwarden repair replica1" in status, status      # what to run
+        r = sw.cli("repair", "replica1", check=False, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        pair.wait_accepted(mail, 20)
+    pair.settle(mail)
+    assert len(lab.messages("replica1", "bob", "INBOX.Archive")) == 5
+    assert lab.messages("replica1", "erin") == lab.messages("master", "erin") != []

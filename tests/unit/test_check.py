@@ -163,3 +163,14 @@ def test_result_file_and_journal(tmp_path):
     assert json.loads(check.result_path("replica1", tmp_path).read_text())["users"] == 3
     assert check.load_last("nolink", tmp_path) is None
 
+
+def test_status_says_what_to_run_after_a_check_that_found_differences(tmp_path):
+    from supervisor.commands.check import last_check_lines
+
+    report = run(failover_pair(), tmp_path)
+    check.save(report, tmp_path)
+    doc = {"links": [{"name": "replica1", "last_check": check.load_last("replica1", tmp_path)}]}
+    (line,) = last_check_lines(doc, now=report.finished + 7200)
+    assert line.startswith("replica1: last deep check 2h00m ago: DIFFERENCES: replica-only 3")
+    assert line.endswith("; to make them equal, run: syncwarden repair replica1 (syncwarden"
+                         " repair replica1 --dry-run shows the plan first)")
