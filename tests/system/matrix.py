@@ -53,6 +53,7 @@ class Mail:
     def __init__(self, scenario: str, path: str):
         self.scenario, self.path = scenario, path
         self.recover_s: float | None = None
+        self.notes: dict[str, str] = {}       # more figures for the MATRIX line
         self.accepted: list[str] = []       # Message-IDs, in the order the master took them
 
 
@@ -143,7 +144,8 @@ class Pair:
                 lost |= {m for m in mail.accepted if m not in (found.get(user_of(m)) or {})}
         line = (f"MATRIX scenario={mail.scenario} delivered={len(mail.accepted)}"
                 f" lost={len(lost)} recover_s="
-                + ("-" if mail.recover_s is None else f"{mail.recover_s:.1f}"))
+                + ("-" if mail.recover_s is None else f"{mail.recover_s:.1f}")
+                + "".join(f" {k}={v}" for k, v in mail.notes.items()))
         LINES.append(line)
         print(line)
         assert not lost, f"{len(lost)} accepted messages missing on a replica: {sorted(lost)[:5]}"
