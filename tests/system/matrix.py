@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from contextlib import contextmanager
+
+import pytest
 
 from .cyruslab import CyrusLab
 from .labclient import user_of
 from .netlab import NetLab
-from .swlab import Syncwarden, check_config
+from .sandbox import Sandbox, cleanup_stale
+from .swlab import STATE_CHANGE, Syncwarden, check_config
 
 USERS = ("bob", "alice", "carol", "dave", "erin")
 HOSTS = {"master": 1, "replica1": 2, "replica2": 3}
@@ -37,10 +41,54 @@ DRAIN_IDS = {"1298f2b758144975a8594738b542a373": "drain-started",
              "c11644a4ea7e4edb80dd7a5ec88a19aa": "drain-incomplete"}
 
 
+def fixtures(name: str, **kw):
+    """A matrix module's fixtures: `pair`, one container for the module (Pair(**kw)), and
+    `healthy`, which starts each scenario from a healthy pair and dumps the journal after a
+    failed one.  In the module: pair, healthy = fixtures("mxnet")."""
+    @pytest.fixture(scope="module")
+    def pair():
+        cleanup_stale()
+        p = Pair(Sandbox(f"{name}-{os.getpid()}"), **kw)
+        try:
+            p.setup()
+            yield p
+        finally:
+            p.sb.stop()
+
+    @pytest.fixture(autouse=True)
+    def healthy(pair, request):
+        pair.healthy()
+        yield
+        if getattr(getattr(request.node, "report_call", None), "failed", False):
+            pair.dump()
+
+    return pair, healthy
+
+
+def wait_for(what, timeout: float = 60, step: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g}s"
+        time.sleep(step)
+
+
+def daemon_entries(sb, cursor) -> list[dict]:
+    """The daemon's journal entries after cursor.  Filtered here, not with journalctl -u: with
+    a match and --after-cursor, journalctl 252 skips the first matching entry."""
+    return [e for e in sb.journal(since_cursor=cursor, fields=True)
+            if e.get("_SYSTEMD_UNIT") == "syncwarden.service"]
+
+
+def states_since(sb, cursor, link: str) -> list[str]:
+    """The states a link entered after the journal cursor."""
+    return [e["SYNCWARDEN_TO"] for e in daemon_entries(sb, cursor)
+            if e.get("MESSAGE_ID") == STATE_CHANGE and e.get("SYNCWARDEN_LINK") == link]
+
+
 def drain_entries(sb, cursor) -> dict[str, tuple[str, int]]:
     """{link: (last drain outcome, entries left)} from the daemon's journal after cursor."""
     out = {}
-    for e in sb.journal(unit="syncwarden.service", since_cursor=cursor, fields=True):
+    for e in daemon_entries(sb, cursor):
         what = DRAIN_IDS.get(e.get("MESSAGE_ID"))
         if what in ("drain-finished", "drain-incomplete"):
             out[e["SYNCWARDEN_LINK"]] = (what, int(e["SYNCWARDEN_ENTRIES_LEFT"]))

@@ -8,7 +8,6 @@ with every accepted message on both replicas and check --deep in sync on both li
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 
@@ -16,36 +15,13 @@ import pytest
 
 from . import netlab
 from .cyruslab import CONF_SUBDIRS, ROOT
-from .matrix import Pair
-from .sandbox import Sandbox, cleanup_stale
+from .matrix import fixtures, wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.matrix]
 
 
-@pytest.fixture(scope="module")
-def pair():
-    cleanup_stale()
-    p = Pair(Sandbox(f"mxhost-{os.getpid()}"), spool_sizes={"replica2": "128m"})
-    try:
-        p.setup()
-        yield p
-    finally:
-        p.sb.stop()
+pair, healthy = fixtures("mxhost", spool_sizes={"replica2": "128m"})
 
-
-@pytest.fixture(autouse=True)
-def healthy(pair, request):
-    pair.healthy()
-    yield
-    if getattr(getattr(request.node, "report_call", None), "failed", False):
-        pair.dump()
-
-
-def wait_for(what, timeout=60, step=0.2):
-    deadline = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(step)
 
 
 def test_master_host_power_off_and_reboot(pair):

@@ -6,44 +6,20 @@ the time; each scenario ends with every accepted message on both replicas.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
 import pytest
 
-from .matrix import Pair
-from .sandbox import Sandbox, cleanup_stale
+from .matrix import fixtures, wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.matrix]
 
 REPAIR_ACTION = "731e5034f2ae471c8c0cc739e53ee141"
 
 
-@pytest.fixture(scope="module")
-def pair():
-    cleanup_stale()
-    p = Pair(Sandbox(f"mxkill-{os.getpid()}"))
-    try:
-        p.setup()
-        yield p
-    finally:
-        p.sb.stop()
+pair, healthy = fixtures("mxkill")
 
-
-@pytest.fixture(autouse=True)
-def healthy(pair, request):
-    pair.healthy()
-    yield
-    if getattr(getattr(request.node, "report_call", None), "failed", False):
-        pair.dump()
-
-
-def wait_for(what, timeout=60, step=0.1):
-    deadline = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(step)
 
 
 def test_worker_sigkill(pair):
@@ -113,7 +89,7 @@ def test_daemon_sigkill_during_a_repair(pair):
             r=sw.cli("repair", "replica1", check=False, timeout=600)))
         repair.start()
         wait_for(lambda: any(e.get("SYNCWARDEN_ACTION") == "copy" for e in sb.journal(
-            since_cursor=cursor, fields=True) if e.get("MESSAGE_ID") == REPAIR_ACTION))
+            since_cursor=cursor, fields=True) if e.get("MESSAGE_ID") == REPAIR_ACTION), step=0.05)
         old = sw.main_pid()
         sb.systemctl("kill", "--signal=KILL", "syncwarden")
         wait_for(lambda: sw.main_pid() not in (0, old))
