@@ -107,7 +107,8 @@ def last_check_lines(doc: dict, now: float) -> list[str]:
         if last.get("result") == "error":
             what = f"incomplete ({last.get('errors')} error(s))"
         elif last.get("result") == "differences":
-            what = "DIFFERENCES: " + compare.counts_line(last.get("counts", {}))
+            what = (f"DIFFERENCES: {compare.counts_line(last.get('counts', {}))};"
+                    f" {compare.what_to_run(link['name'])}")
         else:
             what = "in sync"
         lines.append(f"{link['name']}: last {kind} {ago} ago: {what}")

@@ -19,11 +19,28 @@ from ..pair.imapclient import ImapError
 from ..pair.repair import Executor, RepairError, plan_user, run_sync_client
 
 HOLD_TIMEOUT = 60.0   # seconds for the daemon to stop the link's worker
+# A daemon that crashed is restarted by systemd (RestartSec=1s); once the link is held, the
+# repair waits this long for it rather than leave the link held for good.
+RESTART_WAIT = 60.0
 
 
-def _link_status(link: str, socket_path: Path) -> dict:
+def patiently(ask, clock=time.monotonic, sleep=time.sleep):
+    """``ask`` with a retry while no daemon answers, for up to RESTART_WAIT seconds."""
+    def retrying(*args, **kw):
+        deadline = clock() + RESTART_WAIT
+        while True:
+            try:
+                return ask(*args, **kw)
+            except ControlError:
+                if clock() > deadline:
+                    raise
+                sleep(0.5)
+    return retrying
+
+
+def _link_status(link: str, socket_path: Path, ask=request) -> dict:
     try:
-        answer = request("status", path=socket_path)
+        answer = ask("status", path=socket_path)
     except ControlError as exc:
         raise RepairError(f"the syncwarden daemon is not running ({exc}), so it cannot hold"
                           f" {link} while the repair runs: start it (systemctl start"
@@ -46,10 +63,11 @@ def held(link: str, socket_path: Path, out, clock=time.monotonic, sleep=time.sle
         out(f"{link}: held for the repair")
     else:
         out(f"{link}: already held by an operator; it stays held afterwards")
+    ask = patiently(request, clock, sleep)
     try:
         deadline = clock() + HOLD_TIMEOUT
         while True:
-            entry = _link_status(link, socket_path)
+            entry = _link_status(link, socket_path, ask)
             if not entry["worker"].get("active") and entry.get("state") != "draining":
                 break
             if clock() > deadline:
@@ -60,7 +78,7 @@ def held(link: str, socket_path: Path, out, clock=time.monotonic, sleep=time.sle
     finally:
         if ours:
             try:
-                request("resume", path=socket_path, link=link)
+                ask("resume", path=socket_path, link=link)
                 out(f"{link}: resumed")
             except ControlError as exc:
                 out(f"{link}: could not resume ({exc}): run syncwarden resume {link}")
@@ -100,6 +118,7 @@ def run(cfg, imapd, link: str, only_users, dry_run: bool, journal, socket_path: 
             executor.run(actions, replica)
         missing = _verify(sides, plans, out)
     outcome = executor.outcome
+    _retry_quarantined(link, set(plans) - outcome.failed_users, socket_path, out)
     ok = not (outcome.failures or missing or report.errors)
     journal.send(f"repair of link {link} {'finished' if ok else 'INCOMPLETE'}: {outcome.done}"
                  f" action(s) done, {outcome.copied} message(s) copied to the master,"
@@ -113,6 +132,24 @@ def run(cfg, imapd, link: str, only_users, dry_run: bool, journal, socket_path: 
     for failure in outcome.failures:
         out(f"  failed: {failure}")
     return 0 if ok else 1
+
+
+def _retry_quarantined(link: str, repaired: set, socket_path: Path, out) -> None:
+    """A repaired user the daemon holds in quarantine on this link is retried now: what
+    quarantined it (a uniqueid conflict, say) is fixed, and its next scheduled retry may be
+    hours away, while its new mail does not replicate."""
+    if not repaired:
+        return
+    ask = patiently(request)
+    try:
+        rows = ask("quarantine", path=socket_path, action="list").get("result") or []
+        for user in sorted({q["user"] for q in rows if q["link"] == link} & repaired):
+            answer = ask("quarantine", path=socket_path, action="retry", user=user, link=link)
+            out(f"{link}: {user} was quarantined; repaired, so retried now" if answer.get("ok")
+                else f"{link}: retry of {user} refused: {answer.get('error')}")
+    except ControlError as exc:
+        out(f"{link}: could not retry quarantined users ({exc}): see syncwarden quarantine"
+            " list, then syncwarden quarantine retry USER")
 
 
 def _verify(sides, plans: dict, out) -> int:

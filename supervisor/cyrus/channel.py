@@ -18,6 +18,7 @@ link, and new files are created with O_EXCL. Reading follows the same rules.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import stat
@@ -185,14 +186,13 @@ class Channel:
         except FileNotFoundError:
             return False
 
-    def users_in(self, name: str) -> set[str]:
-        """Users named by the entries of one file (streamed; an absent file names nobody)."""
+    def lines(self, name: str):
+        """The lines of one file, streamed in chunks (an absent file has none)."""
         try:
             with self.opened() as d:
                 fd = open_file(d, name, os.O_RDONLY, self.dir)
         except FileNotFoundError:
-            return set()
-        found: set[str] = set()
+            return
         carry = b""
         try:
             while True:
@@ -201,10 +201,28 @@ class Channel:
                     break
                 lines = (carry + block).split(b"\n")
                 carry = lines.pop()
-                found |= synclog.users_of(lines)
+                yield from lines
         finally:
             os.close(fd)
-        return found | synclog.line_users(carry)
+        if carry:
+            yield carry
+
+    def users_in(self, name: str) -> set[str]:
+        """Users named by the entries of one file (streamed, in batches of lines so that
+        memory stays bounded; an absent file names nobody)."""
+        found: set[str] = set()
+        lines = self.lines(name)
+        while batch := list(itertools.islice(lines, 65536)):
+            found |= synclog.users_of(batch)
+        return found
+
+    def entries_pending(self):
+        """The entries still to send, log-run's first, as Cyrus's reader takes them apart."""
+        for name in (LOG_RUN, LOG):
+            for line in self.lines(name):
+                entry = synclog.parse(line)
+                if entry is not None:
+                    yield entry
 
     def users_pending(self) -> set[str]:
         """Users with entries still to send (log-run and log)."""

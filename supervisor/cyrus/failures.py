@@ -36,12 +36,17 @@ _PROMOTING = re.compile(r"Promoting: MAILBOX (\S+) -> USER (\S+)")
 _USER_FAILED = re.compile(r"user replication failed: error=<([^>]*)> userid=<([^>]*)>")
 _DO_USER_FAILED = re.compile(r"Error in sync_do_user\(([^)]*)\): bailing out!")
 _NO_RESPONSE = re.compile(r"(\w+) received NO response: (.*)")
+# The replica answered BAD: it is alive, it refused (a full disk on the replica looks like
+# this on the master: "command=<MESSAGE> response=<BAD> errmsg=<IMAP_PROTOCOL_ERROR Failed to
+# parse APPLY line>", and the pass ends in "Bad protocol", as a broken connection's does).
+_BAD_RESPONSE = re.compile(r"received bad response: command=<(\w+)> response=<BAD>"
+                           r" errmsg=<([^>]*)>")
 _BAILING_OUT = re.compile(r"bailing out!")
 _FILE_FAILED = re.compile(r"Processing sync log file \S+ failed")
 _REPROCESSING = re.compile(r"Reprocessing sync log file")
 # The connection to the replica broke (it died or restarted): Cyrus still promotes and names
 # the users it was working on, but they are not to blame; the probe decides about the link.
-_TRANSPORT = re.compile(r"zero length response|end of file reached|Bad protocol|"
+_TRANSPORT = re.compile(r"zero length response|end of file reached|"
                         r"Connection reset|Broken pipe|LOGOUT received|Connection refused|"
                         r"Can not connect|IMAP_BYE_LOGOUT|shutting down")
 
@@ -119,7 +124,7 @@ class FailureDetector:
         if m:
             user = mailbox_user(m.group(1).strip('"'))
             if user:
-                self.pending[user] = f"update of {m.group(1)} failed: {m.group(2)}"
+                self.pending[user] = f"update of {m.group(1)} failed: {self._why(m.group(2))}"
             return None
         m = _PROMOTING.search(message)
         if m:
@@ -128,22 +133,29 @@ class FailureDetector:
         m = _USER_FAILED.search(message) or _DO_USER_FAILED.search(message)
         if m:
             user, err = (m.group(2), m.group(1)) if m.re is _USER_FAILED else (m.group(1), "")
-            self.pending[userid(user)] = err or self.last_error or message
+            self.pending[userid(user)] = self._why(err) or message
             if m.re is _USER_FAILED:
                 return None
-        m = _NO_RESPONSE.search(message)
+        m = _NO_RESPONSE.search(message) or _BAD_RESPONSE.search(message)
         if m:
             self.last_error = f"{m.group(1)} refused by the replica: {m.group(2)}"
             return None
         if _BAILING_OUT.search(message) or _FILE_FAILED.search(message):
             self.bailed_out = bool(_BAILING_OUT.search(message))
             failed = FailedPass(dict(self.pending), message.strip(), self.transport)
-            self.pending, self.transport = {}, False
+            self.pending, self.transport, self.last_error = {}, False, ""
             return failed
         return None
+
+    def _why(self, error: str) -> str:
+        """Cyrus's error for a user, with what the replica said when it said more."""
+        if error and self.last_error:
+            return f"{error} ({self.last_error})"
+        return error or self.last_error
 
     def pass_succeeded(self) -> None:
         """The stuck log-run went away: the next failure starts a new count."""
         self.reprocessing = 0
         self.pending = {}
         self.transport = False
+        self.last_error = ""

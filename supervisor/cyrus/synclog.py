@@ -153,6 +153,20 @@ def mailbox_user(name: str, deleted_prefix: str = DELETED_PREFIX) -> str | None:
     return f"{local}@{domain}" if domain else local
 
 
+def mailbox_key(name: str, internal: bool) -> tuple[str, ...]:
+    """A mailbox's two spellings made one: Cyrus's internal 'example.com!user.bob.Sent' (a dot
+    in a name written '^') and the admin's 'user.bob.Sent@example.com' (or 'user/bob/Sent'
+    with unixhierarchysep) both give ('example.com', 'user', 'bob', 'Sent')."""
+    if internal:
+        domain, sep, rest = name.partition("!")      # the domain ends at the first '!'
+        if not sep:
+            domain, rest = "", name
+        return (domain, *(p.replace("^", ".") for p in rest.split(".")))
+    local, _, domain = name.rpartition("@") if "@" in name else (name, "", "")
+    delim = local[4:5] if local.startswith("user") and len(local) > 4 else "."
+    return (domain, *local.split(delim))
+
+
 def needle(user: str) -> bytes | None:
     """A byte string that every line naming ``user`` and holding no backslash holds, for
     finding candidate lines at C speed (``parse`` then decides; lines with a backslash must be

@@ -203,6 +203,7 @@ class Quarantine:
                 job.queue = [sorted(job.candidates)]
                 job.phase = "bisect"
             else:
+                job.candidates = Channel(self.sync_dir).users_in(LOG_RUN)
                 job.phase = "move"
         if job.phase == "bisect":
             if unit_running:
@@ -216,12 +217,13 @@ class Quarantine:
             if not job.culprits:
                 self.job = None   # every user synced on its own: the stall is over
                 return None
-            if len(job.candidates) > 1 and set(job.culprits) == job.candidates:
+            job.phase = "move"
+        if job.phase == "move":
+            if len(job.candidates) > 1 and set(job.culprits) >= job.candidates:
+                # Named or bisected alike: a replica whose disk is full refuses everyone.
                 self.job = None
                 return (f"every user of the stuck log-run fails ({len(job.candidates)}):"
                         f" not a per-user problem, e.g. {next(iter(job.culprits.values()))}")
-            job.phase = "move"
-        if job.phase == "move":
             if self.rival is not None:
                 return None           # it renames log without the lock: wait until it is gone
             if job.moved is None and self._rewrite is None:
@@ -339,6 +341,7 @@ class Quarantine:
         self.store.save(q)
         self.retrying = q.user
         self._run_users([q.user], systemd)
+        self.crash_point("retry-started")
         self.journal.send(f"link {self.link}: retrying quarantined user {q.user} (attempt"
                           f" {q.attempts + 1})", "info", "user-retried",
                           SYNCWARDEN_LINK=self.link, SYNCWARDEN_USER=q.user)

@@ -15,9 +15,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cyrus import synclog
 from ..cyrus.channel import Channel
 from . import compare, credentials
 from .imapclient import AdminView, ImapError, read_user, user_session
@@ -27,10 +28,48 @@ CONFIRM_PAUSE = 2.0          # seconds: a sync_client pass (repeat interval 1 s)
 PROGRESS_EVERY = 2.0         # seconds between progress lines on stderr
 JOURNAL_LINES = 40           # differences listed in the journal entry itself
 
-# --- the backlog: which users have entries still to send (the channel's files) ---------------
+# --- the backlog: which users and mailboxes have entries still to send (the channel's files) ---
 
-def read_backlog(sync_dir: Path) -> set[str]:
-    return Channel(sync_dir).users_pending()
+@dataclass
+class Pending:
+    """What a link's backlog names: users, the ones with user-level entries (USER, SEEN, SUB,
+    ...: any of their state may be in flight), and mailboxes (as synclog.mailbox_key()s)."""
+    users: set = field(default_factory=set)
+    whole: set = field(default_factory=set)
+    mailboxes: set = field(default_factory=set)
+
+    def of(self, user: str):
+        """compare_user's ``pending`` for this user. A mailbox the backlog does not name is not
+        lag, even when the user has other entries queued (a mailbox lost on the replica stays
+        lost while new mail keeps the user's INBOX in the backlog)."""
+        if user in self.whole or user not in self.users:
+            return user in self.whole
+        return lambda name: (name is None
+                             or synclog.mailbox_key(name, internal=False) in self.mailboxes)
+
+    def add(self, entry: synclog.Entry) -> None:
+        if entry.kind in synclog.USER_TYPES or entry.kind in synclog.USER_MAILBOX_TYPES:
+            user = synclog.userid(entry.args[0])
+            self.users.add(user)
+            self.whole.add(user)
+        elif entry.kind in synclog.MAILBOX_TYPES or entry.kind in synclog.TWO_MAILBOX_TYPES:
+            self.users.update(entry.users())
+            self.mailboxes.update(synclog.mailbox_key(n, internal=True) for n in entry.args)
+
+
+def parse_backlog(data: bytes) -> Pending:
+    """Sync log lines, read by the one sync-log grammar (cyrus/synclog.py)."""
+    out = Pending()
+    for entry in filter(None, map(synclog.parse, data.splitlines())):
+        out.add(entry)
+    return out
+
+
+def read_backlog(sync_dir: Path) -> Pending:
+    out = Pending()
+    for entry in Channel(sync_dir).entries_pending():
+        out.add(entry)
+    return out
 
 
 # --- reading both sides -------------------------------------------------------------------------
@@ -145,7 +184,7 @@ def _compare_users(sides, users, masters, replicas, pending, deep, parallel, pro
             m, r = sides.read(user, masters.get(user), replicas.get(user), deep)
         except ImapError as exc:
             return user, ([], (0, 0), str(exc), None)
-        diffs = compare.compare_user(user, m, r, pending=user in pending)
+        diffs = compare.compare_user(user, m, r, pending=pending.of(user))
         return user, (diffs, _size(m, r), None, (m, r) if diffs else None)
 
     results = {}

@@ -97,11 +97,16 @@ def _count(view: UserView) -> tuple[int, int]:
 
 
 def compare_user(user: str, master: UserView | None, replica: UserView | None,
-                 pending: bool = False) -> list[Difference]:
+                 pending=False) -> list[Difference]:
     """Every difference between the two sides' views of one user.
 
-    ``pending``: the link's backlog names this user, so whatever the master has more is lag."""
-    ahead_of_replica = REPLICA_BEHIND if pending else MASTER_ONLY
+    ``pending``: the link's backlog names this user, so whatever the master has more is lag;
+    or a function of a mailbox name (None: the user itself) telling which are in flight."""
+    in_flight = pending if callable(pending) else (lambda name: pending)
+
+    def behind(name: str | None) -> str:
+        return REPLICA_BEHIND if in_flight(name) else MASTER_ONLY
+
     if master is None and replica is None:
         return []
     if master is None:
@@ -111,7 +116,7 @@ def compare_user(user: str, master: UserView | None, replica: UserView | None,
                            replica={"mailboxes": n, "messages": msgs})]
     if replica is None:
         n, msgs = _count(master)
-        return [Difference(ahead_of_replica, "user", user, detail=f"user only on the master:"
+        return [Difference(behind(None), "user", user, detail=f"user only on the master:"
                            f" {n} mailbox(es), {msgs} message(s)",
                            master={"mailboxes": n, "messages": msgs})]
     out: list[Difference] = []
@@ -122,13 +127,13 @@ def compare_user(user: str, master: UserView | None, replica: UserView | None,
                                   detail=f"mailbox only on the replica: {r.status.messages}"
                                   " message(s)", replica=r.status.as_json()))
         elif r is None:
-            out.append(Difference(ahead_of_replica, "mailbox", user, name,
+            out.append(Difference(behind(name), "mailbox", user, name,
                                   detail=f"mailbox only on the master: {m.status.messages}"
                                   " message(s)", master=m.status.as_json()))
         elif m.status.mailboxid != r.status.mailboxid:
             out += _conflict(user, m, r)
         else:
-            out += compare_mailbox(user, m, r, ahead_of_replica)
+            out += compare_mailbox(user, m, r, behind(name))
     return out
 
 
@@ -306,4 +311,12 @@ def render(report: Report) -> str:
                "error": "check incomplete"}[report.result]
     lines.append(f"{report.link}: {verdict}: {what} compared in {took:.1f}s;"
                  f" differences: {counts_line(report.counts())}")
+    if report.result == "differences":
+        lines.append(f"{report.link}: {what_to_run(report.link)}")
     return "\n".join(lines)
+
+
+def what_to_run(link: str) -> str:
+    """The operator's next step for a pair that differs (check's report, status, journal)."""
+    return (f"to make them equal, run: syncwarden repair {link}"
+            f" (syncwarden repair {link} --dry-run shows the plan first)")

@@ -146,6 +146,7 @@ class Outcome:
     done: int = 0
     copied: int = 0
     failures: list = field(default_factory=list)
+    failed_users: set = field(default_factory=set)
 
 
 class Executor:
@@ -167,6 +168,7 @@ class Executor:
 
     def _fail(self, action: Action, why: str) -> None:
         self.outcome.failures.append(f"{action.user}: {action.describe()}: {why}")
+        self.outcome.failed_users.add(action.user)
         self._log(action, f"FAILED: {action.describe()}: {why}", "err")
 
     def run(self, actions: list[Action], replica_view: dict | None) -> None:

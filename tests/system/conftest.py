@@ -28,7 +28,7 @@ def _missing() -> str | None:
     if os.geteuid() != 0:
         return "system tests need root (they mount an overlay and boot systemd-nspawn)"
     for tool, pkg in (("systemd-nspawn", "systemd-container"), ("nsenter", "util-linux"),
-                      ("saslpasswd2", "sasl2-bin")):
+                      ("saslpasswd2", "sasl2-bin"), ("nft", "nftables")):
         if not shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin"):
             return f"{tool} not found (apt-get install {pkg}, or run scripts/setup)"
     for prog in ("master", "imapd", "lmtpd", "sync_client", "sync_server"):
@@ -39,6 +39,17 @@ def _missing() -> str | None:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cyrus(users=..., replicas=...): options for the cyrus fixture")
+    config.addinivalue_line("markers", "matrix: the fault matrix on the two-host lab (issue 11);"
+                            " select it with -m matrix")
+
+
+def pytest_terminal_summary(terminalreporter):
+    from .matrix import LINES
+
+    if LINES:     # the figures of the fault matrix, whatever -s says
+        terminalreporter.section("fault matrix")
+        for line in LINES:
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,6 +6,9 @@ Layout (container paths), one folder per instance under /srv/cyrlab/<name>/:
 Ports on 127.0.0.1 (the container's own loopback):
     master       IMAP 10143  LMTP 10024
     replica i    IMAP 1i143  LMTP 1i024  sync_server 1i005   (replica1: 11143 11024 11005)
+In the two-host lab (netlab.py) each instance listens on its host's address instead (hosts=), and
+the master's channels point there.  spool_sizes= gives an instance's spool a small filesystem of
+its own (a size-limited tmpfs), to fill up.
 Units: cyrus-imapd.service runs the master (it replaces Debian's unit of that name, because the
 product orders itself Before=cyrus-imapd.service); cyrlab-replica@<name>.service runs a replica.
 Logins: admin cyrus/adminpw, sync user repl/replpw (admin everywhere), users with password "pw".
@@ -61,7 +64,7 @@ sync_try_imap: no
 """
 
 CHANNEL = """\
-{link}_sync_host: 127.0.0.1
+{link}_sync_host: {host}
 {link}_sync_port: {port}
 {link}_sync_authname: {sync_user}
 {link}_sync_password: {sync_pw}
@@ -75,8 +78,8 @@ START {{
   recover cmd="ctl_cyrusdb -C {conf} -r"
 }}
 SERVICES {{
-  imap     cmd="imapd -C {conf}" listen="127.0.0.1:{imap}" prefork=0
-  lmtp     cmd="lmtpd -C {conf} -a" listen="127.0.0.1:{lmtp}" prefork=0
+  imap     cmd="imapd -C {conf}" listen="{addr}:{imap}" prefork=0
+  lmtp     cmd="lmtpd -C {conf} -a" listen="{addr}:{lmtp}" prefork=0
   lmtpunix cmd="lmtpd -C {conf}" listen="{d}/conf/socket/lmtp" prefork=0
 {sync_service}}}
 EVENTS {{
@@ -85,7 +88,7 @@ EVENTS {{
 DAEMON {{
 }}
 """
-SYNC_SERVICE = '  syncserver cmd="sync_server -C {conf}" listen="127.0.0.1:{sync}" prefork=0\n'
+SYNC_SERVICE = '  syncserver cmd="sync_server -C {conf}" listen="{addr}:{sync}" prefork=0\n'
 
 # master runs in the foreground (no -d).  It cannot create its pidfile in /run as cyrus, so a
 # privileged ("+") ExecStartPre makes it first.
@@ -112,10 +115,13 @@ class LabError(RuntimeError):
 
 
 class CyrusLab:
-    def __init__(self, sandbox, replicas=("replica1", "replica2"), users=DEFAULT_USERS):
+    def __init__(self, sandbox, replicas=("replica1", "replica2"), users=DEFAULT_USERS,
+                 hosts=None, spool_sizes=None):
         self.sb = sandbox
         self.replicas = tuple(replicas)
         self.users = tuple(users)
+        self.hosts = dict(hosts or {})            # instance -> its address (default 127.0.0.1)
+        self.spool_sizes = dict(spool_sizes or {})  # instance -> tmpfs size of its spool
         self.names = ("master",) + self.replicas
         self.master_conf = self.conf("master")
         self.labclient = f"{ROOT}/labclient.py"
@@ -130,6 +136,16 @@ class CyrusLab:
 
     def port(self, name: str, which: str = "imap") -> int:
         return self.ports(name)[which]
+
+    def addr(self, name: str) -> str:
+        return self.hosts.get(name, "127.0.0.1")
+
+    def endpoint(self, name: str, which: str = "imap") -> str:
+        """"HOST:PORT", as labclient.py takes it."""
+        return f"{self.addr(name)}:{self.port(name, which)}"
+
+    def spool(self, name: str) -> str:
+        return f"{ROOT}/{name}/spool"
 
     def unit(self, name: str) -> str:
         if name == "master":
@@ -158,12 +174,16 @@ class CyrusLab:
             if name == "master" and self.replicas:
                 text += MASTER_SYNC.format(channels=" ".join(self.replicas))
                 for link in self.replicas:
-                    text += CHANNEL.format(link=link, port=self.port(link, "sync"),
+                    text += CHANNEL.format(link=link, host=self.addr(link),
+                                           port=self.port(link, "sync"),
                                            sync_user=SYNC_USER, sync_pw=SYNC_PW)
             sb.write_file(self.conf(name), text)
-            sync = SYNC_SERVICE.format(conf=self.conf(name), sync=p["sync"]) if "sync" in p else ""
+            addr = self.addr(name)
+            sync = (SYNC_SERVICE.format(conf=self.conf(name), addr=addr, sync=p["sync"])
+                    if "sync" in p else "")
             sb.write_file(f"{d}/cyrus.conf", CYRUS_CONF.format(
-                conf=self.conf(name), d=d, imap=p["imap"], lmtp=p["lmtp"], sync_service=sync))
+                conf=self.conf(name), d=d, addr=addr, imap=p["imap"], lmtp=p["lmtp"],
+                sync_service=sync))
         sb.write_file("/etc/systemd/system/cyrus-imapd.service",
                       UNIT.format(what="master", inst="master", bin=BIN, root=ROOT))
         sb.write_file("/etc/systemd/system/cyrlab-replica@.service",
@@ -178,6 +198,9 @@ class CyrusLab:
                 script.append(f"printf %s {pw} | saslpasswd2 -p -c -f {ROOT}/{name}/sasldb2 "
                               f"-u lab-{name} {user} 2>/dev/null")
             script.append(f"chmod 640 {ROOT}/{name}/sasldb2")
+        for name, size in self.spool_sizes.items():
+            # mounted before Cyrus writes anything there; gone with the container
+            script.append(f"mount -t tmpfs -o size={size},mode=0750 tmpfs {self.spool(name)}")
         script += [f"chown -R cyrus:mail {ROOT}", "systemctl daemon-reload"]
         sb.sh("\n".join(script))
 
@@ -199,7 +222,7 @@ class CyrusLab:
         self._wait_up(self.names, timeout)
 
     def _wait_up(self, names, timeout) -> None:
-        ports = [p for n in names for p in self.ports(n).values()]
+        ports = [self.endpoint(n, w) for n in names for w in self.ports(n)]
         if not self._client("port", *ports, "--timeout", timeout)["ok"]:
             logs = "\n".join(self.sb.journal(lines=40))
             raise LabError(f"{names}: ports {ports} not all open after {timeout}s\n{logs}")
@@ -222,7 +245,7 @@ class CyrusLab:
     def wait_port(self, name: str, which: str = "imap", timeout: float = 10, closed=False) -> bool:
         """Wait until the port accepts connections (closed=True: refuses them)."""
         args = ["--timeout", timeout] + (["--closed"] if closed else [])
-        return self._client("port", self.port(name, which), *args)["ok"]
+        return self._client("port", self.endpoint(name, which), *args)["ok"]
 
     def sync_client(self, link: str, *args, check=True, timeout=120):
         """Run sync_client -C <master imapd.conf> -n link ARGS once, as the cyrus user."""
@@ -237,7 +260,7 @@ class CyrusLab:
 
     def create_mailbox(self, name: str, *mailboxes: str) -> None:
         """Admin CREATE, e.g. create_mailbox("master", "user.bob", "user.bob.Sent")."""
-        r = self._client("create", self.port(name), *mailboxes)
+        r = self._client("create", self.endpoint(name), *mailboxes)
         if r["failed"]:
             raise LabError(f"{name}: CREATE failed: {r['failed']}")
 
@@ -249,7 +272,7 @@ class CyrusLab:
 
     def deliver_many(self, users, n: int, tag: str, instance="master", sessions=1) -> dict:
         """n messages to each user over `sessions` parallel LMTP sessions: {user: [message-id]}."""
-        r = self._client("deliver", self.port(instance, "lmtp"), ",".join(users), n, tag,
+        r = self._client("deliver", self.endpoint(instance, "lmtp"), ",".join(users), n, tag,
                          "--sessions", sessions, timeout=600)
         return r["accepted"]
 
@@ -259,30 +282,34 @@ class CyrusLab:
         container as the transient unit `unit` (labclient stream): for `seconds` (default until
         the unit is stopped), at most `rate` per second; each accepted Message-ID appended to
         the container file `accepted`. Returns the unit's name."""
-        args = [self.labclient, "stream", self.port(instance, "lmtp"), ",".join(users)]
+        args = [self.labclient, "stream", self.endpoint(instance, "lmtp"), ",".join(users)]
         for flag, value in (("--seconds", seconds), ("--rate", rate), ("--accepted", accepted)):
             if value is not None:
                 args += [flag, value]
         self.sb.run("systemd-run", f"--unit={unit}", "--quiet", "/usr/bin/python3", *args)
         return unit
 
+    def append(self, instance: str, user: str, folder: str, n: int, tag: str) -> None:
+        """IMAP APPEND n messages as user to folder (created if missing), e.g. "INBOX.Sent"."""
+        self._client("append", self.endpoint(instance), user, folder, n, tag)
+
     def messages(self, instance: str, user: str, folder="INBOX") -> list[tuple[int, str]]:
         """Sorted (uid, guid) of a user's folder; [] if the folder does not exist there."""
         return self.messages_many(instance, [user], folder)[user]
 
     def messages_many(self, instance: str, users, folder="INBOX") -> dict:
-        r = self._client("messages", self.port(instance), ",".join(users), "--folder", folder)
+        r = self._client("messages", self.endpoint(instance), ",".join(users), "--folder", folder)
         return {u: [tuple(x) for x in (rows or [])] for u, rows in r.items()}
 
     def status(self, instance: str, user: str, folder="INBOX") -> dict | None:
         """{messages, uidnext, uidvalidity, highestmodseq, mailboxid}; None if no such folder."""
-        return self._client("status", self.port(instance), user, "--folder", folder)
+        return self._client("status", self.endpoint(instance), user, "--folder", folder)
 
     def wait_messages(self, instance: str, user, count: int, timeout: float = 30,
                       folder="INBOX") -> bool:
         """Poll (every 50 ms, inside) until user (or each of a list of users) has >= count."""
         users = [user] if isinstance(user, str) else list(user)
-        return self._client("wait", self.port(instance), ",".join(users), count,
+        return self._client("wait", self.endpoint(instance), ",".join(users), count,
                             "--timeout", timeout, "--folder", folder, timeout=timeout + 60)["ok"]
 
     def _client(self, *args, timeout=120):

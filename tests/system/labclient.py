@@ -23,6 +23,16 @@ runs this script through nsenter instead.  Each subcommand does a whole batch in
   port     PORT... [--closed] [--timeout T]  wait until every port accepts (or refuses) connections
                                              -> {"ok": bool, "seconds": s}
 
+  append   PORT USER FOLDER N TAG             IMAP APPEND as the user, creating FOLDER if missing
+                                             -> {"appended": n}
+  ids      PORT USERS [--folder F]           as messages, by Message-ID: {user: {message-id: guid} or null}
+  arrived  PORT FILE N [--since E] [--timeout T]
+                                             poll until the first N messages of FILE (a stream's
+                                             --accepted record) are all in their users' INBOXes
+                                             -> {"ok": bool, "seconds": s (from epoch E, default
+                                                 now), "missing": n, "wanted": n}
+
+PORT is a port on 127.0.0.1, or HOST:PORT (the two-host lab's addresses, netlab.py).
 USERS is comma-separated.  A server that cannot be reached gives {"error": "..."} and exit status 3.  Reading a user's mail uses SASL PLAIN with authzid=user and the admin
 as authcid: Cyrus admins may not SELECT or STATUS other users' mailboxes, but may act as them.
 
@@ -46,8 +56,14 @@ HOST = "127.0.0.1"
 ADMIN, ADMIN_PW = "cyrus", "adminpw"
 
 
+def endpoint(text):
+    """"10143" -> ("127.0.0.1", 10143); "10.77.0.1:10143" -> ("10.77.0.1", 10143)."""
+    host, _, port = str(text).rpartition(":")
+    return host or HOST, int(port)
+
+
 def imap(port):
-    m = imaplib.IMAP4(HOST, port, timeout=30)
+    m = imaplib.IMAP4(*endpoint(port), timeout=30)
     # imaplib writes a continuation and its CRLF separately: with Nagle and delayed ACKs every
     # AUTHENTICATE would take 40 ms.
     m.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -85,6 +101,11 @@ def message(user, i, tag, token):
     return mid, text
 
 
+def user_of(message_id):
+    """The user a message of message() was for (users without "-" in their names)."""
+    return message_id.strip("<>").split("@")[0].rsplit("-", 2)[1]
+
+
 class Lmtp:
     """One LMTP session for many deliveries. It connects on first use and again after a
     connection error, so a server restart costs only the message in flight; a refused recipient
@@ -95,7 +116,7 @@ class Lmtp:
 
     def connect(self):
         if self.conn is None:
-            self.conn = smtplib.LMTP(HOST, self.port, timeout=self.timeout)
+            self.conn = smtplib.LMTP(*endpoint(self.port), timeout=self.timeout)
         return self.conn
 
     def send(self, user, text, sender="lab@cyrlab.test"):
@@ -196,6 +217,73 @@ def fetch_guids(port, user, folder):
         m.logout()
 
 
+def cmd_append(a):
+    m = imap_as(a.port, a.user)
+    try:
+        m.create(a.folder)           # NO if it exists already: fine
+        token = uuid.uuid4().hex[:10]
+        for i in range(1, a.n + 1):
+            _, text = message(a.user, i, a.tag, token)
+            typ, data = m.append(a.folder, None, None, text.encode())
+            if typ != "OK":
+                raise imaplib.IMAP4.error("APPEND %s: %s" % (a.folder, data))
+        return {"appended": a.n}
+    finally:
+        m.logout()
+
+
+def fetch_ids(port, user, folder):
+    """{message-id: guid} of a folder; None if it does not exist."""
+    m = imap_as(port, user)
+    try:
+        typ, data = m.select(folder, readonly=True)
+        if typ != "OK":
+            return None
+        if int(data[0]) == 0:
+            return {}
+        typ, data = m.uid("FETCH", "1:*", "(DIGEST.SHA1 BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        out = {}
+        for item in data:
+            if not isinstance(item, tuple):
+                continue
+            guid = re.search(rb"DIGEST\.SHA1 ([0-9a-f]+)", item[0])
+            mid = re.search(rb"(?im)^message-id:\s*(\S+)", item[1])
+            if mid:
+                out[mid.group(1).decode()] = guid.group(1).decode() if guid else None
+        return out
+    finally:
+        m.logout()
+
+
+def cmd_ids(a):
+    return {u: fetch_ids(a.port, u, a.folder) for u in a.users.split(",")}
+
+
+def cmd_arrived(a):
+    since = time.time() if a.since is None else a.since
+    wanted = {}
+    with open(a.file) as f:
+        for mid in f.read().split()[:a.n]:
+            wanted.setdefault(user_of(mid), set()).add(mid)
+    total = sum(len(v) for v in wanted.values())
+    deadline = time.monotonic() + a.timeout
+    while True:
+        for user in list(wanted):
+            try:
+                found = fetch_ids(a.port, user, "INBOX") or {}
+            except (imaplib.IMAP4.error, OSError):
+                continue              # the server is (re)starting: ask again next round
+            wanted[user] -= set(found)
+            if not wanted[user]:
+                del wanted[user]
+        if not wanted or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    missing = sum(len(v) for v in wanted.values())
+    return {"ok": not missing, "seconds": round(time.time() - since, 3), "missing": missing,
+            "wanted": total}
+
+
 def cmd_messages(a):
     return {u: fetch_guids(a.port, u, a.folder) for u in a.users.split(",")}
 
@@ -246,7 +334,7 @@ def cmd_wait(a):
 
 def port_open(port):
     try:
-        socket.create_connection((HOST, port), timeout=1).close()
+        socket.create_connection(endpoint(port), timeout=1).close()
         return True
     except OSError:
         return False
@@ -265,37 +353,53 @@ def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("create")
-    s.add_argument("port", type=int)
+    s.add_argument("port")
     s.add_argument("mailboxes", nargs="+")
     s = sub.add_parser("deliver")
-    s.add_argument("port", type=int)
+    s.add_argument("port")
     s.add_argument("users")
     s.add_argument("n", type=int)
     s.add_argument("tag")
     s.add_argument("--sessions", type=int, default=1)
     s = sub.add_parser("stream")
-    s.add_argument("port", type=int)
+    s.add_argument("port")
     s.add_argument("users")
     s.add_argument("--seconds", type=float)
     s.add_argument("--rate", type=float)
     s.add_argument("--accepted")
     s.add_argument("--tag", default="stream")
     s = sub.add_parser("messages")
-    s.add_argument("port", type=int)
+    s.add_argument("port")
     s.add_argument("users")
     s.add_argument("--folder", default="INBOX")
+    s = sub.add_parser("append")
+    s.add_argument("port")
+    s.add_argument("user")
+    s.add_argument("folder")
+    s.add_argument("n", type=int)
+    s.add_argument("tag")
+    s = sub.add_parser("ids")
+    s.add_argument("port")
+    s.add_argument("users")
+    s.add_argument("--folder", default="INBOX")
+    s = sub.add_parser("arrived")
+    s.add_argument("port")
+    s.add_argument("file")
+    s.add_argument("n", type=int)
+    s.add_argument("--since", type=float)
+    s.add_argument("--timeout", type=float, default=60)
     s = sub.add_parser("status")
-    s.add_argument("port", type=int)
+    s.add_argument("port")
     s.add_argument("user")
     s.add_argument("--folder", default="INBOX")
     s = sub.add_parser("wait")
-    s.add_argument("port", type=int)
+    s.add_argument("port")
     s.add_argument("users")
     s.add_argument("count", type=int)
     s.add_argument("--timeout", type=float, default=30)
     s.add_argument("--folder", default="INBOX")
     s = sub.add_parser("port")
-    s.add_argument("ports", type=int, nargs="+")
+    s.add_argument("ports", nargs="+")
     s.add_argument("--closed", action="store_true")
     s.add_argument("--timeout", type=float, default=10)
     a = p.parse_args(argv)

@@ -25,16 +25,19 @@ drain: {{timeout: {drain_timeout}}}
 
 def check_config(lab, links) -> str:
     """The `check:` section for check, repair and failover: the lab's IMAP ports, plain."""
-    rows = "".join(f"    {n}: {{host: 127.0.0.1, port: {lab.port(n, 'imap')}, tls: none}}\n"
+    rows = "".join(f"    {n}: {{host: {lab.addr(n)}, port: {lab.port(n, 'imap')}, tls: none}}\n"
                    for n in links)
     return ("check:\n  credentials: /etc/syncwarden/imap-credentials\n"
-            f"  master: {{host: 127.0.0.1, port: {lab.port('master', 'imap')}, tls: none}}\n"
+            f"  master: {{host: {lab.addr('master')}, port: {lab.port('master', 'imap')},"
+            " tls: none}\n"
             f"  replicas:\n{rows}")
 
 
 class Syncwarden:
-    def __init__(self, sandbox, lab):
+    def __init__(self, sandbox, lab, netns: str | None = None):
+        """netns: the network namespace of the master's host (netlab.py), where the CLI runs."""
         self.sb, self.lab = sandbox, lab
+        self.prefix = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
 
     def install(self) -> None:
         """`make install` from a checkout. The checkout is copied in through the overlay's upper
@@ -49,7 +52,8 @@ class Syncwarden:
 
     def configure(self, links=None, interval="1s", drain_timeout="60s", extra="") -> None:
         names = links or self.lab.replicas
-        body = "\n".join(f"  {n}: {{host: 127.0.0.1, port: {self.lab.port(n, 'sync')}}}"
+        lab = self.lab
+        body = "\n".join(f"  {n}: {{host: {lab.addr(n)}, port: {lab.port(n, 'sync')}}}"
                          for n in names)
         self.sb.write_file(CONFIG, BASE_CONFIG.format(links=body, interval=interval,
                                                       drain_timeout=drain_timeout) + extra)
@@ -60,7 +64,7 @@ class Syncwarden:
         self.sb.systemctl("start", "syncwarden")
 
     def cli(self, *args, check=True, timeout=120):
-        return self.sb.run("syncwarden", *args, check=check, timeout=timeout)
+        return self.sb.run(*self.prefix, "syncwarden", *args, check=check, timeout=timeout)
 
     def status(self) -> dict:
         r = self.cli("status", "--json", check=False)

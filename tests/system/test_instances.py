@@ -49,7 +49,8 @@ class TwoMasters(cl.CyrusLab):
             text = cl.IMAPD_CONF.format(d=d, name=name, admin=cl.ADMIN, sync_user=cl.SYNC_USER)
             text += cl.MASTER_SYNC.format(channels=" ".join(self.channels(name)))
             for link in self.channels(name):
-                text += cl.CHANNEL.format(link=link, port=self.port(link, "sync"),
+                text += cl.CHANNEL.format(link=link, host=self.addr(link),
+                                          port=self.port(link, "sync"),
                                           sync_user=cl.SYNC_USER, sync_pw=cl.SYNC_PW)
             self.sb.write_file(self.conf(name), text)
         self.sb.sh(f"chown -R cyrus:mail {cl.ROOT}")

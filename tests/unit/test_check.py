@@ -4,7 +4,8 @@ import io
 import json
 
 from supervisor.pair import check
-from supervisor.cyrus.synclog import mailbox_user, users_of
+from supervisor.cyrus.synclog import mailbox_key, mailbox_user, users_of
+from supervisor.pair.check import parse_backlog
 
 from .fakecyrus import Box, Pair
 from .fakes import FakeJournal
@@ -75,6 +76,34 @@ def test_master_ahead_with_backlog_is_lag(tmp_path):
     assert report.exit_code == 0
 
 
+def test_a_lost_mailbox_is_not_lag_because_the_user_has_other_mail_queued(tmp_path):
+    # the replica came back empty; new mail to bob's INBOX re-created only the INBOX there
+    p = Pair()
+    for server in (p.master, p.replica):
+        server.boxes["user.bob"] = Box("same")
+    p.master.boxes["user.bob.Archive"] = Box("archive")
+    p.master.deliver("bob", "Archive", "old mail")
+    p.master.deliver("bob", None, "new")
+    (tmp_path / "sync").mkdir()
+    (tmp_path / "sync" / "log").write_text("APPEND user.bob\nMAILBOX user.bob\n")
+    report = run(p, tmp_path)
+    assert sorted((d.category, d.mailbox) for d in report.differences) == [
+        ("master-only", "user.bob.Archive"), ("replica-behind", "user.bob")]
+    assert report.result == "differences"
+
+
+def test_backlog_names_mailboxes_and_whole_users():
+    pending = parse_backlog(b'APPEND user.bob\nMAILBOX "user.bob.My Folder"\n'
+                            b"SEEN erin 6f1c2a0e\nMAILBOX example.com!user.hal^x.Sent\n")
+    assert pending.of("erin") is True and pending.of("zed") is False
+    in_flight = pending.of("bob")
+    assert in_flight(None) and in_flight("user.bob") and in_flight("user/bob/My Folder")
+    assert not in_flight("user.bob.Archive")
+    assert pending.of("hal.x@example.com")("user/hal.x/Sent@example.com")
+    assert mailbox_key("user.bob.Sent@example.com", internal=False) == mailbox_key(
+        "example.com!user.bob.Sent", internal=True)
+
+
 def test_second_look_drops_what_was_in_flight(tmp_path):
     p = Pair()
     for server in (p.master, p.replica):
@@ -134,3 +163,15 @@ def test_result_file_and_journal(tmp_path):
     assert journal.entries[-1]["ID"] == "check-finished"
     assert json.loads(check.result_path("replica1", tmp_path).read_text())["users"] == 3
     assert check.load_last("nolink", tmp_path) is None
+
+
+def test_status_says_what_to_run_after_a_check_that_found_differences(tmp_path):
+    from supervisor.commands.check import last_check_lines
+
+    report = run(failover_pair(), tmp_path)
+    check.save(report, tmp_path)
+    doc = {"links": [{"name": "replica1", "last_check": check.load_last("replica1", tmp_path)}]}
+    (line,) = last_check_lines(doc, now=report.finished + 7200)
+    assert line.startswith("replica1: last deep check 2h00m ago: DIFFERENCES: replica-only 3")
+    assert line.endswith("; to make them equal, run: syncwarden repair replica1 (syncwarden"
+                         " repair replica1 --dry-run shows the plan first)")

@@ -142,6 +142,10 @@ def test_render_lists_each_difference_and_the_counts():
     text = compare.render(rep)
     assert "uniqueid-conflict  bob  user.bob.P: same name, different MAILBOXID" in text
     assert "replica-only       bob  user.bob.P uid 1:" in text
-    assert text.splitlines()[-1] == ("replica1: DIFFERENT: 2 user(s), 3 mailbox(es), 9 message(s)"
+    assert text.splitlines()[-2] == ("replica1: DIFFERENT: 2 user(s), 3 mailbox(es), 9 message(s)"
                                      " compared in 1.0s; differences: replica-only 1,"
                                      " uniqueid-conflict 1")
+    # and what to do about it
+    assert text.splitlines()[-1] == ("replica1: to make them equal, run: syncwarden repair"
+                                     " replica1 (syncwarden repair replica1 --dry-run shows the"
+                                     " plan first)")

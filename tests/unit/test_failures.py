@@ -28,6 +28,23 @@ PASS_METHOD3 = [  # the same folder created on both sides: named by user replica
     " userid=<bob> channel=<repl> servername=<127.0.0.1> func=<do_user_main>",
     "Error in do_sync(): bailing out! Mailbox has been moved to another server",
 ]
+PASS_DISK_FULL = [  # the replica's spool filesystem is full (the two-host lab, issue 11)
+    "IOERROR: received bad response: command=<MESSAGE> response=<BAD> errmsg=<IMAP_PROTOCOL_ERROR"
+    " Failed to parse APPLY line> func=<sync_parse_response>",
+    "do_folders(): update failed: user.dave 'Bad protocol'",
+    "  Promoting: MAILBOX user.dave -> USER dave",
+    "IOERROR: received bad response: command=<MESSAGE> response=<BAD> errmsg=<IMAP_PROTOCOL_ERROR"
+    " Failed to parse APPLY line> func=<sync_parse_response>",
+    "do_folders(): update failed: user.bob 'Bad protocol'",
+    "  Promoting: MAILBOX user.bob -> USER bob",
+    "IOERROR: received bad response: command=<MESSAGE> response=<BAD> errmsg=<IMAP_PROTOCOL_ERROR"
+    " Failed to parse APPLY line> func=<sync_parse_response>",
+    "do_folders(): update failed: user.dave 'Bad protocol'",
+    "IOERROR: user replication failed: error=<Bad protocol> userid=<dave> channel=<replica2>"
+    " servername=<10.77.0.3> func=<do_user_main>",
+    "Error in do_sync(): bailing out! Bad protocol",
+    "Processing sync log file /srv/m/conf/sync/replica2/log-run failed: Bad protocol",
+]
 ANONYMOUS = ["USER received NO response: Unknown error",
              "Error in do_sync(): bailing out! The remote Server(s) denied the operation"]
 
@@ -45,7 +62,9 @@ def test_named_by_update_failed_and_promotion():
 
 def test_named_by_user_replication_failed():
     (failed,) = feed(FailureDetector(), PASS_METHOD3)
-    assert failed.users["bob"] == "Mailbox has been moved to another server"
+    assert failed.users["bob"] == ("Mailbox has been moved to another server (MAILBOX refused by"
+                                   " the replica: IMAP_MAILBOX_MOVED Mailbox exists with another"
+                                   " name or uniqueid)")
 
 
 def test_anonymous_failures_count_reprocessing():
@@ -162,3 +181,11 @@ def test_any_log_lines_give_failed_passes_or_nothing(lines):
             assert all(isinstance(u, str) and isinstance(e, str) for u, e in out.users.items())
         if i % 7 == 6:
             det.pass_succeeded()
+
+
+def test_a_replica_that_answers_bad_is_refusing_not_gone():
+    (failed,) = feed(FailureDetector(), PASS_DISK_FULL)
+    assert not failed.transport
+    assert sorted(failed.users) == ["bob", "dave"]
+    assert failed.users["bob"] == ("update of user.bob failed: Bad protocol (MESSAGE refused by"
+                                   " the replica: IMAP_PROTOCOL_ERROR Failed to parse APPLY line)")

@@ -8,7 +8,7 @@ from supervisor.link.states import LinkState
 
 from .fakes import REFUSED
 from .test_core import W1, make, state, step
-from .test_failures import ANONYMOUS, PASS_METHOD1
+from .test_failures import ANONYMOUS, PASS_DISK_FULL, PASS_METHOD1
 
 U1 = "syncwarden-user@replica1.service"
 
@@ -122,6 +122,21 @@ def test_every_user_failing_quarantines_the_link(tmp_path):
     assert "every user of the stuck log-run fails (3)" in sup.links["replica1"].link.reason
     assert sup.status()["quarantine"] == []          # nobody was singled out
     assert (d / "log-run").read_bytes() == entries("bob", "alice", "carol")
+
+
+def test_every_user_of_the_log_run_named_quarantines_the_link(tmp_path):
+    sup, env, d = live_link(tmp_path)
+    (d / "log-run").write_bytes(entries("bob", "dave"))
+    (d / "log").write_bytes(entries("carol"))
+    fail_pass(sup, PASS_DISK_FULL)                  # the replica's disk is full
+    step(sup, env, n=5)
+    assert state(sup) is LinkState.QUARANTINED
+    reason = sup.links["replica1"].link.reason
+    assert "every user of the stuck log-run fails (2)" in reason
+    assert "MESSAGE refused by the replica: IMAP_PROTOCOL_ERROR Failed to parse APPLY" in reason
+    assert sup.status()["quarantine"] == []          # nobody was singled out
+    assert (d / "log-run").read_bytes() == entries("bob", "dave")
+    assert (d / "log").read_bytes() == entries("carol")
 
 
 def test_retry_releases_and_puts_later_entries_back(tmp_path):

@@ -112,21 +112,36 @@ def test_sync_client_runs_as_cyrus_with_the_link():
 class FakeDaemon:
     """Answers status/hold/resume on a unix socket like the daemon's control socket."""
 
-    def __init__(self, path, held=False):
+    def __init__(self, path, held=False, quarantined=()):
         self.path, self.held, self.requests = str(path), held, []
+        self.quarantined = {u: "replica1" for u in quarantined}
+        self.retried = []
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen(8)
         threading.Thread(target=self.serve, daemon=True).start()
 
+    def crash(self):
+        """Gone, as a SIGKILLed daemon is: nothing listens on the socket any more."""
+        self.sock.close()
+        Path(self.path).unlink()
+
     def serve(self):
         while True:
-            conn, _ = self.sock.accept()
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
             req = json.loads(conn.makefile().readline())
             self.requests.append(req["cmd"])
             if req["cmd"] in ("hold", "resume"):
                 self.held = req["cmd"] == "hold"
                 result = f"replica1: {req['cmd']}"
+            elif req["cmd"] == "quarantine" and req["action"] == "list":
+                result = [{"link": link, "user": u} for u, link in self.quarantined.items()]
+            elif req["cmd"] == "quarantine":
+                self.retried.append((req["action"], req["user"], req["link"]))
+                result = f"{req['link']}: {req['user']} will be retried now"
             else:
                 result = {"links": [{"name": "replica1", "held": self.held, "state": "down"
                                      if self.held else "live",
@@ -141,9 +156,22 @@ def test_repair_holds_the_link_and_resumes_it(tmp_path):
     rc = repaircmd.run(CFG, IMAPD, "replica1", None, False, FakeJournal(), tmp_path / "c.sock",
                        tmp_path, out=out.append, sides=pair, sync_client=pair.sync_client)
     assert rc == 0, out
-    assert daemon.requests[:2] == ["status", "hold"] and daemon.requests[-1] == "resume"
+    assert daemon.requests[:2] == ["status", "hold"]
+    assert [r for r in daemon.requests if r in ("hold", "resume")][-1] == "resume"
     assert not daemon.held
     assert "verify zed: 2 of 2 message(s) of the replica are on the master" in out
+
+
+def test_repaired_users_in_quarantine_are_retried_at_once(tmp_path):
+    # bob's same-name folder quarantined him; carol is quarantined for something else
+    daemon = FakeDaemon(tmp_path / "c.sock", quarantined=("bob", "carol"))
+    pair, out = failover_pair(), []
+    rc = repaircmd.run(CFG, IMAPD, "replica1", None, False, FakeJournal(), tmp_path / "c.sock",
+                       tmp_path, out=out.append, sides=pair, sync_client=pair.sync_client)
+    assert rc == 0, out
+    assert daemon.retried == [("retry", "bob", "replica1")]
+    assert "replica1: bob was quarantined; repaired, so retried now" in out
+    assert daemon.requests.index("resume") < daemon.requests.index("quarantine")
 
 
 def test_a_link_held_before_stays_held(tmp_path):
@@ -154,6 +182,22 @@ def test_a_link_held_before_stays_held(tmp_path):
                          tmp_path / "c.sock", tmp_path, out=out.append, sides=pair) == 0
     assert "resume" not in daemon.requests and daemon.held
     assert out[0] == "replica1: already held by an operator; it stays held afterwards"
+
+
+def test_a_daemon_that_crashes_meanwhile_is_waited_for_to_resume(tmp_path):
+    path, out, naps = tmp_path / "c.sock", [], []
+    daemon = FakeDaemon(path)
+
+    def sleep(seconds):           # systemd restarts the daemon while we wait
+        naps.append(seconds)
+        if len(naps) == 3:
+            restarted.append(FakeDaemon(path, held=True))   # the hold outlived it
+
+    restarted = []
+    with repaircmd.held("replica1", path, out.append, clock=lambda: len(naps), sleep=sleep):
+        daemon.crash()
+    assert out == ["replica1: held for the repair", "replica1: resumed"]
+    assert not restarted[0].held and restarted[0].requests == ["resume"]
 
 
 def test_dry_run_changes_nothing_and_needs_no_daemon(tmp_path):
