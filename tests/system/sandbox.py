@@ -40,6 +40,8 @@ MASKED = (
     "exim4-base.timer", "fstrim.timer", "man-db.timer",
 )
 NO_AUTOSTART = ("cyrus-imapd.service",)
+AUTOSTART_DIRS = ("multi-user.target.wants", "default.target.wants", "graphical.target.wants",
+                  "sockets.target.wants", "timers.target.wants", "remote-fs.target.wants")
 
 # A clean environment for commands inside: the caller's (pyenv PATH, pytest variables) is not
 # the container's business.
@@ -321,6 +323,16 @@ class Sandbox:
             link.symlink_to("/dev/null")
         for unit in self.no_autostart:            # drop "enabled" links, keep the unit itself
             for link in etc.glob(f"*.wants/{unit}"):
+                link.unlink()
+        # Whatever else the host's admin enabled (smartd, nvme autoconnect, a prometheus
+        # installed for a test...) does not start at boot either: the container runs systemd's
+        # own units and what a test starts. The units stay available to start by hand.
+        for wants in AUTOSTART_DIRS:
+            for link in (etc / wants).glob("*"):
+                if link.is_symlink() and not link.name.endswith(".target"):
+                    link.unlink()
+        for link in self.root.glob("etc/rc[2-5].d/S*"):     # init scripts (openipmi, ...)
+            if link.is_symlink():
                 link.unlink()
         # Tests read the journal: journald must not drop lines when Cyrus logs thousands a second.
         conf = self.root / "etc/systemd/journald.conf.d"
