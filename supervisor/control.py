@@ -107,9 +107,6 @@ class ControlServer:
         self.clock = clock
         self.peer = peer
         self.deadline = deadline
-        group = group_name(gid)
-        self.denied = (f"permission denied: you are not root or in group {group}" if group else
-                       "permission denied: root only (the control group does not exist)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.path.unlink()
@@ -118,8 +115,7 @@ class ControlServer:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(self.path))
         os.chmod(self.path, 0o660)
-        if gid is not None:
-            os.chown(self.path, 0, gid)
+        self.set_group(gid)
         # A deep backlog: a flood of connections queues there instead of refusing root's.
         self.sock.listen(socket.SOMAXCONN)
         self.sock.setblocking(False)
@@ -127,6 +123,16 @@ class ControlServer:
         self._per_uid: collections.Counter = collections.Counter()
         self._paused_until: float | None = None
         selector.register(self.sock, selectors.EVENT_READ, self._accept)
+
+    def set_group(self, gid: int | None) -> None:
+        """The group that may read status (control.group), at start and on every reload:
+        the socket's group and the check of each caller. None (no such group): root only."""
+        if gid is not None or os.geteuid() == 0:
+            os.chown(self.path, 0, 0 if gid is None else gid)
+        self.gid = gid
+        group = group_name(gid)
+        self.denied = (f"permission denied: you are not root or in group {group}" if group else
+                       "permission denied: root only (the control group does not exist)")
 
     # -- accepting ---------------------------------------------------------------------------
     def _accept(self) -> None:
@@ -362,16 +368,21 @@ def _denied(path: Path) -> str:
 
 
 def wait_for_drains(path: Path, started: float, link: str | None = None,
-                    poll: float = 0.2) -> dict[str, dict]:
+                    poll: float = 0.2, progress=None) -> dict[str, dict]:
     """Poll status until the drain of ``link`` (or of every link) has an outcome newer than
-    ``started`` (wall clock); returns {link: last_drain}."""
+    ``started`` (wall clock); returns {link: last_drain}. ``progress(links)`` sees each
+    poll's links. ControlError when the daemon stops answering meanwhile."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(started)))
     while True:
-        links = [x for x in request("status", path=path)["result"]["links"]
-                 if link is None or x["name"] == link]
+        answer = request("status", path=path)
+        if not answer.get("ok"):
+            raise ControlError(f"status refused: {answer.get('error')}")
+        links = [x for x in answer["result"]["links"] if link is None or x["name"] == link]
         done = {x["name"]: x["last_drain"] for x in links
                 if x["state"] != "draining" and x.get("last_drain")
                 and x["last_drain"]["at"] >= stamp}
         if len(done) == len(links):
             return done
+        if progress is not None:
+            progress(links)
         time.sleep(poll)

@@ -48,6 +48,7 @@ SCHEMA: Mapping[str, Command] = {
                            "link": Field(str)},
                           needed_for={"user": ("retry", "drop")}),
     "drain": Command({"link": Field(str), "all": Field(bool)}, one_of=("link", "all")),
+    "reload": Command(),
 }
 
 _KIND = {str: "a string", bool: "true or false"}

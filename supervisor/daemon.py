@@ -28,6 +28,7 @@ from .link.reconcile import Edges, LocalState, Reconciler
 from .systemd.journal import Journal, JournalHandler
 from .systemd.notify import Notifier
 from .systemd.follow import JournalFollower
+from .systemd.units import RESTART_JOBS
 from .cyrus.probe import Prober
 from .link.quarantine_store import QuarantineStore
 from .link.roles import RoleStore
@@ -87,6 +88,9 @@ class Daemon:
         self.problems: list[str] = []     # damaged state found at start, for status
         self.status_gid: int | None = None
         self.reload_requested = False
+        self.restarting = False
+        self.follower: JournalFollower | None = None
+        self.control: ControlServer | None = None
         self._status_body, self._status_written = "", float("-inf")
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
@@ -129,9 +133,9 @@ class Daemon:
         roles = RoleStore(inst.role_file)
         store = QuarantineStore(inst.quarantine_dir, clock=self.clock.wall)
         self._report_damage(holds, roles, store)
-        follower = JournalFollower(None, selector, self.clock.monotonic, inst.journal_cursor,
-                                   **({"reader_factory": self.journal_reader}
-                                      if self.journal_reader else {}))
+        follower = self.follower = JournalFollower(
+            None, selector, self.clock.monotonic, inst.journal_cursor,
+            **({"reader_factory": self.journal_reader} if self.journal_reader else {}))
         sup = Reconciler(cfg, imapd, Edges(systemd, prober, self.journal, self.clock, follower,
                                            self.rival_scan),
                          LocalState(holds, roles, store, inst.users_dir, inst.name,
@@ -139,9 +143,9 @@ class Daemon:
         follower.on_line = sup.feed_worker_log
         follower.watch(sup.watched_units())
         self.status_gid = configmod.control_gid(cfg)
-        control = ControlServer(self.socket_path, self.status_gid,
-                                lambda req, admin: self._handle(sup, req), selector,
-                                clock=self.clock.monotonic)
+        control = self.control = ControlServer(
+            self.socket_path, self.status_gid, lambda req, admin: self._handle(sup, req),
+            selector, clock=self.clock.monotonic)
         self.journal.send(f"syncwarden started: {len(cfg.links)} link(s) from {cfg.source},"
                           f" role {cfg.role}", "info", "daemon-started")
         ready_sent = False
@@ -149,9 +153,9 @@ class Daemon:
         try:
             while True:
                 if self.stop_requests > stopping:
-                    if stopping == 0:   # first stop: send what is queued before exiting
+                    if stopping == 0:   # first stop: drain, unless it is half a restart
                         self.notifier.stopping()
-                        sup.drain_all("because syncwarden is stopping")
+                        self._first_stop(sup, systemd)
                     else:               # a second stop: give up now; log-run stays whole
                         sup.drains.abort_all("aborted by a second stop request")
                     stopping = self.stop_requests
@@ -159,8 +163,10 @@ class Daemon:
                     break
                 if self.reload_requested:
                     self.reload_requested = False
-                    self._reload(sup)
-                    follower.watch(sup.watched_units())
+                    try:
+                        self._reload(sup)
+                    except ValueError:
+                        pass          # said in the journal; SIGHUP has nobody to answer
                 follower.pump()
                 summary = sup.tick()
                 follower.save()       # after the tick that acted on what was read
@@ -185,9 +191,38 @@ class Daemon:
             control.close()
             prober.close()
             follower.close()
-            self.journal.send("syncwarden stopped" if stopping else
-                              "syncwarden exiting on an error", "info", "daemon-stopped")
+            self.journal.send(self._stopped_message(stopping, sup), "info", "daemon-stopped")
         return 0
+
+    def _first_stop(self, sup: Reconciler, systemd) -> None:
+        """SPEC Guarantee 2, refined: a stop that is the first half of a restart (``systemctl
+        restart``, a package upgrade's restart) leaves the workers running, for the next
+        daemon to adopt; any other stop, and a system shutdown, sends what is queued first.
+        A drain an operator started is ended (its link stays held, as the drain would have
+        left it): a restart must not wait up to drain.timeout."""
+        job = self._own_job(systemd)
+        if job in RESTART_JOBS:
+            self.restarting = True
+            sup.drains.abort_all("interrupted by a restart of syncwarden; drain again")
+            log.info("stopping for a restart (systemd job %s): the workers keep running and"
+                     " the next daemon adopts them; nothing is drained", job)
+        else:
+            sup.drain_all("because syncwarden is stopping")
+
+    def _own_job(self, systemd) -> str:
+        try:
+            return systemd.job_of_pid(os.getpid())
+        except Exception as exc:   # no answer: read it as a stop, which drains (the safe side)
+            log.warning("cannot tell a restart from a stop (%s): draining every link", exc)
+            return ""
+
+    def _stopped_message(self, stopping: int, sup: Reconciler) -> str:
+        if not stopping:
+            return "syncwarden exiting on an error"
+        if self.restarting:
+            running = sum(1 for rt in sup.links.values() if rt.worker_running or rt.worker_ours)
+            return f"syncwarden stopped for a restart, {running} worker(s) left running"
+        return "syncwarden stopped"
 
     def _report_damage(self, holds: Holds, roles: RoleStore, store: QuarantineStore) -> None:
         """State that a crash or a hand left damaged was read the safe way by its owner
@@ -217,25 +252,40 @@ class Daemon:
         except BlockingIOError:
             pass
 
-    def _reload(self, sup: Reconciler) -> None:
+    def _reload(self, sup: Reconciler) -> str:
+        """Read the config again and apply every setting; ValueError (with every problem)
+        when it is rejected, and the running configuration stays. From SIGHUP, or from the
+        control socket's ``reload`` (``syncwarden reload``, the units' ExecReload=), which
+        answers the outcome so that ``systemctl reload`` fails on a bad file."""
         self.notifier.reloading()
         try:
             cfg, imapd = load_checked(self.config_path)
         except ConfigProblem as exc:
+            self.notifier.ready()
             lines = [s.strip() for s in str(exc).splitlines()]
             self.journal.send("reload rejected, keeping the running configuration: "
                               + "; ".join(lines), "err", "config-rejected")
-        else:
-            sup.reconfigure(cfg, imapd)
-            self.status_gid = configmod.control_gid(cfg)
-            log.info("configuration reloaded from %s", cfg.source)
+            raise ValueError(f"reload rejected, the running configuration stays: {exc}"
+                             ) from None
+        sup.reconfigure(cfg, imapd)
+        self.status_gid = configmod.control_gid(cfg)
+        if self.control is not None:
+            self.control.set_group(self.status_gid)
+        if self.follower is not None:
+            self.follower.watch(sup.watched_units())
+        self._status_body = ""          # rewritten now: its group may have changed
         self.notifier.ready()
+        done = f"configuration reloaded from {cfg.source}: {len(cfg.links)} link(s)"
+        log.info("%s", done)
+        return done
 
     def _handle(self, sup: Reconciler, req: dict):
         """One control request (already validated by the control socket) to the operator."""
         op, cmd, link = sup.operator, req["cmd"], req.get("link")
         if cmd == "status":
             return self._status(sup)
+        if cmd == "reload":
+            return self._reload(sup)
         if cmd in ("hold", "resume"):
             return op.hold(str(link), cmd == "hold")
         if cmd == "release":

@@ -18,6 +18,7 @@ from ..systemd.journal import Journal
 from ..pair.repair import RepairError
 
 from ..exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
+from .ask import confirm, interactive
 
 
 def _setup(args):
@@ -45,8 +46,10 @@ def cmd_check(args, journal=None, state_dir=None) -> int:
     journal = journal or Journal()
     try:
         sides = check.sides_for(cfg, args.link)
+        # progress lines are for a person watching, not for the timer's journal
         report = check.run(sides, imapd.sync_dir(args.link), deep=args.deep,
-                           only_users=args.users, parallel=cfg.check.parallel)
+                           only_users=args.users, parallel=cfg.check.parallel,
+                           progress_out=sys.stderr if sys.stderr.isatty() else None)
     except (CredentialsError, OSError) as exc:    # OSError: the sync logs (not root?)
         print(f"syncwarden check: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -77,9 +80,18 @@ def cmd_repair(args, journal=None, state_dir=None) -> int:
     if loaded is None:
         return code
     cfg, imapd = loaded
+    what = f"repair {args.link}" + "".join(f" --user {u}" for u in args.users or ())
+    if not args.dry_run and not args.yes and not interactive():
+        return confirm("repair", [f"{what}: copy replica-only mail to the master, then let"
+                                  " replication replace the replica's conflicting mailboxes"],
+                       False)
+
+    def approve(steps: list[str]) -> bool:
+        return args.yes or confirm("repair", steps, False) is None
     try:
         return repaircmd.run(cfg, imapd, args.link, args.users, args.dry_run,
-                             journal or Journal(), args.socket, state_dir)
+                             journal or Journal(), args.socket, state_dir,
+                             err=sys.stderr if sys.stderr.isatty() else None, approve=approve)
     except (CredentialsError, OSError) as exc:
         print(f"syncwarden repair: {exc}", file=sys.stderr)
         return EXIT_USAGE

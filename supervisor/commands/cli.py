@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import __version__
 
 from . import render
+from .ask import confirm
 from .. import config as configmod
 from ..control import ControlError, ControlPermissionError, request, wait_for_drains
 from ..paths import DEFAULT, Instance, InstanceError
@@ -23,79 +24,134 @@ from ..systemd.units import parse_qualified
 from ..exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="syncwarden", description="Supervise Cyrus IMAP replication.")
-    p.add_argument("--version", action="version", version=f"syncwarden {__version__}")
-    p.add_argument("-i", "--instance", default=DEFAULT,
-                   help="the Cyrus instance (default: %(default)s, configured in"
+# Options that mean the same to every command, accepted before or after it: `syncwarden -i east
+# status` and `syncwarden status -i east` are one request. Their default is SUPPRESS in each
+# parser, so that a value given at one place is not overwritten by another's default; main()
+# fills in the defaults once.
+GLOBAL_DEFAULTS = {"instance": DEFAULT, "config": None, "socket": None,
+                   "proc_root": Path("/proc"), "json": False}
+# Where --json means something (a document instead of a table).
+JSON_COMMANDS = {("status", None), ("check", None), ("quarantine", "list")}
+
+
+def _global_options(json_option: bool) -> argparse.ArgumentParser:
+    g = argparse.ArgumentParser(add_help=False)
+    g.add_argument("-i", "--instance", default=argparse.SUPPRESS, metavar="NAME",
+                   help="the Cyrus instance (default: default, configured in"
                    " /etc/syncwarden/syncwarden.yaml; NAME: /etc/syncwarden/NAME.yaml)")
-    p.add_argument("-c", "--config", type=Path, default=None,
+    g.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
                    help="config file (default: the instance's)")
-    p.add_argument("--socket", type=Path, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--proc-root", type=Path, default=Path("/proc"), help=argparse.SUPPRESS)
+    g.add_argument("--socket", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    g.add_argument("--proc-root", type=Path, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
+    if json_option:
+        g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="print the JSON document (docs/CONTRACT.md) instead of a table")
+    return g
+
+
+def build_parser() -> argparse.ArgumentParser:
+    plain, with_json = _global_options(False), _global_options(True)
+    p = argparse.ArgumentParser(prog="syncwarden", description="Supervise Cyrus IMAP"
+                                " replication.", parents=[with_json])
+    p.add_argument("--version", action="version", version=f"syncwarden {__version__}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("daemon", help="run the supervisor (the service's ExecStart)")
-    # kept for units written for 0.1: `daemon --instance NAME` is `-i NAME daemon`
-    d.add_argument("--instance", dest="daemon_instance", default=None, help=argparse.SUPPRESS)
-    s = sub.add_parser("status", help="show links, states and backlogs")
-    s.add_argument("link", nargs="?")
-    s.add_argument("--json", action="store_true")
-    cc = sub.add_parser("check-config", help="validate the config and imapd.conf")
-    cc.add_argument("file", nargs="?", type=Path)
+    def command(name, text, json_output=False, hidden=False, parent=sub):
+        kw = {} if hidden else {"help": text}     # no help: left out of the command list
+        return parent.add_parser(name, description=text, **kw,
+                                 parents=[with_json if json_output else plain])
+
+    def link(parser, text="the link (a Cyrus sync channel named in the config)"):
+        parser.add_argument("link", metavar="LINK", help=text)
+
+    def yes(parser, what):
+        parser.add_argument("--yes", "-y", action="store_true",
+                            help=f"do not ask: {what} (without a terminal, required)")
+
+    s = command("status", "show links, states and backlogs", json_output=True)
+    s.add_argument("link", nargs="?", metavar="LINK", help="only this link")
+    s.add_argument("--watch", action="store_true",
+                   help="show it again every few seconds until interrupted")
+    s.add_argument("-n", "--interval", type=float, default=2.0, metavar="SECONDS",
+                   help="with --watch: seconds between updates (default: %(default)s)")
+    cc = command("check-config", "validate the config, imapd.conf and the Cyrus setup")
+    cc.add_argument("file", nargs="?", type=Path, metavar="FILE",
+                    help="the config file to check (default: the instance's)")
     for name, text in (("hold", "stop a link's worker and keep it down until resume"),
                        ("resume", "undo hold"),
                        ("release", "let a quarantined link start again")):
-        c = sub.add_parser(name, help=text)
-        c.add_argument("link")
-    q = sub.add_parser("quarantine", help="users held out of replication")
+        link(command(name, text))
+    dr = command("drain", "send everything queued for a link, then hold it")
+    which = dr.add_mutually_exclusive_group(required=True)
+    which.add_argument("link", nargs="?", metavar="LINK", help="the link to drain")
+    which.add_argument("--all", action="store_true", help="every link")
+    dr.add_argument("--wait", action="store_true",
+                    help="wait until the drain is over (progress on a terminal)")
+    q = command("quarantine", "users held out of replication")
     qsub = q.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ql = qsub.add_parser("list", help="quarantined users, their errors and stored entries")
-    ql.add_argument("--json", action="store_true")
+    command("list", "quarantined users, their errors and stored entries", json_output=True,
+            parent=qsub)
     for name, text in (("retry", "retry a quarantined user now"),
                        ("drop", "give up a user's stored entries and release it")):
-        qa = qsub.add_parser(name, help=text)
-        qa.add_argument("user")
-        qa.add_argument("--link", help="only this link (default: every link holding the user)")
+        qa = command(name, text, parent=qsub)
+        qa.add_argument("user", metavar="USER", help="the Cyrus userid")
+        qa.add_argument("--link", metavar="LINK",
+                        help="only this link (default: every link holding the user)")
         if name == "drop":
-            qa.add_argument("--yes", action="store_true",
-                            help="confirm: the stored entries are discarded")
-    fo = sub.add_parser("failover", help="soft failover: drain every link, verify both sides"
-                        " match, then make this host a replica")
+            yes(qa, "the stored entries are discarded")
+    ck = command("check", "compare master and replica of a link (read-only)",
+                 json_output=True)
+    link(ck)
+    ck.add_argument("--user", action="append", dest="users", metavar="USER",
+                    help="only this user (repeatable)")
+    ck.add_argument("--deep", action="store_true",
+                    help="compare every message (UID, GUID, flags)")
+    rp = command("repair", "copy replica-only mail back to the master, then let replication"
+                 " replace what conflicts")
+    link(rp)
+    rp.add_argument("--user", action="append", dest="users", metavar="USER",
+                    help="only this user (repeatable)")
+    rp.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    yes(rp, "the plan is carried out without showing it first")
+    fo = command("failover", "soft failover: drain every link, verify both sides match, then"
+                 " make this host a replica")
     fo.add_argument("--force", action="store_true",
                     help="go on although Cyrus still runs for this instance")
-    sub.add_parser("promote", help="make this host the master: workers may start")
-    sub.add_parser("demote", help="make this host a replica: never start workers here")
-    dr = sub.add_parser("drain", help="send everything queued for a link, then hold it")
-    which = dr.add_mutually_exclusive_group(required=True)
-    which.add_argument("link", nargs="?")
-    which.add_argument("--all", action="store_true", help="every link")
-    dr.add_argument("--wait", action="store_true", help="wait until the drain is over")
-    w = sub.add_parser("worker", help="run sync_client for a link (the worker unit's ExecStart)")
-    w.add_argument("link", help="LINK, or INSTANCE:LINK")
+    yes(fo, "the failover goes ahead")
+    for name, text, what in (
+            ("promote", "make this host the master: workers may start", "workers may start"),
+            ("demote", "make this host a replica: never start workers here",
+             "the workers stop")):
+        yes(command(name, text), what)
+    command("reload", "apply the configuration file now (what systemctl reload runs); exit 1"
+            " with every problem when it is rejected")
+    # Internal: the units' ExecStart=. Not in the command list.
+    command("daemon", "run the supervisor (the service's ExecStart)", hidden=True)
+    w = command("worker", "run sync_client for a link (the worker unit's ExecStart)",
+                hidden=True)
+    w.add_argument("link", metavar="LINK", help="LINK, or INSTANCE:LINK")
     mode = w.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_const", dest="mode", const="once",
                       help="one drain pass (sync_client -R -1)")
     mode.add_argument("--users", action="store_const", dest="mode", const="users",
                       help="full sync of the users listed by the daemon (sync_client -u)")
-    ck = sub.add_parser("check", help="compare master and replica of a link (read-only)")
-    ck.add_argument("link")
-    ck.add_argument("--user", action="append", dest="users", metavar="U",
-                    help="only this user (repeatable)")
-    ck.add_argument("--deep", action="store_true", help="compare every message (UID, GUID, flags)")
-    ck.add_argument("--json", action="store_true")
-    rp = sub.add_parser("repair", help="copy replica-only mail back to the master")
-    rp.add_argument("link")
-    rp.add_argument("--user", action="append", dest="users", metavar="U",
-                    help="only this user (repeatable)")
-    rp.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    instance = getattr(args, "daemon_instance", None) or args.instance
+    for key, default in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, key):
+            setattr(args, key, default)
+    if args.json and (args.command, getattr(args, "action", None)) not in JSON_COMMANDS \
+            and args.command != "quarantine":
+        parser.error(f"--json: {args.command} has no JSON output")
+    if args.json and args.command == "quarantine" and args.action != "list":
+        parser.error(f"--json: quarantine {args.action} has no JSON output")
+    instance = args.instance
     if args.command in ("check", "repair") and ":" in args.link:
         # the check timer's unit runs `check INSTANCE:LINK` (systemd instance strings)
         instance, args.link = parse_qualified(args.link)
@@ -160,6 +216,12 @@ def _rival_sync_clients(cfg, imapd, proc_root):
 
 
 def cmd_status(args) -> int:
+    if args.watch:
+        return _watch(args)
+    return _status_once(args)
+
+
+def _status_once(args) -> int:
     try:
         answer = request("status", path=args.socket)
     except ControlPermissionError as exc:
@@ -173,6 +235,24 @@ def cmd_status(args) -> int:
     doc = answer["result"]
     doc["daemon"] = {"running": True}
     return _show_status(args, doc)
+
+
+def _watch(args, sleep=time.sleep, clock=time.time) -> int:
+    """status again every --interval seconds (the screen cleared on a terminal), until
+    interrupted, which is the normal way out: exit 0."""
+    clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            print(f"{clear}every {args.interval:g}s: syncwarden status"
+                  f"{' ' + args.link if args.link else ''}   "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(clock()))}")
+            rc = _status_once(args)
+            sys.stdout.flush()
+            if rc == EXIT_USAGE:
+                return rc
+            sleep(max(0.1, args.interval))
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _status_without_daemon(args, why: str) -> int:
@@ -220,7 +300,7 @@ def _ask(args, cmd: str, **fields):
         print(f"syncwarden {args.command}: {exc}", file=sys.stderr)
         return _REFUSED
     except ControlError as exc:
-        print(f"syncwarden: daemon not running: {exc}", file=sys.stderr)
+        print(f"syncwarden {args.command}: the daemon is not running: {exc}", file=sys.stderr)
         return _REFUSED
     if not answer.get("ok"):
         print(f"syncwarden {args.command}: {answer.get('error')}", file=sys.stderr)
@@ -236,8 +316,26 @@ def _link_command(args) -> int:
     return EXIT_OK
 
 
+def cmd_reload(args) -> int:
+    """What the units' ExecReload= runs: the daemon reads the file again and answers whether
+    it took it, so that `systemctl reload` fails, with the reason in its log, on a bad file."""
+    result = _ask(args, "reload")
+    if result is _REFUSED:
+        return EXIT_PROBLEM
+    print(result)
+    return EXIT_OK
+
+
 def cmd_role(args) -> int:
     """promote/demote through the daemon when it runs (it owns holds and the role)."""
+    plan = ([f"make this host the master of instance {args.instance.name}: workers start for"
+             " every link that is not held (a backlog from before the promotion is held"
+             " until `syncwarden resume LINK`)"] if args.command == "promote" else
+            [f"make this host a replica for instance {args.instance.name}: every worker"
+             " stops and none starts here until a promote; what is queued stays on disk"])
+    refused = confirm(args.command, plan, args.yes)
+    if refused is not None:
+        return refused
     try:
         answer = request(args.command, path=args.socket)
     except ControlPermissionError as exc:
@@ -277,10 +375,10 @@ def _role_offline(args) -> int:
 
 
 def cmd_quarantine(args) -> int:
-    if args.action == "drop" and not args.yes:
-        print(f"syncwarden quarantine drop: this discards {args.user}'s stored entries, which"
-              " were never replicated; add --yes to confirm", file=sys.stderr)
-        return EXIT_USAGE
+    if args.action == "drop":
+        refused = confirm("quarantine drop", _drop_plan(args), args.yes)
+        if refused is not None:
+            return refused
     extra = {} if args.action == "list" else {"user": args.user, "link": args.link}
     result = _ask(args, "quarantine", action=args.action, **extra)
     if result is _REFUSED:
@@ -294,25 +392,67 @@ def cmd_quarantine(args) -> int:
     return EXIT_OK
 
 
+def _drop_plan(args) -> list[str]:
+    """What `quarantine drop` would discard, from the daemon's list when it answers."""
+    try:
+        listed = request("quarantine", path=args.socket, action="list").get("result") or []
+    except ControlError:
+        listed = []
+    found = [q for q in listed if q.get("user") == args.user
+             and (args.link is None or q.get("link") == args.link)]
+    if not found:
+        where = f" on {args.link}" if args.link else ""
+        return [f"discard the stored entries of {args.user}{where}, which were never"
+                " replicated, and release the user"]
+    return [f"discard {q.get('entries')} stored entries of {args.user} on {q.get('link')},"
+            " which were never replicated, and release the user" for q in found]
+
+
 def cmd_drain(args) -> int:
     started = time.time()
     result = _ask(args, "drain", link=args.link, all=args.all)
     if result is _REFUSED:
         return EXIT_PROBLEM
-    print(result)
+    print(result, flush=True)
     if not args.wait:
         return EXIT_OK
     return _wait_for_drains(args, started)
 
 
 def _wait_for_drains(args, started: float) -> int:
+    """Until every drain asked for is over: progress on a terminal, and one line (not a
+    traceback) if the daemon goes away meanwhile."""
+    show = progress_printer(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        done = wait_for_drains(args.socket, started, None if args.all else args.link,
+                               progress=show)
+    except ControlError as exc:
+        print(f"\nsyncwarden drain: the daemon went away while waiting ({exc}); the drain's"
+              " outcome is in `journalctl -u syncwarden`", file=sys.stderr)
+        return EXIT_PROBLEM
     ok = True
-    for name, d in wait_for_drains(args.socket, started, None if args.all else args.link).items():
+    for name, d in done.items():
         ok &= d["drained"]
         print(f"{name}: {'drained' if d['drained'] else 'drain incomplete'}"
               f" in {d['duration_seconds']}s: {d['message']}; {d['entries_left']} entries"
               " queued now")
     return EXIT_OK if ok else EXIT_PROBLEM
+
+
+def progress_printer(out, every: float = 2.0, clock=time.monotonic):
+    """A ``progress(links)`` for wait_for_drains: one line per draining link, every few
+    seconds, rewritten in place."""
+    state = {"next": clock()}
+
+    def show(links: list[dict]) -> None:
+        if clock() < state["next"]:
+            return
+        state["next"] = clock() + every
+        parts = [f"{x['name']}: {x['backlog']['entries']} queued" for x in links
+                 if x.get("state") == "draining"]
+        if parts:
+            print("\r\033[K" + "; ".join(parts) + " ...", end="", file=out, flush=True)
+    return show
 
 
 def _load(args):
@@ -332,7 +472,16 @@ def cmd_failover(args) -> int:
     loaded = _load(args)
     if loaded is None:
         return EXIT_USAGE
-    return failover.run(args, *loaded, proc_root=args.proc_root)
+    cfg, imapd = loaded
+    refused = confirm("failover", [
+        f"refuse if Cyrus still runs for {imapd.path}" + (" (--force: go on anyway)"
+                                                          if args.force else ""),
+        f"drain every link ({', '.join(cfg.links)}) and hold them",
+        "verify that every mailbox of every user matches on both sides",
+        "then make this host a replica: it starts no worker from then on"], args.yes)
+    if refused is not None:
+        return refused
+    return failover.run(args, cfg, imapd, proc_root=args.proc_root)
 
 
 def cmd_check(args) -> int:
@@ -352,5 +501,5 @@ COMMANDS = {
     "daemon": cmd_daemon, "worker": cmd_worker, "check-config": cmd_check_config,
     "status": cmd_status, "hold": _link_command, "resume": _link_command,
     "release": _link_command,
-    "check": cmd_check, "repair": cmd_repair, "failover": cmd_failover,
+    "check": cmd_check, "repair": cmd_repair, "failover": cmd_failover, "reload": cmd_reload,
 }

@@ -86,7 +86,9 @@ def held(link: str, socket_path: Path, out, clock=time.monotonic, sleep=time.sle
 
 def run(cfg, imapd, link: str, only_users, dry_run: bool, journal, socket_path: Path,
         state_dir: Path, out=print, err=sys.stderr, sides=None,
-        sync_client=run_sync_client) -> int:
+        sync_client=run_sync_client, approve=lambda steps: True) -> int:
+    """``approve(steps)``: asked with the plan before anything is changed (the link is held
+    meanwhile); False ends the repair with nothing done (exit 1)."""
     sides = sides or check.sides_for(cfg, link)
     hold = nullcontext() if dry_run else held(link, socket_path, out)
     with hold:
@@ -109,6 +111,8 @@ def run(cfg, imapd, link: str, only_users, dry_run: bool, journal, socket_path: 
             for i, action in enumerate(steps, 1):
                 out(f"  {i}. {action.describe()}")
             return 1 if report.errors else 0
+        if steps and not approve([a.describe() for a in steps]):
+            return 1
         journal.send(f"repair of link {link} started: {len(steps)} action(s) for"
                      f" {len(plans)} user(s)", "notice", "repair-action",
                      SYNCWARDEN_LINK=link, SYNCWARDEN_ACTION="start")

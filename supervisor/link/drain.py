@@ -231,6 +231,24 @@ class Drains:
         for job in self.jobs.values():
             job.abort(why)
 
+    def drop(self, link: str, why: str, entries_left: int) -> None:
+        """Forget the drain of a link that is no longer supervised (removed by a reload):
+        its pass is stopped, its files stay as they are, and a stop waits for it no more."""
+        job = self.jobs.pop(link, None)
+        if job is None:
+            return
+        job.files.clear_shutdown()
+        for unit, act in ((job.worker_unit, self.systemd.kill), (job.unit, self.systemd.stop)):
+            try:
+                act(unit)                 # SIGTERM keeps log-run whole
+            except Exception as exc:
+                log.warning("cannot stop %s: %s", unit, exc, extra={"link": link})
+        self.journal.send(f"link {link}: drain incomplete: {why}; {entries_left} entries left"
+                          f" in {job.files.dir}", "err", "drain-incomplete",
+                          SYNCWARDEN_LINK=link, SYNCWARDEN_REASON=why,
+                          SYNCWARDEN_ENTRIES_LEFT=entries_left,
+                          SYNCWARDEN_WHERE=str(job.files.dir))
+
     def feed(self, link: str, message: str, at: int | None = None) -> None:
         """A line from a link's drain pass unit."""
         job = self.jobs.get(link)

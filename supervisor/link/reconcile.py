@@ -87,12 +87,14 @@ class Reconciler:
         self.ready = False
         self.stopping = False
         self.summary = ""
+        self.configured = False
         self.reconfigure(config, imapd)
 
     # -- configuration -----------------------------------------------------------------------
     def reconfigure(self, config: Config, imapd: ImapdConf) -> None:
         """Apply a (re)loaded config: add, drop and restart links whose settings changed."""
-        old = self.links
+        old, first = self.links, not self.configured
+        self.configured = True
         self.config, self.imapd = config, imapd
         self.role.configure(config.role, imapd)
         self.links = {}
@@ -103,17 +105,30 @@ class Reconciler:
                 rt.settings, rt.probe, rt.probe_failures, rt.next_probe = settings, None, 0, 0.0
             if rt is None:
                 units = LinkUnits.of(name, self.local.instance)
-                rt = LinkRuntime(settings, Link(name, self.clock.wall),
+                why = "daemon started" if first else "added by a reload"
+                rt = LinkRuntime(settings, Link(name, self.clock.wall, reason=why),
                                  Backlog(imapd.sync_dir(name)), units,
                                  self._quarantine(name, units, imapd, config))
             else:
+                # Work in progress (a bisection, a retry, a drain, back-off) is kept: only
+                # what the new settings say is replaced.
                 rt.quarantine.retry_interval = config.quarantine.retry_interval
                 rt.quarantine.sync_dir = imapd.sync_dir(name)
+                if rt.backlog.sync_dir != imapd.sync_dir(name):   # configdirectory moved
+                    rt.backlog = Backlog(imapd.sync_dir(name))
             self.links[name] = rt
         for name, rt in old.items():  # removed from the config: stop replicating it
             rt.quarantine.close()
+            if name in self.drains:
+                self.drains.drop(name, "the link was removed from the configuration",
+                                 rt.snapshot.entries)
             if rt.worker_running:
                 self._stop_worker(rt)
+            if rt.quarantine.busy or rt.quarantine.retrying:
+                try:
+                    self.systemd.stop(rt.units.user)
+                except Exception as exc:
+                    log.error("cannot stop %s: %s", rt.units.user, exc, extra={"link": name})
             log.info("link %s removed from the configuration", name, extra={"link": name})
 
     def _quarantine(self, name, units, imapd, config) -> Quarantine:
@@ -229,6 +244,34 @@ class Reconciler:
                     rt.link.fire("replica_up", f"replica answered: {rt.probe.detail}{again}")
         if units_known:
             self._converge_worker(rt, mono)
+        self._explain_down(rt, mono)
+
+    def _explain_down(self, rt: LinkRuntime, mono: float) -> None:
+        """A down link's reason says why it is down now: when that changes without a
+        transition (a held link is resumed while its replica does not answer, a link added
+        by a reload finds its replica unreachable), the reason follows. The reason of the
+        transition into ``down`` stands while what it names still holds."""
+        if rt.link.state is not LinkState.DOWN:
+            rt.down_cause = None
+            return
+        cause, text = self._down_cause(rt, mono)
+        previous, rt.down_cause = rt.down_cause, cause
+        if previous is not None and previous != cause:
+            rt.link.explain(text)
+
+    def _down_cause(self, rt: LinkRuntime, mono: float) -> tuple[str, str]:
+        blocker = self.blocker(rt)
+        if blocker is not None:
+            return blocker.name, blocker.reason(self.role.role)
+        if not self.classified(rt):
+            return "probing", "waiting for the first probe of the replica"
+        if rt.reachable is False:
+            return "unreachable", f"replica unreachable: {rt.probe.detail}"
+        if mono < rt.restart_after:
+            return "backoff", f"waiting {rt.restart_after - mono:.0f}s before starting the" \
+                              f" worker again" + (f" after: {rt.last_problem}"
+                                                  if rt.last_problem else "")
+        return "starting", "the replica answers: starting the worker"
 
     def _quarantine_step(self, rt: LinkRuntime, mono: float, units: dict) -> None:
         q = rt.quarantine

@@ -65,6 +65,7 @@ class LinkRuntime:
     runs: WorkerRuns = field(default_factory=WorkerRuns)   # what the worker's runs showed
     reported_problem: str | None = None      # the worker problem the link's reason names
     last_problem: str | None = None          # why the last run failed, until a run succeeds
+    down_cause: str | None = None            # what the reason of a down link reflects
 
     @property
     def name(self) -> str:

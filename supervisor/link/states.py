@@ -71,11 +71,12 @@ class Transition:
 class Link:
     """The model the machine drives. Holds state and what the supervisor must act upon."""
 
-    def __init__(self, name: str, wall_clock, initial: LinkState = LinkState.DOWN):
+    def __init__(self, name: str, wall_clock, initial: LinkState = LinkState.DOWN,
+                 reason: str = "daemon started"):
         self.name = name
         self._wall = wall_clock
         self.since = wall_clock()
-        self.reason = "daemon started"
+        self.reason = reason
         self.history: list[Transition] = []  # drained by the supervisor each tick
         self.machine = Machine(model=self, states=LinkState, transitions=TRANSITIONS,
                                initial=initial, auto_transitions=False, send_event=True,
@@ -92,6 +93,11 @@ class Link:
         self.reason = event.kwargs.get("reason", event.event.name)
         self.history.append(Transition(self.name, LinkState[event.transition.source], self.state,
                                        event.event.name, self.reason, self.since))
+
+    def explain(self, reason: str) -> None:
+        """A new reason for the state the link is in, without a transition: what keeps it
+        there changed (reconcile.py keeps the reason of a down link true)."""
+        self.reason = reason
 
     def take_history(self) -> list[Transition]:
         taken, self.history = self.history, []

@@ -145,5 +145,25 @@ class Systemd:
         u.load()
         return ExitInfo(u.Service.Result.decode(), int(u.Service.ExecMainStatus))
 
+    def job_of_pid(self, pid: int) -> str:
+        """The type of the job systemd is running on the unit that ``pid`` belongs to, "" when
+        none (a signal sent by hand). While ``systemctl restart`` (or a package upgrade's
+        try-restart, collapsed into a restart of an active unit) stops the unit, its job is
+        of type "restart": systemd runs a restart as a stop and only then patches the job
+        into a start (src/core/job.h). A stop, and a system shutdown, have a "stop" job."""
+        unit = self._manager.Manager.GetUnitByPID(pid)
+        for row in self._manager.Manager.ListJobs():   # (id, unit, type, state, job, unit path)
+            if _text(row[5]) == _text(unit):
+                return _text(row[2])
+        return ""
+
     def close(self) -> None:
         self._bus.close()
+
+
+# The job types under which a stop is the first half of a restart.
+RESTART_JOBS = frozenset({"restart", "try-restart"})
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -59,6 +59,18 @@ class FakeSystemd:
         self.log = FakeWorkerLog()
         self.says: dict[str, list[str]] = {}
         self._runs = itertools.count(1)
+        # the job systemd runs on the daemon's own unit while it stops ("restart", "stop")
+        self.own_job: str | Exception = ""
+        self.transient: list[dict] = []      # start_transient calls
+
+    def job_of_pid(self, pid):
+        if isinstance(self.own_job, Exception):
+            raise self.own_job
+        return self.own_job
+
+    def start_transient(self, name, argv, env, user, timeout, description=""):
+        self.transient.append({"name": name, "argv": list(argv), "env": dict(env),
+                               "user": user, "timeout": timeout})
 
     def _new_run(self, unit):
         inv = self.invocations[unit] = f"{unit}#{next(self._runs)}"

@@ -95,7 +95,7 @@ def test_check_config_names_rival_sync_clients_by_pid_and_cyrus_conf_line(tmp_pa
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to play a non-member")
-@pytest.mark.parametrize("argv", [["status"], ["hold", "replica1"], ["demote"]])
+@pytest.mark.parametrize("argv", [["status"], ["hold", "replica1"], ["demote", "--yes"]])
 def test_a_non_member_is_told_the_group_not_that_the_daemon_is_down(argv):
     where = Path(tempfile.mkdtemp())
     where.chmod(0o755)
