@@ -86,6 +86,15 @@ class ControlSettings:
 
 
 @dataclass(frozen=True)
+class HookSettings:
+    # A shell command run on every state change (link/hooks.py), as ``user``, for at most
+    # ``timeout``; None: no hook.
+    on_state_change: str | None = None
+    user: str = "nobody"
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class ImapEndpoint:
     """Where `syncwarden check` reads one side over IMAP."""
     host: str
@@ -121,6 +130,7 @@ class Config:
     quarantine: QuarantineSettings = QuarantineSettings()
     control: ControlSettings = ControlSettings()
     check: CheckSettings = CheckSettings()
+    hooks: HookSettings = HookSettings()
     source: str = str(DEFAULT_PATH)
 
 
@@ -137,6 +147,7 @@ RANGES: Mapping[str, tuple[float, float]] = MappingProxyType({
     "quarantine.retry_interval": (1, 30 * _D),
     "check.timeout": (1, 1 * _D),
     "check.parallel": (1, 64),
+    "hooks.timeout": (1, 1 * _H),
     "port": (1, 65535),
 })
 ROLES = ("master", "replica")
@@ -299,7 +310,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 TOP_KEYS = ("cyrus", "role", "links", "probe", "live", "drain", "quarantine", "control",
-            "check")
+            "check", "hooks")
 
 
 def _yaml(text: str, source: str) -> Any:
@@ -338,6 +349,11 @@ def parse(text: str, source: str = str(DEFAULT_PATH)) -> Config:
     values["quarantine"] = flat("quarantine", QuarantineSettings,
                                 {"retry_interval": r.duration})
     values["control"] = flat("control", ControlSettings, {"group": r.string})
+    values["hooks"] = flat("hooks", HookSettings, {"on_state_change": r.string,
+                                                   "user": r.string, "timeout": r.duration})
+    if values["hooks"].user == "root":
+        r.problem("hooks.user", "the hook never runs as root (the daemon is root, the command"
+                  " is yours): name an unprivileged user, e.g. nobody")
     links = _links(r, top)
     values["check"] = _check(r, top.get("check"), links)
     if r.problems:

@@ -33,6 +33,9 @@ from .cyrus.probe import Prober
 from .link.quarantine_store import QuarantineStore
 from .link.roles import RoleStore
 from .paths import Instance
+from . import preflight
+from .link.strays import StrayChannels
+from .link.hooks import Hooks
 from .state import Holds, atomic_write
 
 log = logging.getLogger("syncwarden")
@@ -73,7 +76,8 @@ class Daemon:
     def __init__(self, config_path: Path | None = None, instance: Instance = Instance(),
                  systemd_factory=None, journal: Journal | None = None,
                  notifier: Notifier | None = None, clock=SystemClock(),
-                 journal_reader=None, rival_scan=cyrus_procs.rival_sync_clients):
+                 journal_reader=None, rival_scan=cyrus_procs.rival_sync_clients,
+                 proc_root="/proc"):
         self.instance = instance
         self.config_path = Path(config_path or instance.config)
         self.systemd_factory = systemd_factory
@@ -84,12 +88,14 @@ class Daemon:
         self.status_path = instance.status_file
         self.journal_reader = journal_reader   # tests pass a fake python3-systemd Reader
         self.rival_scan = rival_scan
+        self.proc_root = proc_root         # where preflight looks for Cyrus masters
         self.stop_requests = 0
         self.problems: list[str] = []     # damaged state found at start, for status
         self.status_gid: int | None = None
         self.reload_requested = False
         self.restarting = False
         self.follower: JournalFollower | None = None
+        self.strays = StrayChannels()
         self.control: ControlServer | None = None
         self._status_body, self._status_written = "", float("-inf")
         self._wake_r, self._wake_w = socket.socketpair()
@@ -137,7 +143,8 @@ class Daemon:
             None, selector, self.clock.monotonic, inst.journal_cursor,
             **({"reader_factory": self.journal_reader} if self.journal_reader else {}))
         sup = Reconciler(cfg, imapd, Edges(systemd, prober, self.journal, self.clock, follower,
-                                           self.rival_scan),
+                                           self.rival_scan,
+                                           hooks=Hooks(systemd, inst.name, self.clock)),
                          LocalState(holds, roles, store, inst.users_dir, inst.name,
                                     crash_points(inst.crash_flag)))
         follower.on_line = sup.feed_worker_log
@@ -148,6 +155,7 @@ class Daemon:
             selector, clock=self.clock.monotonic)
         self.journal.send(f"syncwarden started: {len(cfg.links)} link(s) from {cfg.source},"
                           f" role {cfg.role}", "info", "daemon-started")
+        self._preflight(cfg, imapd)
         ready_sent = False
         stopping = 0
         try:
@@ -224,6 +232,18 @@ class Daemon:
             return f"syncwarden stopped for a restart, {running} worker(s) left running"
         return "syncwarden stopped"
 
+    def _preflight(self, cfg, imapd) -> None:
+        """What check-config would complain about on this host, said once (at start and on
+        each reload); channels that nothing reads are shown in status with their backlog."""
+        try:
+            strays = preflight.stray_channels(cfg, imapd, self.proc_root)
+        except OSError as exc:
+            log.warning("cannot look for sync log channels nothing reads: %s", exc)
+            strays = []
+        self.strays.set(imapd, strays)
+        for problem in preflight.problems(cfg, imapd, self.proc_root, strays=strays):
+            log.warning("%s: %s", cfg.source, problem)
+
     def _report_damage(self, holds: Holds, roles: RoleStore, store: QuarantineStore) -> None:
         """State that a crash or a hand left damaged was read the safe way by its owner
         (links held, role replica, records rebuilt): say so in the journal and in status."""
@@ -273,6 +293,7 @@ class Daemon:
             self.control.set_group(self.status_gid)
         if self.follower is not None:
             self.follower.watch(sup.watched_units())
+        self._preflight(cfg, imapd)
         self._status_body = ""          # rewritten now: its group may have changed
         self.notifier.ready()
         done = f"configuration reloaded from {cfg.source}: {len(cfg.links)} link(s)"
@@ -304,7 +325,9 @@ class Daemon:
         raise ValueError(f"unknown command {cmd!r}")
 
     def _status(self, sup: Reconciler) -> dict:
-        return {**sup.status(), "problems": list(self.problems)}
+        return {**sup.status(), "problems": list(self.problems),
+                "unsupervised_channels": self.strays.as_json(self.clock.monotonic(),
+                                                             self.clock.wall())}
 
     def _write_status(self, sup: Reconciler) -> None:
         """The status file, when it changed, and at least every STATUS_REFRESH seconds so

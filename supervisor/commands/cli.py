@@ -185,10 +185,13 @@ def cmd_worker(args) -> int:
 
 
 def cmd_check_config(args) -> int:
-    """The config, imapd.conf, and any sync_client for our channels that syncwarden did not
-    start (a cyrus.conf entry or a running process): each is a configuration problem, exit 2,
-    since the setup as a whole is not usable until the admin removes it."""
+    """The config, imapd.conf, and what makes them fail on this host (preflight.py): a
+    sync_client for our channels that syncwarden did not start (a cyrus.conf entry or a
+    running process), a missing sync_client, a missing control group, a channel nothing
+    reads. Each is a configuration problem, exit 2: the setup is not usable as it is."""
     from ..daemon import ConfigProblem, load_checked
+    from ..cyrus.backlog import Backlog
+    from .. import preflight
 
     path = args.file or args.config
     try:
@@ -196,10 +199,13 @@ def cmd_check_config(args) -> int:
     except ConfigProblem as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    rivals = _rival_sync_clients(cfg, imapd, args.proc_root)
-    if rivals:
-        print(configmod.ConfigError(cfg.source, [r.problem() for r in rivals]).report(),
-              file=sys.stderr)
+
+    def count(channel):
+        return Backlog(imapd.sync_dir(channel)).read(time.monotonic(), time.time()).entries
+    problems = [r.problem() for r in _rival_sync_clients(cfg, imapd, args.proc_root)]
+    problems += preflight.problems(cfg, imapd, args.proc_root, count)
+    if problems:
+        print(configmod.ConfigError(cfg.source, problems).report(), file=sys.stderr)
         return EXIT_USAGE
     print(f"{path}: OK: {len(cfg.links)} link(s) ({', '.join(cfg.links)}), role {cfg.role},"
           f" Cyrus sync logs under {imapd.configdirectory}/sync")

@@ -9,6 +9,8 @@ from pathlib import Path
 from .. import __version__
 from ..cyrus.backlog import Backlog
 from ..daemon import ConfigProblem, load_checked
+from ..link.strays import StrayChannels
+from ..preflight import stray_channels
 from ..paths import Instance
 from ..systemd.units import worker_unit
 
@@ -30,12 +32,16 @@ def offline_status(config_path: Path, why: str, instance: Instance = Instance())
         return doc
     doc["role"] = cfg.role
     now = time.monotonic()
+    strays = StrayChannels()
+    strays.set(imapd, stray_channels(cfg, imapd))
+    doc["unsupervised_channels"] = strays.as_json(now, time.time())
     for name, s in cfg.links.items():
         snap = Backlog(imapd.sync_dir(name)).read(now, time.time())
         doc["links"].append({
             "name": name, "state": None, "state_code": None, "since": None,
             "reason": "daemon not running",
             "replica": {"host": s.host, "port": s.port, "reachable": None},
-            "backlog": snap.as_json(), "worker": {"unit": worker_unit(name, instance.name), "active": None},
+            "backlog": snap.as_json(),
+            "worker": {"unit": worker_unit(name, instance.name), "active": None},
             "quarantined": 0})
     return doc

@@ -36,6 +36,11 @@ def status_table(doc: dict, now: float) -> str:
             lines.append(f"{link['name']}: {link['backlog']['malformed']} malformed sync log"
                          " line(s) (Cyrus skips them)")
     lines += [f"damaged state: {p}" for p in doc.get("problems", [])]
+    for stray in doc.get("unsupervised_channels") or []:
+        name = f"channel {stray['channel']}" if stray["channel"] else "the default channel"
+        lines.append(f"unsupervised: {name}: {stray['backlog']['entries']} entries in"
+                     f" {stray['log']}, read by nothing (it grows without bound; see"
+                     " syncwarden check-config)")
     head = f"syncwarden {doc.get('version', '?')}, instance {doc.get('instance')}," \
            f" role {doc.get('role', '?')}"
     return "\n".join([head] + lines)

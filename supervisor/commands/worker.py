@@ -60,5 +60,10 @@ def main(name: str, config_path: Path | None = None, mode: str = "rolling") -> i
         return EX_CONFIG
     args = argv(SyncClient.from_config(cfg), link, channel, mode, instance.users_file(link))
     sys.stderr.flush()
-    os.execv(args[0], args)
+    try:
+        os.execv(args[0], args)
+    except OSError as exc:       # one line, and EX_CONFIG: the daemon holds the link for it
+        print(f"{path}: cyrus.sync_client: cannot run {args[0]}: {exc.strerror}",
+              file=sys.stderr)
+        return EX_CONFIG
     return 127  # not reached

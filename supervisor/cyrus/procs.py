@@ -50,6 +50,7 @@ _SERVICE = "C:U:T:DX"
 OPTSTRINGS = {
     "master": "C:L:M:p:l:Ddj:vV", "cyrus-master": "C:L:M:p:l:Ddj:vV",
     "sync_client": "C:vlLS:F:f:w:t:d:n:rRNumsozOAp:1",
+    "squatter": "ABC:DFL:N:PRS:T:UXZade:f:hilmn:oprs:t:uvz:",
     "imapd": _SERVICE + "Np:sq", "pop3d": _SERVICE + "skp:", "nntpd": _SERVICE + "srfp:",
     "httpd": _SERVICE + "sp:q", "lmtpd": _SERVICE + "a", "sync_server": _SERVICE + "p:f",
     "notifyd": _SERVICE + "m:", "idled": "C:d",
@@ -424,6 +425,31 @@ def cyrus_conf_sync_clients(path, imapd_conf_path, links) -> list[Rival]:
                 and (link is None or link in links):
             out.append(Rival(None, link, f"{path}:{e.line} ({e.section} entry {e.name!r})",
                              " ".join(argv[1:])))
+    return out
+
+
+def cyrus_conf_channel_readers(path, imapd_conf_path) -> set[str | None]:
+    """The sync log channels that entries of the cyrus.conf at ``path`` read for this
+    imapd.conf: a rolling sync_client (-r/-R, channel -n or the default) or a rolling squatter
+    (-R, channel -n or "squatter", imap/squatter.c). set() if the file cannot be read."""
+    try:
+        with open(path, "rb") as f:          # a config file, so a symlink is fine here
+            raw = f.read(1 << 20)
+    except OSError:
+        return set()
+    out: set[str | None] = set()
+    for e in master_entries(raw.decode("utf-8", "surrogateescape")):
+        argv = e.args.get("cmd", "").split()
+        if argv and os.path.basename(argv[0]) == "cyrus":   # Debian's /usr/sbin/cyrus PROGRAM
+            argv = argv[1:]
+        program = os.path.basename(argv[0]) if argv else ""
+        if program not in ("sync_client", "squatter"):
+            continue
+        opts = options(program, argv)
+        conf = os.path.join("/", opts.get("C") or DEFAULT_IMAPD_CONF)
+        rolling = "R" in opts or (program == "sync_client" and "r" in opts)
+        if rolling and same_file(conf, imapd_conf_path):
+            out.add(opts.get("n") or ("squatter" if program == "squatter" else None))
     return out
 
 

@@ -54,6 +54,8 @@ class Edges:
     # Makes the executor that runs a link's sync-log rewrites off the loop (a thread; tests
     # give one that runs them at once).
     rewriter: object = None
+    # ``state_changed(settings, transition)``: the admin's hook (link/hooks.py)
+    hooks: object = None
 
 
 @dataclass(frozen=True)
@@ -466,6 +468,8 @@ class Reconciler:
             SYNCWARDEN_TO=t.dest.value, SYNCWARDEN_STATE=t.dest.value,
             SYNCWARDEN_STATE_CODE=t.dest.code, SYNCWARDEN_REASON=t.reason,
             SYNCWARDEN_TRIGGER=t.trigger)
+        if self.edges.hooks is not None:
+            self.edges.hooks.state_changed(self.config.hooks, t)
 
     def status(self) -> dict:
         """Built afresh, so that an operator command's effect shows before the next tick."""

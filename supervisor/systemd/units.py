@@ -145,6 +145,23 @@ class Systemd:
         u.load()
         return ExitInfo(u.Service.Result.decode(), int(u.Service.ExecMainStatus))
 
+    def start_transient(self, name: str, argv: list[str], env: dict[str, str], user: str,
+                        timeout: float, description: str = "") -> None:
+        """Start a command as a transient service (systemd-run over D-Bus): as ``user``,
+        without new privileges, stopped after ``timeout`` seconds, unloaded once over. Only
+        the job is queued: this returns at once."""
+        props = {
+            b"Description": description.encode(),
+            b"ExecStart": [(argv[0].encode(), [a.encode() for a in argv], False)],
+            b"Environment": [f"{k}={v}".encode() for k, v in env.items()],
+            b"User": user.encode(),
+            b"NoNewPrivileges": True,
+            b"RuntimeMaxUSec": int(timeout * 1_000_000),
+            b"CollectMode": b"inactive-or-failed",
+            b"SyslogIdentifier": b"syncwarden-hook",
+        }
+        self._manager.Manager.StartTransientUnit(name.encode(), b"fail", props)
+
     def job_of_pid(self, pid: int) -> str:
         """The type of the job systemd is running on the unit that ``pid`` belongs to, "" when
         none (a signal sent by hand). While ``systemctl restart`` (or a package upgrade's

@@ -22,10 +22,14 @@ replica1_sync_port: 11005
 """
 
 
-def write(tmp_path, links="replica1: {host: 127.0.0.1, port: 11005}"):
+def write(tmp_path, links="replica1: {host: 127.0.0.1, port: 11005}", extra=""):
     (tmp_path / "imapd.conf").write_text(IMAPD.format(d=tmp_path))
+    client = tmp_path / "sync_client"           # check-config wants an executable there
+    client.write_text("#!/bin/sh\n")
+    client.chmod(0o755)
     cfg = tmp_path / "s.yaml"
-    cfg.write_text(f"cyrus: {{imapd_conf: {tmp_path}/imapd.conf}}\nlinks: {{{links}}}\n")
+    cfg.write_text(f"cyrus: {{imapd_conf: {tmp_path}/imapd.conf, sync_client: {client}}}\n"
+                   f"links: {{{links}}}\n{extra}")
     return cfg
 
 
@@ -128,3 +132,33 @@ def test_a_non_member_is_told_the_group_not_that_the_daemon_is_down(argv):
     finally:
         listening.close()
         shutil.rmtree(where)
+
+
+def test_check_config_finds_what_fails_on_this_host(tmp_path, capsys):
+    cfg = write(tmp_path, extra="control: {group: no-such-group-here}\n")
+    (tmp_path / "sync_client").chmod(0o644)
+    imapd = tmp_path / "imapd.conf"
+    imapd.write_text(imapd.read_text().replace("sync_log_channels: replica1",
+                                               "sync_log_channels: replica1 backup"))
+    (tmp_path / "sync" / "backup").mkdir(parents=True)
+    (tmp_path / "sync" / "backup" / "log").write_text("APPEND user.bob\n" * 3)
+    assert main(["check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"{cfg}: 3 problems"
+    assert err[1] == f"  cyrus.sync_client: {tmp_path}/sync_client is not executable"
+    assert err[2].startswith("  control.group: no group 'no-such-group-here' on this host")
+    assert err[3].startswith(f"  cyrus.imapd_conf: channel backup is in sync_log_channels of"
+                             f" {imapd}, but no link supervises it")
+    assert f"{tmp_path}/sync/backup/log grows without bound (3 entries now)" in err[3]
+    (tmp_path / "sync_client").unlink()
+    assert main(["check-config", str(cfg)]) == 2
+    assert "sync_client does not exist" in capsys.readouterr().err
+
+
+def test_a_missing_sync_client_is_one_line_from_the_worker(tmp_path, capsys):
+    cfg = write(tmp_path)
+    (tmp_path / "sync_client").unlink()
+    assert main(["-c", str(cfg), "worker", "replica1"]) == 78
+    err = capsys.readouterr().err.strip()
+    assert err == (f"{cfg}: cyrus.sync_client: cannot run {tmp_path}/sync_client: No such file"
+                   " or directory")

@@ -268,3 +268,20 @@ conf_line = st.one_of(st.sampled_from(["START {", "SERVICES {", "EVENTS {", "DAE
 def test_any_cyrus_conf_text_gives_entries(text):
     for e in master_entries(text):
         assert e.section in SECTIONS and e.name.isalnum() and isinstance(e.args, dict)
+
+
+def test_cyrus_conf_channel_readers(tmp_path):
+    from supervisor.cyrus.procs import cyrus_conf_channel_readers
+    conf = tmp_path / "imapd.conf"
+    conf.write_text("")
+    (tmp_path / "cyrus.conf").write_text(
+        "EVENTS {\n}\nDAEMON {\n"
+        f'  squatter cmd="squatter -C {conf} -R"\n'
+        f'  idx cmd="squatter -C {conf} -R -n index2"\n'
+        f'  backup cmd="/usr/sbin/cyrus sync_client -C {conf} -r -n backup"\n'
+        f'  deflt cmd="sync_client -C {conf} -r"\n'
+        f'  once cmd="squatter -C {conf} -s"\n'
+        '  other cmd="sync_client -C /etc/other.conf -r -n elsewhere"\n}\n')
+    assert cyrus_conf_channel_readers(tmp_path / "cyrus.conf", conf) == \
+        {"squatter", "index2", "backup", None}
+    assert cyrus_conf_channel_readers(tmp_path / "none.conf", conf) == set()
