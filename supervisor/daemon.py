@@ -77,7 +77,7 @@ class Daemon:
                  systemd_factory=None, journal: Journal | None = None,
                  notifier: Notifier | None = None, clock=SystemClock(),
                  journal_reader=None, rival_scan=cyrus_procs.rival_sync_clients,
-                 proc_root="/proc"):
+                 proc_root="/proc", log_handler: JournalHandler | None = None):
         self.instance = instance
         self.config_path = Path(config_path or instance.config)
         self.systemd_factory = systemd_factory
@@ -89,6 +89,7 @@ class Daemon:
         self.journal_reader = journal_reader   # tests pass a fake python3-systemd Reader
         self.rival_scan = rival_scan
         self.proc_root = proc_root         # where preflight looks for Cyrus masters
+        self.log_handler = log_handler     # says how often rate-limited lines repeated
         self.stop_requests = 0
         self.problems: list[str] = []     # damaged state found at start, for status
         self.status_gid: int | None = None
@@ -184,6 +185,8 @@ class Daemon:
                 self.notifier.status(summary)
                 self._write_status(sup)
                 self.notifier.watchdog()
+                if self.log_handler is not None:
+                    self.log_handler.release_due()
                 if stopping and not sup.draining:
                     break   # at once: a stop waits for nothing else
                 if stopping:
@@ -354,4 +357,4 @@ def main(config_path: Path | None, instance: Instance) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     # transitions narrates every callback at INFO; our own journal entry per change is enough
     logging.getLogger("transitions").setLevel(logging.WARNING)
-    return Daemon(config_path, instance, journal=journal).run()
+    return Daemon(config_path, instance, journal=journal, log_handler=handler).run()

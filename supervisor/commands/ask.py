@@ -22,6 +22,16 @@ def interactive(stdin=None, stderr=None) -> bool:
         return False
 
 
+def on_terminal(stream=None):
+    """``stream`` (stderr by default) when a person watches it, else None: progress lines
+    are for people, and under a timer or a pipe they would only fill the journal."""
+    stream = stream or sys.stderr
+    try:
+        return stream if stream.isatty() else None
+    except (AttributeError, ValueError):
+        return None
+
+
 def confirm(command: str, plan: list[str], yes: bool, stdin=None, stderr=None) -> int | None:
     """None to go on; otherwise the exit code, after saying why not.
 

@@ -18,7 +18,7 @@ from ..systemd.journal import Journal
 from ..pair.repair import RepairError
 
 from ..exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
-from .ask import confirm, interactive
+from .ask import confirm, interactive, on_terminal
 
 
 def _setup(args):
@@ -49,7 +49,7 @@ def cmd_check(args, journal=None, state_dir=None) -> int:
         # progress lines are for a person watching, not for the timer's journal
         report = check.run(sides, imapd.sync_dir(args.link), deep=args.deep,
                            only_users=args.users, parallel=cfg.check.parallel,
-                           progress_out=sys.stderr if sys.stderr.isatty() else None)
+                           progress_out=on_terminal(sys.stderr))
     except (CredentialsError, OSError) as exc:    # OSError: the sync logs (not root?)
         print(f"syncwarden check: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -91,7 +91,7 @@ def cmd_repair(args, journal=None, state_dir=None) -> int:
     try:
         return repaircmd.run(cfg, imapd, args.link, args.users, args.dry_run,
                              journal or Journal(), args.socket, state_dir,
-                             err=sys.stderr if sys.stderr.isatty() else None, approve=approve)
+                             err=on_terminal(sys.stderr), approve=approve)
     except (CredentialsError, OSError) as exc:
         print(f"syncwarden repair: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -15,7 +15,7 @@ from pathlib import Path
 from .. import __version__
 
 from . import render
-from .ask import confirm
+from .ask import confirm, on_terminal
 from .. import config as configmod
 from ..control import ControlError, ControlPermissionError, request, wait_for_drains
 from ..paths import DEFAULT, Instance, InstanceError
@@ -428,7 +428,7 @@ def cmd_drain(args) -> int:
 def _wait_for_drains(args, started: float) -> int:
     """Until every drain asked for is over: progress on a terminal, and one line (not a
     traceback) if the daemon goes away meanwhile."""
-    show = progress_printer(sys.stderr) if sys.stderr.isatty() else None
+    show = progress_printer(sys.stderr) if on_terminal(sys.stderr) else None
     try:
         done = wait_for_drains(args.socket, started, None if args.all else args.link,
                                progress=show)

@@ -278,7 +278,7 @@ class QuarantineStore:
         fixed, notes = validated(asdict(q), q.link, self.clock())
         if notes:   # what is written must load: never persist a time or count out of range
             log.warning("quarantine record of %s on %s repaired before saving: %s", q.user,
-                        q.link, "; ".join(notes))
+                        q.link, "; ".join(notes), extra={"link": q.link})
             q.__dict__.update(asdict(fixed))
         files.atomic_write(self._path(q.link, q.user, ".json"),
                            json.dumps(asdict(q), allow_nan=False).encode(), 0o600)

@@ -41,6 +41,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..cyrus.failures import Session, SessionEvent, session_event
+from ..systemd.units import link_of
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,8 @@ class WorkerRuns:
         try:
             invocation = systemd.invocation(unit)
         except Exception as exc:   # D-Bus hiccup: the tick asks again
-            log.warning("cannot read the invocation of %s: %s", unit, exc)
+            log.warning("cannot read the invocation of %s: %s", unit, exc,
+                        extra={"link": link_of(unit)})
             return False
         if not invocation:
             return False
@@ -130,7 +132,8 @@ class WorkerRuns:
             try:
                 history = worker_log.history(unit, invocation)
             except Exception as exc:
-                log.warning("cannot read the journal of %s: %s", unit, exc)
+                log.warning("cannot read the journal of %s: %s", unit, exc,
+                            extra={"link": link_of(unit)})
                 history = []
             for message, at in history:
                 event = session_event(message)

@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import sys
+import time
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 IDENTIFIER = "syncwarden"
@@ -75,8 +76,45 @@ class Journal:
         print(f"<{PRIORITY[priority]}>{message}", file=self._fallback, flush=True)
 
 
+class Repeats:
+    """Rate limiting for lines that say the same thing again (a unit that cannot be started,
+    D-Bus down): the first goes out; the same kind again within ``window`` seconds is only
+    counted, and said once when the window is over: "... (repeated 57 times in the last
+    60 s)". A kind is the logger, the message template and the link, not the words filled in.
+    Events (entries with a MESSAGE_ID) are never limited: they are sent with Journal.send."""
+
+    def __init__(self, window: float = 60.0, clock=time.monotonic):
+        self.window, self.clock = window, clock
+        self._open: dict[tuple, list] = {}     # kind -> [opened, suppressed, last (text, ...)]
+
+    def admit(self, kind: tuple, line: tuple) -> tuple[bool, list[tuple]]:
+        """(send ``line`` now, summaries of closed windows to send before it)."""
+        now = self.clock()
+        due = self.due(now)
+        w = self._open.get(kind)
+        if w is None:
+            self._open[kind] = [now, 0, line]
+            return True, due
+        w[1] += 1
+        w[2] = line
+        return False, due
+
+    def due(self, now: float | None = None) -> list[tuple]:
+        """Summaries of windows that are over (``line`` tuples whose text says how often)."""
+        now = self.clock() if now is None else now
+        out = []
+        for kind, (opened, count, line) in list(self._open.items()):
+            if now - opened >= self.window:
+                del self._open[kind]
+                if count:
+                    text = f"{line[0]} (repeated {count} times in the last {self.window:g} s)"
+                    out.append((text, *line[1:]))
+        return out
+
+
 class JournalHandler(logging.Handler):
-    """Python logging into the same journal, with the right PRIORITY per level.
+    """Python logging into the same journal, with the right PRIORITY per level, repeated
+    lines rate-limited (Repeats).
 
     The text is the plain sentence; where it came from goes into fields: CODE_MODULE (the
     logger), CODE_FUNC, and SYNCWARDEN_LINK when the call passes ``extra={"link": NAME}``.
@@ -85,16 +123,30 @@ class JournalHandler(logging.Handler):
     LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
               logging.ERROR: "err", logging.CRITICAL: "err"}
 
-    def __init__(self, journal: Journal):
+    def __init__(self, journal: Journal, repeats: Repeats | None = None):
         super().__init__()
         self.journal = journal
+        self.repeats = repeats or Repeats()
         # logging.basicConfig() gives handlers without a formatter "LEVEL:logger:message"
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.journal.send(self.format(record), self.LEVELS.get(record.levelno, "info"),
-                              CODE_FUNC=record.funcName, CODE_MODULE=record.name,
-                              SYNCWARDEN_LINK=getattr(record, "link", None))
+            link = getattr(record, "link", None)
+            line = (self.format(record), self.LEVELS.get(record.levelno, "info"),
+                    record.funcName, record.name, link)
+            send, due = self.repeats.admit((record.name, str(record.msg), link), line)
+            for each in due + ([line] if send else []):
+                self._send(each)
         except Exception:  # logging must never take the daemon down
             self.handleError(record)
+
+    def release_due(self) -> None:
+        """Say how often lines were repeated, for windows that are over (once a tick)."""
+        for line in self.repeats.due():
+            self._send(line)
+
+    def _send(self, line: tuple) -> None:
+        text, priority, func, module, link = line
+        self.journal.send(text, priority, CODE_FUNC=func, CODE_MODULE=module,
+                          SYNCWARDEN_LINK=link)

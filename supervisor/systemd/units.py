@@ -34,6 +34,11 @@ def parse_qualified(name: str) -> tuple[str, str]:
     return (instance, link) if sep else (DEFAULT, link)
 
 
+def link_of(unit: str) -> str:
+    """The link a unit of ours runs for: syncwarden-sync@east:replica1.service -> replica1."""
+    return parse_qualified(unit.partition("@")[2].rpartition(".service")[0])[1]
+
+
 def unit_name(kind: UnitKind, link: str, instance: str = DEFAULT) -> str:
     return f"{kind.value}@{qualified(link, instance)}.service"
 

@@ -159,3 +159,10 @@ def test_status_watch_repeats_until_interrupted(tmp_path, capsys):
     out = capsys.readouterr().out
     assert naps == [5.0, 5.0, 5.0] and out.count("every 5s: syncwarden status") == 3
     assert out.count("syncwarden daemon is not running") == 3
+
+
+def test_progress_only_for_a_terminal(tmp_path):
+    assert ask.on_terminal(Tty()) is not None
+    assert ask.on_terminal(io.StringIO()) is None                 # a pipe, the timer's journal
+    with open(tmp_path / "f", "w") as f:
+        assert ask.on_terminal(f) is None

@@ -52,3 +52,38 @@ def test_notify_messages_on_a_real_socket(tmp_path, monkeypatch):
     got = [sink.recv(4096) for _ in range(4)]
     assert got == [b"READY=1", b"STATUS=replica1 live, 0 queued", b"WATCHDOG=1",
                    b"EXTEND_TIMEOUT_USEC=2500000"]
+
+
+# --- a quiet journal: repeated lines rate-limited ----------------------------------------------
+
+def test_a_line_repeated_every_tick_is_said_once_a_minute_with_its_count():
+    import logging
+
+    from supervisor.systemd.journal import JournalHandler, Repeats
+
+    from .fakes import FakeClock, FakeJournal
+
+    clock, journal = FakeClock(), FakeJournal()
+    handler = JournalHandler(journal, Repeats(60.0, clock.monotonic))
+    logger = logging.getLogger("test.repeats")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for i in range(120):                     # two minutes of one failure per second
+            logger.error("cannot start %s: %s", "syncwarden-sync@r1.service", f"no ({i})",
+                         extra={"link": "r1"})
+            logger.warning("cannot list worker units over D-Bus: %s", "timeout")
+            handler.release_due()
+            clock.advance(1.0)
+        handler.release_due()
+    finally:
+        logger.removeHandler(handler)
+    start = [e for e in journal.entries if e["MESSAGE"].startswith("cannot start")]
+    assert [e["MESSAGE"] for e in start] == [
+        "cannot start syncwarden-sync@r1.service: no (0)",
+        "cannot start syncwarden-sync@r1.service: no (59) (repeated 59 times in the last 60 s)",
+        "cannot start syncwarden-sync@r1.service: no (60)",
+        "cannot start syncwarden-sync@r1.service: no (119) (repeated 59 times in the last"
+        " 60 s)"]
+    assert all(e["SYNCWARDEN_LINK"] == "r1" and e["PRIORITY"] == "err" for e in start)
+    assert len(journal.entries) == 8                  # not 240
