@@ -290,7 +290,7 @@ class Daemon:
                               + "; ".join(lines), "err", "config-rejected")
             raise ValueError(f"reload rejected, the running configuration stays: {exc}"
                              ) from None
-        sup.reconfigure(cfg, imapd)
+        changes = sup.reconfigure(cfg, imapd)
         self.status_gid = configmod.control_gid(cfg)
         if self.control is not None:
             self.control.set_group(self.status_gid)
@@ -299,8 +299,11 @@ class Daemon:
         self._preflight(cfg, imapd)
         self._status_body = ""          # rewritten now: its group may have changed
         self.notifier.ready()
-        done = f"configuration reloaded from {cfg.source}: {len(cfg.links)} link(s)"
-        log.info("%s", done)
+        said = "; ".join(f"{what}: {', '.join(names)}" for what, names in changes.items()
+                         if names)
+        done = (f"configuration reloaded from {cfg.source}: {len(cfg.links)} link(s)"
+                + (f"; {said}" if said else "; no link changed"))
+        self.journal.send(done, "info", "config-reloaded")
         return done
 
     def _handle(self, sup: Reconciler, req: dict):

@@ -93,15 +93,21 @@ class Reconciler:
         self.reconfigure(config, imapd)
 
     # -- configuration -----------------------------------------------------------------------
-    def reconfigure(self, config: Config, imapd: ImapdConf) -> None:
-        """Apply a (re)loaded config: add, drop and restart links whose settings changed."""
+    def reconfigure(self, config: Config, imapd: ImapdConf) -> dict[str, list[str]]:
+        """Apply a (re)loaded config: add, drop and restart links whose settings changed.
+        Returns the links {"added": [...], "removed": [...], "changed": [...]}."""
         old, first = self.links, not self.configured
         self.configured = True
         self.config, self.imapd = config, imapd
         self.role.configure(config.role, imapd)
         self.links = {}
+        changes: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
         for name, settings in config.links.items():
             rt = old.pop(name, None)
+            if rt is None:
+                changes["added"].append(name)
+            elif rt.settings != settings:
+                changes["changed"].append(name)
             if rt is not None and rt.settings != settings:
                 rt.link.fire("disable", "link settings changed: reconnecting")
                 rt.settings, rt.probe, rt.probe_failures, rt.next_probe = settings, None, 0, 0.0
@@ -132,6 +138,8 @@ class Reconciler:
                 except Exception as exc:
                     log.error("cannot stop %s: %s", rt.units.user, exc, extra={"link": name})
             log.info("link %s removed from the configuration", name, extra={"link": name})
+            changes["removed"].append(name)
+        return changes
 
     def _quarantine(self, name, units, imapd, config) -> Quarantine:
         return Quarantine(name, units, imapd.sync_dir(name), self.local.users_dir / name,

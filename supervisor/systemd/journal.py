@@ -21,6 +21,7 @@ MESSAGE_IDS = {
     "daemon-started": "10bea557b4494183b2a264fc5fa7ce75",
     "daemon-stopped": "870f0fe792d04652b89c7a68e2d59f88",
     "config-rejected": "079e45ee09f248a4854ea2bda5110589",
+    "config-reloaded": "1cf2c3820a374294ae242cbc8ccece9e",    # every setting applied
     "worker-exited": "63406f0f8f204ea9a8544f29bb0d2977",
     "drain-started": "1298f2b758144975a8594738b542a373",
     "drain-finished": "581662cb1fa54a15a0fc686c70a56e53",

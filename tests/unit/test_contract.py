@@ -17,6 +17,7 @@ from supervisor.commands import cli
 from supervisor.commands.check import add_last_checks
 from supervisor.commands.offline import offline_status
 from supervisor.daemon import Daemon
+from supervisor.link import hooks
 from supervisor.link.states import TRANSITIONS, Link, LinkState
 from supervisor.pair import check, compare, failover
 from supervisor import paths as pathsmod
@@ -146,14 +147,15 @@ def test_journal_fields_documented_and_catalog_uses_real_ones():
 
 IMAPD = """configdirectory: {d}
 sync_log: on
-sync_log_channels: replica1 replica2
+sync_log_channels: replica1 replica2 backup
 sync_try_imap: no
 replica1_sync_host: 127.0.0.1
 replica1_sync_port: 11005
 replica2_sync_host: 127.0.0.1
 replica2_sync_port: 12005
 """
-MAPS = {"links[].last_check.counts"}          # keyed by data (the categories), not fields
+MAPS = {"links[].last_check.counts",         # keyed by data (the categories), not fields
+        "unsupervised_channels[].backlog"}    # the fields of links[].backlog, checked there
 
 
 def paths(doc: dict, prefix: str = "", maps=MAPS) -> set[str]:
@@ -187,6 +189,7 @@ def status_documents(tmp_path) -> dict[str, dict]:
 
     daemon = Daemon(tmp_path / "unused.yaml", instance, journal=FakeJournal(),
                     notifier=Notifier())
+    daemon.strays.set(sup.imapd, ["backup", None])      # a channel, and the default one
     running = daemon._status(sup)                       # what the control socket answers
     running["daemon"] = {"running": True}               # as cli.cmd_status adds it
     add_last_checks(running, state)
@@ -260,7 +263,8 @@ def test_units_and_commands_documented():
     units = first_ticked(section("Units"))
     shipped = {u.name.replace("@.", "@NAME." if u.name.startswith("syncwarden@") else "@LINK.")
                for u in (REPO / "units").iterdir()}
-    assert shipped | {f"{failover.VERIFY_UNIT}.service"} == units
+    transient = {f"{failover.VERIFY_UNIT}.service", f"{hooks.IDENTIFIER}-INSTANCE-LINK-ID.service"}
+    assert shipped | transient == units
     commands = [c.split()[0] for r in rows(section("Commands and exit codes"))
                 for c in ticked(r[0])]
     assert set(cli.COMMANDS) | {"--version"} == set(commands)
