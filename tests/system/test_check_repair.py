@@ -149,7 +149,7 @@ def test_check_and_repair_after_a_hard_failover(sandbox, cyrus, sw):
     # repair, with the link running first: the repair holds it itself, then resumes it.
     sw.cli("resume", "replica1")
     assert wait_worker(sw, "replica1")
-    r = sw.cli("repair", "replica1", check=False, timeout=300)
+    r = sw.cli("repair", "replica1", "--yes", check=False, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "replica1: held for the repair" in r.stdout and "replica1: resumed" in r.stdout
     reasons = [e["SYNCWARDEN_REASON"] for e in sw.transitions("replica1")]

@@ -173,14 +173,14 @@ def test_failover_refuses_then_drains_verifies_and_demotes(sandbox, cyrus, sw):
     assert sw.wait_state("replica1", "live") and sw.wait_state("replica2", "live")
     sw.cli("hold", "replica2")
     cyrus.deliver_many(USERS, 40, "before-failover")
-    r = sw.cli("failover", check=False)
+    r = sw.cli("failover", "--yes", check=False)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "failover: refused: Cyrus still runs for /srv/cyrlab/master/imapd.conf" in r.stderr
     assert re.search(r"master pid \d+ \(-C /srv/cyrlab/master/imapd.conf; unit"
                      r" cyrus-imapd.service\)", r.stderr)
     assert sw.status()["role"] == "master"
     sandbox.systemctl("stop", "cyrus-imapd")
-    r = sw.cli("failover", check=False, timeout=300)
+    r = sw.cli("failover", "--yes", check=False, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "started an IMAP-only Cyrus on 127.0.0.1:10143 to read the master" in r.stdout
     assert not cyrus.wait_port("master", "lmtp", timeout=0)      # no mail was accepted

@@ -133,6 +133,7 @@ def test_deb_payload_conffile_and_depends(debs, tmp_path):
         "/usr/lib/systemd/catalog/syncwarden.catalog",
         "/usr/share/man/man8/syncwarden.8.gz", "/usr/share/man/man5/syncwarden.yaml.5.gz",
         "/usr/share/bash-completion/completions/syncwarden",
+        "/usr/share/zsh/vendor-completions/_syncwarden",
         "/usr/share/doc/syncwarden/README.md",      # uncompressed: the unit's Documentation=
         "/usr/share/doc/syncwarden/CONTRACT.md",    # uncompressed: syncwarden(8) names it
         "/usr/share/doc/syncwarden/copyright",
@@ -189,6 +190,7 @@ def test_rpm_payload_scriptlets_and_rpmlint(rpms, debs, tmp_path):
         "/etc/syncwarden/syncwarden.yaml", "/usr/lib/systemd/catalog/syncwarden.catalog",
         "/usr/share/man/man8/syncwarden.8.gz", "/usr/share/man/man5/syncwarden.yaml.5.gz",
         "/usr/share/bash-completion/completions/syncwarden",
+        "/usr/share/zsh/site-functions/_syncwarden",
         "/usr/share/doc/syncwarden/README.md", "/usr/share/doc/syncwarden/CONTRACT.md",
     } | {f"/usr/lib/systemd/system/{u}" for u in _unit_names()}
     assert expected <= files, sorted(expected - files)
@@ -294,9 +296,9 @@ def _parser():
     return build_parser()
 
 
-def _subcommands() -> dict[str, tuple[list[str], list[str]]]:
+def _subcommands(listed_only=False) -> dict[str, tuple[list[str], list[str]]]:
     """{command: ([its actions, e.g. quarantine's list], [its option strings, theirs too])}
-    from the CLI's argparse parser."""
+    from the CLI's argparse parser; ``listed_only``: not the internal ones --help leaves out."""
     import argparse
 
     def subparsers(parser):
@@ -304,12 +306,17 @@ def _subcommands() -> dict[str, tuple[list[str], list[str]]]:
                     None)
 
     def options(parser):
-        own = [s for a in parser._actions for s in a.option_strings if s not in ("-h", "--help")]
+        own = [s for a in parser._actions for s in a.option_strings
+               if s not in ("-h", "--help") and a.help != argparse.SUPPRESS]
         sub = subparsers(parser)
         return own + [o for p in (sub.choices.values() if sub else ()) for o in options(p)]
 
     out = {}
-    for name, p in subparsers(_parser()).choices.items():
+    top = subparsers(_parser())
+    listed = {a.dest for a in top._choices_actions}
+    for name, p in top.choices.items():
+        if listed_only and name not in listed:
+            continue
         sub = subparsers(p)
         out[name] = (sorted(sub.choices) if sub else [], sorted(set(options(p))))
     return out
@@ -333,20 +340,31 @@ def test_catalog_explains_every_message_id(tmp_path):
 
 def test_man_pages_and_completion_cover_every_command():
     commands = _subcommands()
+    offered = _subcommands(listed_only=True)     # daemon and worker: in the man page only
+    assert set(commands) - set(offered) == {"daemon", "worker"}
     man8 = (REPO / "packaging/man/syncwarden.8").read_text().replace("\\-", "-")
     section = man8.split(".SH COMMANDS")[1].split(".SH ")[0]
     completion = (REPO / "packaging/completion/syncwarden").read_text()
+    zsh = (REPO / "packaging/completion/_syncwarden").read_text()
     listed = re.search(r'local commands="([^"]*)"', completion)[1].split()
-    assert sorted(listed) == sorted(commands)
+    assert sorted(listed) == sorted(offered)
+    assert sorted(re.findall(r"^    '([a-z-]+):", zsh, re.M)) == sorted(offered)
     for name, (actions, options) in commands.items():
         assert re.search(rf"^\.B[RI]? {re.escape(name)}\b", section, re.M), f"man: {name}"
+        for opt in options:
+            assert opt in man8, f"man: {name} {opt}"
+        if name not in offered:
+            continue
         for action in actions:
             assert re.search(rf"^\.B[RI]? {name}[\s\"]+{action}\b", section, re.M), \
                 f"man: {name} {action}"
             assert re.search(rf"\b{action}\b", completion), f"completion: {name} {action}"
+            assert re.search(rf"\b{action}\b", zsh), f"zsh: {name} {action}"
         for opt in options:
-            assert opt in man8, f"man: {name} {opt}"
             assert opt in completion, f"completion: {name} {opt}"
+            assert opt.lstrip("-") in zsh, f"zsh: {name} {opt}"
+    if shutil.which("zsh", path=HOST_PATH):
+        _host_run(["zsh", "-n", REPO / "packaging/completion/_syncwarden"])
     for page in ("syncwarden.8", "syncwarden.yaml.5"):
         r = _host_run(["groff", "-man", "-ww", "-z", "-Tutf8", REPO / "packaging/man" / page])
         assert r.stderr == "", r.stderr
@@ -384,10 +402,17 @@ def test_bash_completion_completes_commands_options_and_links(tmp_path):
     assert complete("syncwarden dr") == ["drain"]
     assert complete(f"syncwarden -c {conf} hold ") == ["east-2", "replica1"]
     assert complete(f"syncwarden --config {conf} status r") == ["replica1"]
-    assert complete("syncwarden drain --") == ["--all", "--help", "--wait"]
+    assert complete("syncwarden drain --") == ["--all", "--config", "--help", "--instance",
+                                               "--wait"]
+    assert complete(f"syncwarden hold -c {conf} ") == ["east-2", "replica1"]
+    assert complete(f"syncwarden status --config {conf} r") == ["replica1"]
+    assert complete("syncwarden d") == ["demote", "drain"]        # not the internal daemon
+    assert complete("syncwarden rel") == ["release", "reload"]
     assert complete("syncwarden status --j") == ["--json"]
     assert complete("syncwarden quarantine ") == ["drop", "list", "retry"]
     assert complete("syncwarden quarantine drop bob --") == ["--help", "--link", "--yes"]
+    assert complete("syncwarden failover --") == ["--config", "--force", "--help",
+                                                  "--instance", "--yes"]
     assert complete(f"syncwarden -c {conf} quarantine retry bob --link e") == ["east-2"]
 
 

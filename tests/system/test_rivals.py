@@ -40,7 +40,7 @@ def test_failover_refuses_while_the_master_runs_under_another_unit(sandbox, cyru
     assert cyrus.wait_port("master", "lmtp", timeout=15)
     assert sandbox.systemctl("is-active", "-q", "cyrus-imapd", check=False).returncode != 0
     pid = main_pid(sandbox, "mail-elsewhere")
-    r = sw.cli("failover", check=False)
+    r = sw.cli("failover", "--yes", check=False)
     assert r.returncode == 1, r.stdout + r.stderr
     assert (f"failover: refused: Cyrus still runs for {cyrus.master_conf}, so mail may still be"
             f" accepted here: master pid {pid} (-C {cyrus.master_conf}; unit"
