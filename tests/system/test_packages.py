@@ -9,6 +9,7 @@ replicate, `journalctl -x`, an upgrade while a backlog waits, remove and purge.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -565,6 +566,43 @@ def test_deb_upgrade_with_a_backlog_loses_nothing(sandbox, cyrus, deb_sw, debs):
         time.sleep(0.5)
     started = sw.journal_messages(message_id="10bea557b4494183b2a264fc5fa7ce75")
     assert len(started) == 2                              # before and after the upgrade
+    assert sw.sandbox_errors() == []
+
+
+@pytest.mark.cyrus(replicas=["replica1"])
+def test_deb_upgrade_under_delivery_keeps_the_worker_and_drains_nothing(sandbox, cyrus, deb_sw,
+                                                                        debs):
+    """dpkg -i of a newer version restarts the daemon (postinst: deb-systemd-invoke restart):
+    a restart, not a stop, so nothing is drained and the worker runs on throughout."""
+    sw = deb_sw
+    sw.install_enable_live(debs.deb)
+    worker = "syncwarden-sync@replica1.service"
+
+    def worker_pid():
+        return int(sandbox.run("systemctl", "show", "-p", "MainPID", "--value", worker)
+                   .stdout.strip())
+    before, daemon = worker_pid(), sw.main_pid()
+    assert before > 0
+    cursor = sandbox.journal_cursor()
+    cyrus.stream(USERS, rate=20, accepted="/var/lib/lab-accepted.txt")
+    time.sleep(3)
+    sw.dpkg_install(debs.upgrade)
+    assert sw.package_status() == f"install ok installed {debs.upgrade_version}"
+    assert sw.main_pid() not in (0, daemon)                # restarted ...
+    assert worker_pid() == before                          # ... around the same worker
+    time.sleep(2)
+    sandbox.systemctl("stop", "lab-deliver")
+    accepted = sandbox.read_file("/var/lib/lab-accepted.txt").split()
+    assert len(accepted) > 50
+    assert sw.wait_state("replica1", "live", timeout=60)
+    assert wait_same(cyrus, "replica1", USERS) == {}
+    assert sum(len(cyrus.messages("replica1", u)) for u in USERS) == len(accepted)
+    assert worker_pid() == before
+    entries = [json.loads(x) for x in sandbox.run(
+        "journalctl", "--no-pager", "-o", "json", "-u", "syncwarden.service", "--after-cursor",
+        cursor).stdout.splitlines() if x.strip()]
+    assert not [e for e in entries if e.get("MESSAGE_ID") == "1298f2b758144975a8594738b542a373"]
+    assert any("stopped for a restart" in str(e.get("MESSAGE")) for e in entries)
     assert sw.sandbox_errors() == []
 
 

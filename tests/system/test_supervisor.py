@@ -44,10 +44,10 @@ def test_happy_path_500_messages_reach_both_replicas(sandbox, cyrus, sw):
                        "syncwarden-sync@replica1.service").stdout.strip()
     assert user == "cyrus"
     assert not sandbox.host_path(stale).exists()
-    # a reload with a bad config is logged and the running one kept
+    # a reload with a bad config fails, is logged, and the running one kept
     sandbox.sh("cp /etc/syncwarden/syncwarden.yaml /root/good.yaml; "
                "echo 'quarantine: {retry_interval: often}' >> /etc/syncwarden/syncwarden.yaml")
-    sandbox.systemctl("reload", "syncwarden")
+    assert sandbox.systemctl("reload", "syncwarden", check=False).returncode != 0
     assert sandbox.wait_journal("reload rejected, keeping the running configuration: .*"
                                 "quarantine.retry_interval: expected a duration",
                                 unit="syncwarden.service")
