@@ -6,138 +6,19 @@ check-config this includes a sync_client for one of our channels that syncwarden
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from pathlib import Path
-
-from .. import __version__
 
 from . import render
 from .ask import confirm, on_terminal
+from .parser import GLOBAL_DEFAULTS, JSON_COMMANDS, build_parser  # noqa: F401 (tests use it)
 from .. import config as configmod
 from ..control import ControlError, ControlPermissionError, request, wait_for_drains
-from ..paths import DEFAULT, Instance, InstanceError
+from ..paths import Instance, InstanceError
 from ..systemd.units import parse_qualified
 
 from ..exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
-
-
-# Options that mean the same to every command, accepted before or after it: `syncwarden -i east
-# status` and `syncwarden status -i east` are one request. Their default is SUPPRESS in each
-# parser, so that a value given at one place is not overwritten by another's default; main()
-# fills in the defaults once.
-GLOBAL_DEFAULTS = {"instance": DEFAULT, "config": None, "socket": None,
-                   "proc_root": Path("/proc"), "json": False}
-# Where --json means something (a document instead of a table).
-JSON_COMMANDS = {("status", None), ("check", None), ("quarantine", "list")}
-
-
-def _global_options(json_option: bool) -> argparse.ArgumentParser:
-    g = argparse.ArgumentParser(add_help=False)
-    g.add_argument("-i", "--instance", default=argparse.SUPPRESS, metavar="NAME",
-                   help="the Cyrus instance (default: default, configured in"
-                   " /etc/syncwarden/syncwarden.yaml; NAME: /etc/syncwarden/NAME.yaml)")
-    g.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
-                   help="config file (default: the instance's)")
-    g.add_argument("--socket", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    g.add_argument("--proc-root", type=Path, default=argparse.SUPPRESS,
-                   help=argparse.SUPPRESS)
-    if json_option:
-        g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                       help="print the JSON document (docs/CONTRACT.md) instead of a table")
-    return g
-
-
-def build_parser() -> argparse.ArgumentParser:
-    plain, with_json = _global_options(False), _global_options(True)
-    p = argparse.ArgumentParser(prog="syncwarden", description="Supervise Cyrus IMAP"
-                                " replication.", parents=[with_json])
-    p.add_argument("--version", action="version", version=f"syncwarden {__version__}",
-                   help="print the version and exit")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name, text, json_output=False, hidden=False, parent=sub):
-        kw = {} if hidden else {"help": text}     # no help: left out of the command list
-        return parent.add_parser(name, description=text, **kw,
-                                 parents=[with_json if json_output else plain])
-
-    def link(parser, text="the link (a Cyrus sync channel named in the config)"):
-        parser.add_argument("link", metavar="LINK", help=text)
-
-    def yes(parser, what):
-        parser.add_argument("--yes", "-y", action="store_true",
-                            help=f"do not ask: {what} (without a terminal, required)")
-
-    s = command("status", "show links, states and backlogs", json_output=True)
-    s.add_argument("link", nargs="?", metavar="LINK", help="only this link")
-    s.add_argument("--watch", action="store_true",
-                   help="show it again every few seconds until interrupted")
-    s.add_argument("-n", "--interval", type=float, default=2.0, metavar="SECONDS",
-                   help="with --watch: seconds between updates (default: %(default)s)")
-    cc = command("check-config", "validate the config, imapd.conf and the Cyrus setup")
-    cc.add_argument("file", nargs="?", type=Path, metavar="FILE",
-                    help="the config file to check (default: the instance's)")
-    for name, text in (("hold", "stop a link's worker and keep it down until resume"),
-                       ("resume", "undo hold"),
-                       ("release", "let a quarantined link start again")):
-        link(command(name, text))
-    dr = command("drain", "send everything queued for a link, then hold it")
-    which = dr.add_mutually_exclusive_group(required=True)
-    which.add_argument("link", nargs="?", metavar="LINK", help="the link to drain")
-    which.add_argument("--all", action="store_true", help="every link")
-    dr.add_argument("--wait", action="store_true",
-                    help="wait until the drain is over (progress on a terminal)")
-    q = command("quarantine", "users held out of replication")
-    qsub = q.add_subparsers(dest="action", required=True, metavar="ACTION")
-    command("list", "quarantined users, their errors and stored entries", json_output=True,
-            parent=qsub)
-    for name, text in (("retry", "retry a quarantined user now"),
-                       ("drop", "give up a user's stored entries and release it")):
-        qa = command(name, text, parent=qsub)
-        qa.add_argument("user", metavar="USER", help="the Cyrus userid")
-        qa.add_argument("--link", metavar="LINK",
-                        help="only this link (default: every link holding the user)")
-        if name == "drop":
-            yes(qa, "the stored entries are discarded")
-    ck = command("check", "compare master and replica of a link (read-only)",
-                 json_output=True)
-    link(ck)
-    ck.add_argument("--user", action="append", dest="users", metavar="USER",
-                    help="only this user (repeatable)")
-    ck.add_argument("--deep", action="store_true",
-                    help="compare every message (UID, GUID, flags)")
-    rp = command("repair", "copy replica-only mail back to the master, then let replication"
-                 " replace what conflicts")
-    link(rp)
-    rp.add_argument("--user", action="append", dest="users", metavar="USER",
-                    help="only this user (repeatable)")
-    rp.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    yes(rp, "the plan is carried out without showing it first")
-    fo = command("failover", "soft failover: drain every link, verify both sides match, then"
-                 " make this host a replica")
-    fo.add_argument("--force", action="store_true",
-                    help="go on although Cyrus still runs for this instance")
-    yes(fo, "the failover goes ahead")
-    for name, text, what in (
-            ("promote", "make this host the master: workers may start", "workers may start"),
-            ("demote", "make this host a replica: never start workers here",
-             "the workers stop")):
-        yes(command(name, text), what)
-    command("reload", "apply the configuration file now (what systemctl reload runs); exit 1"
-            " with every problem when it is rejected")
-    # Internal: the units' ExecStart=. Not in the command list.
-    command("daemon", "run the supervisor (the service's ExecStart)", hidden=True)
-    w = command("worker", "run sync_client for a link (the worker unit's ExecStart)",
-                hidden=True)
-    w.add_argument("link", metavar="LINK", help="LINK, or INSTANCE:LINK")
-    mode = w.add_mutually_exclusive_group()
-    mode.add_argument("--once", action="store_const", dest="mode", const="once",
-                      help="one drain pass (sync_client -R -1)")
-    mode.add_argument("--users", action="store_const", dest="mode", const="users",
-                      help="full sync of the users listed by the daemon (sync_client -u)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

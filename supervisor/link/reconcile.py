@@ -264,24 +264,10 @@ class Reconciler:
         if rt.link.state is not LinkState.DOWN:
             rt.down_cause = None
             return
-        cause, text = self._down_cause(rt, mono)
+        cause, text = rt.why_down(self.blocker(rt), self.role.role, self.classified(rt), mono)
         previous, rt.down_cause = rt.down_cause, cause
         if previous is not None and previous != cause:
             rt.link.explain(text)
-
-    def _down_cause(self, rt: LinkRuntime, mono: float) -> tuple[str, str]:
-        blocker = self.blocker(rt)
-        if blocker is not None:
-            return blocker.name, blocker.reason(self.role.role)
-        if not self.classified(rt):
-            return "probing", "waiting for the first probe of the replica"
-        if rt.reachable is False:
-            return "unreachable", f"replica unreachable: {rt.probe.detail}"
-        if mono < rt.restart_after:
-            return "backoff", f"waiting {rt.restart_after - mono:.0f}s before starting the" \
-                              f" worker again" + (f" after: {rt.last_problem}"
-                                                  if rt.last_problem else "")
-        return "starting", "the replica answers: starting the worker"
 
     def _quarantine_step(self, rt: LinkRuntime, mono: float, units: dict) -> None:
         q = rt.quarantine

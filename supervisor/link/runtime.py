@@ -81,6 +81,21 @@ class LinkRuntime:
     def worker_running(self) -> bool:
         return self.worker is not None and self.worker.running
 
+    def why_down(self, blocker: Blocker | None, role: str, classified: bool,
+                 mono: float) -> tuple[str, str]:
+        """(what keeps this link down, the reason that says so), for a link in ``down``."""
+        if blocker is not None:
+            return blocker.name, blocker.reason(role)
+        if not classified:
+            return "probing", "waiting for the first probe of the replica"
+        if self.reachable is False:
+            return "unreachable", f"replica unreachable: {self.probe.detail}"
+        if mono < self.restart_after:
+            after = f" after: {self.last_problem}" if self.last_problem else ""
+            return "backoff", (f"waiting {self.restart_after - mono:.0f}s before starting the"
+                               f" worker again{after}")
+        return "starting", "the replica answers: starting the worker"
+
 
 @dataclass(frozen=True)
 class LinkView:

@@ -6,9 +6,7 @@ systemd units and the real control socket.
 
 import grp
 import os
-import socket
 import threading
-import time
 
 import pytest
 
