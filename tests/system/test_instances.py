@@ -135,6 +135,22 @@ def test_two_instances_run_side_by_side_and_never_touch_each_other(sandbox):
     sandbox.run("syncwarden", "-i", "east", "resume", "replica2")
     assert wait_link(sw, "east", "replica2", "live")
 
+    # each instance's reload reads its own file (ExecReload=syncwarden -i %i reload): a bad
+    # one fails that reload alone, and a restart of one instance drains nothing anywhere
+    good = sandbox.read_file(EAST_CONFIG)
+    sandbox.write_file(EAST_CONFIG, good + "hooks: {user: root}\n")
+    assert sandbox.systemctl("reload", "syncwarden@east", check=False).returncode != 0
+    assert "hooks.user: the hook never runs as root" in sandbox.run(
+        "systemctl", "status", "--no-pager", "-l", "-n", "20", "syncwarden@east",
+        check=False).stdout
+    sandbox.write_file(EAST_CONFIG, good)
+    sandbox.systemctl("reload", "syncwarden@east", "syncwarden")
+    east_worker = main_pid(sandbox, "syncwarden-sync@east:replica2.service")
+    sandbox.systemctl("restart", "syncwarden@east")
+    assert wait_link(sw, "east", "replica2", "live")
+    assert main_pid(sandbox, "syncwarden-sync@east:replica2.service") == east_worker
+    assert main_pid(sandbox, "syncwarden-sync@replica1.service") == default_worker
+
     # a user quarantined on the default instance is not quarantined on east
     sandbox.run("chmod", "000", lab.mbpath("replica1", "user.carol"))
     lab.deliver("carol", 2, "broken")
