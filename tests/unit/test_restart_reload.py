@@ -32,10 +32,15 @@ def config_text(tmp_path, port, extra=""):
 
 
 @pytest.fixture
-def live_daemon(tmp_path):
-    """A daemon whose one link replicates: its replica answers, its worker runs."""
+def live_daemon(tmp_path, request):
+    """A daemon whose one link replicates: its replica answers, its worker runs.
+    (Indirect parameter: a replacement for the sync_log_channels line of imapd.conf.)"""
     replica = Server(sync_server)
-    (tmp_path / "imapd.conf").write_text(IMAPD.format(d=tmp_path, port=replica.port))
+    imapd = IMAPD.format(d=tmp_path, port=replica.port)
+    channels = getattr(request, "param", None)
+    if channels:
+        imapd = imapd.replace("sync_log_channels: replica1", channels)
+    (tmp_path / "imapd.conf").write_text(imapd)
     cfg = tmp_path / "syncwarden.yaml"
     cfg.write_text(config_text(tmp_path, replica.port))
     systemd, journal = FakeSystemd(), FakeJournal()
@@ -271,3 +276,27 @@ def test_a_resumed_link_whose_replica_is_gone_stops_saying_held(tmp_path):
     assert state(sup) is LinkState.DOWN
     assert sup.links["replica1"].link.reason.startswith("replica unreachable:")
     assert env["journal"].transitions("replica1")[-1] == ("live", "down")   # the hold's
+
+
+# --- item 5: a channel nothing reads, in status -------------------------------------------------
+
+@pytest.mark.parametrize("live_daemon", ["sync_log_channels: replica1 backup"], indirect=True)
+def test_status_lists_a_channel_nothing_reads_with_its_backlog(live_daemon, tmp_path):
+    d, systemd, journal, result, cfg, _ = live_daemon
+    (tmp_path / "sync" / "backup").mkdir(parents=True)
+    (tmp_path / "sync" / "backup" / "log").write_text("APPEND user.bob\n" * 7)
+    doc = request("status", path=d.socket_path)["result"]
+    (stray,) = doc["unsupervised_channels"]
+    assert stray["channel"] == "backup" and stray["backlog"]["entries"] == 7
+    assert stray["log"] == f"{tmp_path}/sync/backup/log"
+    # once a link supervises it, a reload takes it off the list
+    (tmp_path / "imapd.conf").write_text((tmp_path / "imapd.conf").read_text()
+                                         + "backup_sync_host: 127.0.0.1\n"
+                                         "backup_sync_port: 1\n")
+    cfg.write_text(cfg.read_text().replace("links: {replica1:", "links: {backup: {host:"
+                                           " 127.0.0.1, port: 1}, replica1:"))
+    answer = request("reload", path=d.socket_path)
+    assert answer["ok"] and "added: backup" in answer["result"], answer
+    assert request("status", path=d.socket_path)["result"]["unsupervised_channels"] == []
+    (reloaded,) = [e for e in journal.entries if e["ID"] == "config-reloaded"]
+    assert "added: backup" in reloaded["MESSAGE"]
