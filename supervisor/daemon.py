@@ -312,6 +312,8 @@ class Daemon:
         if cmd == "status":
             return self._status(sup)
         if cmd == "reload":
+            if self.stop_requests:
+                raise ValueError("syncwarden is stopping: nothing to reload")
             return self._reload(sup)
         if cmd in ("hold", "resume"):
             return op.hold(str(link), cmd == "hold")
