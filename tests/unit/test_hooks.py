@@ -11,7 +11,7 @@ from supervisor.link.states import LinkState, Transition
 from supervisor.state import Holds
 from supervisor.cyrus import imapdconf
 
-from .fakes import FakeClock, FakeJournal, FakeProber, FakeSystemd
+from .fakes import FakeClock, FakeJournal, FakeProber, FakeSystemd, SyncExecutor
 from .test_core import state, step
 
 
@@ -27,7 +27,7 @@ probe: {{interval: 2s, timeout: 1s}}
     env = dict(clock=clock, systemd=FakeSystemd(), prober=FakeProber(clock),
                journal=FakeJournal(), holds=Holds(tmp_path / "holds.json"))
     sup = Reconciler(cfg, imapd, Edges(env["systemd"], env["prober"], env["journal"], clock,
-                                       env["systemd"].log, None,
+                                       env["systemd"].log, None, SyncExecutor,
                                        hooks=Hooks(env["systemd"], "default", clock)),
                      LocalState(env["holds"], RoleStore(tmp_path / "role.json"),
                                 QuarantineStore(tmp_path / "quarantine"), tmp_path / "users"))
