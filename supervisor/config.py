@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import grp
+import ipaddress
 import math
 import re
 from dataclasses import dataclass
@@ -95,6 +96,14 @@ class HookSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    # Prometheus metrics: an HTTP endpoint (host, port) and/or a node_exporter textfile; both
+    # off unless configured.
+    listen: tuple[str, int] | None = None
+    textfile: Path | None = None
+
+
+@dataclass(frozen=True)
 class ImapEndpoint:
     """Where `syncwarden check` reads one side over IMAP."""
     host: str
@@ -131,6 +140,7 @@ class Config:
     control: ControlSettings = ControlSettings()
     check: CheckSettings = CheckSettings()
     hooks: HookSettings = HookSettings()
+    metrics: MetricsSettings = MetricsSettings()
     source: str = str(DEFAULT_PATH)
 
 
@@ -267,8 +277,55 @@ class _Reader:
             return _BAD
         return Path(value)
 
+    def listen(self, path: str, value: Any):
+        """PORT (on 127.0.0.1: metrics stay on this host unless an address is given), or
+        ADDR:PORT with an IPv4 address, a [bracketed] IPv6 address or a host name."""
+        found = _listen(value)
+        if found is None:
+            self.problem(path, "expected PORT or ADDR:PORT (9747 for 127.0.0.1:9747,"
+                         f" 0.0.0.0:9747, [::1]:9747), got {_show(value)}")
+            return _BAD
+        return found
+
+    def textfile(self, path: str, value: Any):
+        value = self.path(path, value)
+        if value is not _BAD and (value.suffix != ".prom" or value.name.startswith(".")):
+            self.problem(path, "expected a file name ending in .prom (node_exporter's textfile"
+                         f" collector reads no other), got {_show(str(value))}")
+            return _BAD
+        return value
+
     def choice(self, *choices: str):
         return lambda path, value: self.string(path, value, choices)
+
+
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+def _listen(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return ("127.0.0.1", value) if 1 <= value <= 65535 else None
+    if not isinstance(value, str):
+        return None
+    host, sep, port = value.strip().rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value.strip()
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            return str(ipaddress.IPv6Address(host)), int(port)
+        except ValueError:
+            return None
+    try:
+        return str(ipaddress.IPv4Address(host)), int(port)
+    except ValueError:
+        pass
+    numeric = all(part.isdigit() for part in host.split("."))    # a mistyped IPv4 address
+    return (host, int(port)) if _HOST_NAME.match(host) and not numeric else None
 
 
 def _range_key(path: str) -> str:
@@ -310,7 +367,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 TOP_KEYS = ("cyrus", "role", "links", "probe", "live", "drain", "quarantine", "control",
-            "check", "hooks")
+            "check", "hooks", "metrics")
 
 
 def _yaml(text: str, source: str) -> Any:
@@ -354,6 +411,8 @@ def parse(text: str, source: str = str(DEFAULT_PATH)) -> Config:
     if values["hooks"].user == "root":
         r.problem("hooks.user", "the hook never runs as root (the daemon is root, the command"
                   " is yours): name an unprivileged user, e.g. nobody")
+    values["metrics"] = flat("metrics", MetricsSettings, {"listen": r.listen,
+                                                          "textfile": r.textfile})
     links = _links(r, top)
     values["check"] = _check(r, top.get("check"), links)
     if r.problems:

@@ -98,6 +98,7 @@ class Daemon:
         self.follower: JournalFollower | None = None
         self.strays = StrayChannels()
         self.control: ControlServer | None = None
+        self.metrics = None                  # monitor/exporter.py, once metrics are configured
         self._status_body, self._status_written = "", float("-inf")
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
@@ -151,6 +152,7 @@ class Daemon:
         follower.on_line = sup.feed_worker_log
         follower.watch(sup.watched_units())
         self.status_gid = configmod.control_gid(cfg)
+        self.metrics = self._metrics(cfg)
         control = self.control = ControlServer(
             self.socket_path, self.status_gid, lambda req, admin: self._handle(sup, req),
             selector, clock=self.clock.monotonic)
@@ -183,7 +185,9 @@ class Daemon:
                     self.notifier.ready()
                     ready_sent = True
                 self.notifier.status(summary)
-                self._write_status(sup)
+                doc = self._write_status(sup)
+                if self.metrics is not None:
+                    self.metrics.publish(doc, self.clock.wall())
                 self.notifier.watchdog()
                 if self.log_handler is not None:
                     self.log_handler.release_due()
@@ -200,6 +204,8 @@ class Daemon:
             self.notifier.stopping()
             sup.close()
             control.close()
+            if self.metrics is not None:
+                self.metrics.close()
             prober.close()
             follower.close()
             self.journal.send(self._stopped_message(stopping, sup), "info", "daemon-stopped")
@@ -256,6 +262,18 @@ class Daemon:
         for problem in self.problems:
             self.journal.send(f"damaged state: {problem}", "err", "state-damaged")
 
+    def _metrics(self, cfg: configmod.Config):
+        """The exporter for ``cfg.metrics``; made when first configured, so that a daemon
+        without metrics never loads prometheus_client."""
+        wanted = cfg.metrics.listen is not None or cfg.metrics.textfile is not None
+        if self.metrics is None and wanted:
+            from .monitor.exporter import Exporter
+
+            return Exporter(cfg.metrics, self.instance.state_dir, self.clock.monotonic)
+        if self.metrics is not None:
+            self.metrics.configure(cfg.metrics)
+        return self.metrics
+
     def _systemd(self):
         if self.systemd_factory is not None:
             return self.systemd_factory()
@@ -296,6 +314,7 @@ class Daemon:
             self.control.set_group(self.status_gid)
         if self.follower is not None:
             self.follower.watch(sup.watched_units())
+        self.metrics = self._metrics(cfg)
         self._preflight(cfg, imapd)
         self._status_body = ""          # rewritten now: its group may have changed
         self.notifier.ready()
@@ -337,23 +356,23 @@ class Daemon:
                 "unsupervised_channels": self.strays.as_json(self.clock.monotonic(),
                                                              self.clock.wall())}
 
-    def _write_status(self, sup: Reconciler) -> None:
+    def _write_status(self, sup: Reconciler) -> dict:
         """The status file, when it changed, and at least every STATUS_REFRESH seconds so
-        that its written_at shows the daemon alive."""
+        that its written_at shows the daemon alive. Returns the document, unchanged."""
         doc = self._status(sup)
         body = json.dumps(doc, sort_keys=True)
         now = self.clock.monotonic()
         if body == self._status_body and now - self._status_written < STATUS_REFRESH:
-            return
-        doc["written_at"] = self.clock.wall()
-        doc["pid"] = os.getpid()
+            return doc
+        written = {**doc, "written_at": self.clock.wall(), "pid": os.getpid()}
         try:
             # control.group may read it, like the socket; nobody else (users, errors)
-            atomic_write(self.status_path, json.dumps(doc).encode() + b"\n", 0o640,
+            atomic_write(self.status_path, json.dumps(written).encode() + b"\n", 0o640,
                          self.status_gid)
             self._status_body, self._status_written = body, now
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
+        return doc
 
 
 def main(config_path: Path | None, instance: Instance) -> int:

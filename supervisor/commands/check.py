@@ -1,7 +1,9 @@
 """The ``check`` and ``repair`` subcommands, and the last check's line in ``status``.
 
-Exit codes as everywhere: 0 in sync (or repaired), 1 differences found (or repair incomplete or
-refused), 2 usage, configuration, credentials or a side that cannot be read at all.
+``check`` exits as a Nagios plugin would (exits.py), so that monitoring can run it: 0 in sync,
+2 the sides differ (CRITICAL), 3 the check could not tell (UNKNOWN: a side or user unreadable, or
+a usage, configuration or credentials error). ``repair`` exits as most commands: 0 repaired,
+1 incomplete or refused, 2 usage, configuration or credentials.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ..pair.imapclient import ImapError
 from ..systemd.journal import Journal
 from ..pair.repair import RepairError
 
-from ..exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
+from ..exits import CHECK_INCOMPLETE, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from .ask import confirm, interactive, on_terminal
 
 
@@ -39,9 +41,9 @@ def _setup(args):
 
 def cmd_check(args, journal=None, state_dir=None) -> int:
     state_dir = state_dir or args.state_dir
-    loaded, code = _setup(args)
+    loaded, _ = _setup(args)
     if loaded is None:
-        return code
+        return CHECK_INCOMPLETE
     cfg, imapd = loaded
     journal = journal or Journal()
     try:
@@ -52,7 +54,7 @@ def cmd_check(args, journal=None, state_dir=None) -> int:
                            progress_out=on_terminal(sys.stderr))
     except (CredentialsError, OSError) as exc:    # OSError: the sync logs (not root?)
         print(f"syncwarden check: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return CHECK_INCOMPLETE
     except ImapError as exc:
         # A whole side is unreachable: that is a result too, for status and the journal.
         report = compare.Report(args.link, args.deep, started=time.time())

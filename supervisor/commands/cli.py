@@ -1,7 +1,8 @@
 """The ``syncwarden`` command: thin argparse layer; commands return data, render.py prints it.
 
-Exit codes: 0 fine, 1 problem found or refused, 2 usage or configuration error (for
-check-config this includes a sync_client for one of our channels that syncwarden did not start).
+Exit codes (exits.py): 0 fine, 1 problem found or refused, 2 usage or configuration error (for
+check-config this includes a sync_client for one of our channels that syncwarden did not start);
+``status``, ``status --nagios`` and ``check`` follow the Nagios convention for monitoring.
 """
 
 from __future__ import annotations
@@ -18,28 +19,20 @@ from ..control import ControlError, ControlPermissionError, request, wait_for_dr
 from ..paths import Instance, InstanceError
 from ..systemd.units import parse_qualified
 
-from ..exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
+from ..exits import (EXIT_OK, EXIT_PROBLEM, EXIT_UNREACHABLE, EXIT_USAGE, NAGIOS_OK,
+                     NAGIOS_UNKNOWN)
+from ..monitor import verdict
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    for key, default in GLOBAL_DEFAULTS.items():
-        if not hasattr(args, key):
-            setattr(args, key, default)
-    if args.json and (args.command, getattr(args, "action", None)) not in JSON_COMMANDS \
-            and args.command != "quarantine":
-        parser.error(f"--json: {args.command} has no JSON output")
-    if args.json and args.command == "quarantine" and args.action != "list":
-        parser.error(f"--json: quarantine {args.action} has no JSON output")
-    instance = args.instance
-    if args.command in ("check", "repair") and ":" in args.link:
-        # the check timer's unit runs `check INSTANCE:LINK` (systemd instance strings)
-        instance, args.link = parse_qualified(args.link)
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        args.instance = Instance(instance)
-    except InstanceError as exc:
-        parser.error(str(exc))
+        args = _parse(parser, argv)
+    except SystemExit as exc:
+        if exc.code == EXIT_USAGE and _nagios_style(argv):
+            raise SystemExit(NAGIOS_UNKNOWN) from None   # 2 would read as CRITICAL
+        raise
     args.explicit_config = args.config is not None
     args.config = args.config or args.instance.config
     args.socket = args.socket or args.instance.socket
@@ -50,6 +43,36 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_PROBLEM
+
+
+def _parse(parser, argv: list[str]):
+    """The arguments, checked; every usage error through parser.error (SystemExit 2)."""
+    args = parser.parse_args(argv)
+    for key, default in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, key):
+            setattr(args, key, default)
+    if args.json and (args.command, getattr(args, "action", None)) not in JSON_COMMANDS \
+            and args.command != "quarantine":
+        parser.error(f"--json: {args.command} has no JSON output")
+    if args.json and args.command == "quarantine" and args.action != "list":
+        parser.error(f"--json: quarantine {args.action} has no JSON output")
+    if args.command == "status" and args.nagios and (args.json or args.watch):
+        parser.error("--nagios: not with --json or --watch")
+    instance = args.instance
+    if args.command in ("check", "repair") and ":" in args.link:
+        # the check timer's unit runs `check INSTANCE:LINK` (systemd instance strings)
+        instance, args.link = parse_qualified(args.link)
+    try:
+        args.instance = Instance(instance)
+    except InstanceError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def _nagios_style(argv: list[str]) -> bool:
+    """Whether this command line exits by the Nagios convention (check, status --nagios)."""
+    command = next((a for a in argv if a in COMMANDS), None)
+    return command == "check" or (command == "status" and "--nagios" in argv)
 
 
 def cmd_daemon(args) -> int:
@@ -109,16 +132,16 @@ def cmd_status(args) -> int:
 
 
 def _status_once(args) -> int:
+    """Exit 0 only when every link that should run is live and nothing is quarantined
+    (monitor/verdict.py), 1 otherwise, 2 no such link, 3 no daemon answered."""
     try:
         answer = request("status", path=args.socket)
     except ControlPermissionError as exc:
-        print(f"syncwarden status: {exc}", file=sys.stderr)    # it runs; we may not ask
-        return EXIT_PROBLEM
+        return _status_unknown(args, str(exc))     # it runs; we may not ask
     except ControlError as exc:
         return _status_without_daemon(args, str(exc))
     if not answer.get("ok"):
-        print(f"syncwarden: {answer.get('error')}", file=sys.stderr)
-        return EXIT_PROBLEM
+        return _status_unknown(args, str(answer.get("error")))
     doc = answer["result"]
     doc["daemon"] = {"running": True}
     return _show_status(args, doc)
@@ -142,29 +165,49 @@ def _watch(args, sleep=time.sleep, clock=time.time) -> int:
         return EXIT_OK
 
 
+def _status_unknown(args, why: str) -> int:
+    if args.nagios:
+        code, text = verdict.unknown(f"syncwarden daemon: {why}")
+        print(text)
+        return code
+    print(f"syncwarden status: {why}", file=sys.stderr)
+    return EXIT_UNREACHABLE
+
+
 def _status_without_daemon(args, why: str) -> int:
     """The daemon is down: say so plainly, and show what the files alone tell."""
     from .offline import offline_status
 
+    if args.nagios:
+        return _status_unknown(args, f"not running ({why})")
     doc = offline_status(args.config, why, args.instance)
     if args.json:
-        _show_status(args, doc)
+        shown = _show_status(args, doc)
     else:
         print(f"syncwarden daemon is not running ({why}); link states are unknown.")
         if doc.get("error"):
             print(doc["error"])
+            shown = None
         else:
-            _show_status(args, doc)
-    return EXIT_PROBLEM
+            shown = _show_status(args, doc)
+    return EXIT_USAGE if shown == EXIT_USAGE else EXIT_UNREACHABLE   # 2: no such link
 
 
 def _show_status(args, doc: dict) -> int:
     if args.link:
         links = [x for x in doc.get("links", []) if x["name"] == args.link]
         if not links:
+            if args.nagios:
+                code, text = verdict.unknown(f"no link named {args.link!r}")
+                print(text)
+                return code
             print(f"syncwarden: no link named {args.link!r}", file=sys.stderr)
             return EXIT_USAGE
         doc = {**doc, "links": links}
+    if args.nagios:
+        code, text = verdict.nagios(doc)
+        print(text)
+        return code
     from .check import add_last_checks, last_check_lines
 
     add_last_checks(doc, args.state_dir)
@@ -173,7 +216,7 @@ def _show_status(args, doc: dict) -> int:
     else:
         print("\n".join([render.status_table(doc, now=time.time())]
                         + last_check_lines(doc, time.time())))
-    return EXIT_OK
+    return EXIT_OK if verdict.level(doc) == NAGIOS_OK else EXIT_PROBLEM
 
 
 _REFUSED = object()

@@ -59,8 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--yes", "-y", action="store_true",
                             help=f"do not ask: {what} (without a terminal, required)")
 
-    s = command("status", "show links, states and backlogs", json_output=True)
+    s = command("status", "show links, states and backlogs; exit 0 only when every link that"
+                " should run is live and nothing is quarantined", json_output=True)
     s.add_argument("link", nargs="?", metavar="LINK", help="only this link")
+    s.add_argument("--nagios", action="store_true",
+                   help="a Nagios/Icinga plugin: one line with perfdata; exit 0 OK, 1 WARNING,"
+                   " 2 CRITICAL, 3 UNKNOWN")
     s.add_argument("--watch", action="store_true",
                    help="show it again every few seconds until interrupted")
     s.add_argument("-n", "--interval", type=float, default=2.0, metavar="SECONDS",

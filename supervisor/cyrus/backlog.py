@@ -27,24 +27,39 @@ class _Tail:
         self.entries = 0
         self.malformed = 0
         self.first_time: float | None = None  # monotonic time the oldest entry appeared
+        self.last_look: float | None = None   # monotonic time of the previous follow()
         # Set when the directory changed: Cyrus unlinks log-run and a writer creates a new log
         # at any time, and the new file may get the old inode number back.
         self.suspect = False
 
     def follow(self, path: Path, size: int, now: float, written: float | None = None) -> None:
-        """Count what was appended; ``written`` dates lines found on the first look at a file."""
+        """Count what was appended. Lines found on the first look at a file are dated by
+        ``written`` (from its mtime); lines appended later, by the previous look, which did
+        not see them yet: an age is then at most one look too old, and never 0 while
+        something is pending."""
+        try:
+            self._follow(path, size, now, written)
+        finally:
+            self.last_look = now
+
+    def _follow(self, path: Path, size: int, now: float, written: float | None) -> None:
         if self.suspect:
             # Recount from the start (rare: only after a rename in the directory, and then log
-            # is small because the worker just took it). Fewer lines means a new file.
+            # is small because the worker just took it). Fewer lines means a new file, dated
+            # like one.
             before, first = self.entries + self.malformed, self.first_time
             self.suspect = False
             self.offset = self.entries = self.malformed = 0
-            self.follow(path, size, now)
+            self.first_time = None
+            self._follow(path, size, now, written)
             if self.entries + self.malformed >= before and first is not None:
                 self.first_time = first
             return
-        if size < self.offset:   # rewritten in place: count again from the start
+        if size < self.offset:
+            # Rewritten in place (the quarantine takes users' lines out): what is left was
+            # pending already, and keeps its age.
             self.offset = self.entries = self.malformed = 0
+            written = self.first_time if self.first_time is not None else written
         if size == self.offset:
             return
         with open(path, "rb") as f:
@@ -62,7 +77,8 @@ class _Tail:
                 if cut:
                     valid, bad = count_lines(block[:cut])
                     if self.entries + self.malformed == 0:
-                        self.first_time = now if written is None else written
+                        self.first_time = next(t for t in (written, self.last_look, now)
+                                               if t is not None)
                     self.entries += valid
                     self.malformed += bad
                     self.offset += cut
@@ -125,16 +141,17 @@ class Backlog:
         if st is None:
             return None
         ident = (st.st_dev, st.st_ino)
-        written = None
+        # A file we have not seen grow: its entries are at least as old as its mtime.
+        by_mtime = mono - max(0.0, wall - st.st_mtime)
+        written = by_mtime if tail is not None and tail.suspect else None
         if tail is None or tail.ident != ident:
             # log renamed to log-run keeps its inode: carry its position and age over.
             if self._log is not None and self._log.ident == ident and path == self.run_path:
                 tail = self._log
                 self._log = None
             else:
-                # A file we have not seen grow: its entries are at least as old as its mtime.
                 tail = _Tail(ident)
-                written = mono - max(0.0, wall - st.st_mtime)
+                written = by_mtime
         tail.follow(path, st.st_size, mono, written)
         return tail
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from ..cyrus import synclog
 from ..cyrus.channel import Channel
 from . import compare, credentials
+from .lastcheck import load_last, result_path  # noqa: F401 (the saved result's reader)
 from .imapclient import AdminView, ImapError, read_user, user_session
 from ..state import atomic_write
 
@@ -207,22 +208,10 @@ def _size(m, r) -> tuple[int, int]:
 
 # --- recording the outcome --------------------------------------------------------------------
 
-def result_path(link: str, state_dir: Path) -> Path:
-    return Path(state_dir) / "check" / f"{link}.json"
-
-
 def save(report: compare.Report, state_dir: Path) -> None:
     """The last full check of a link, for `syncwarden status` (written atomically)."""
     atomic_write(result_path(report.link, state_dir),
                  json.dumps(report.summary()).encode() + b"\n")
-
-
-def load_last(link: str, state_dir: Path) -> dict | None:
-    try:
-        doc = json.loads(result_path(link, state_dir).read_text())
-        return doc if isinstance(doc, dict) else None
-    except (OSError, ValueError):
-        return None
 
 
 def journal_report(journal, report: compare.Report, only_users=None) -> None:

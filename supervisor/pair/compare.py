@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..exits import CHECK_DIFFERENCES, CHECK_IN_SYNC, CHECK_INCOMPLETE
+
 REPLICA_BEHIND = "replica-behind"
 MASTER_ONLY = "master-only"
 REPLICA_ONLY = "replica-only"
@@ -272,7 +274,11 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        return {"in-sync": 0, "differences": 1, "error": 2}[self.result]
+        """The Nagios convention (exits.py): a divergence is CRITICAL even when some users
+        could not be read, since what was found is certain; otherwise unreadable is UNKNOWN."""
+        if self.divergent:
+            return CHECK_DIFFERENCES
+        return CHECK_INCOMPLETE if self.errors else CHECK_IN_SYNC
 
     def summary(self) -> dict:
         """What status shows and the journal records: no per-message detail."""

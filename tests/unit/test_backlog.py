@@ -200,3 +200,36 @@ def test_counts_follow_any_sequence_of_appends_and_renames(tmp_path_factory, ops
         clock.advance(1)
         snap = read(b, clock)
         assert (snap.entries, snap.malformed) == reference(d), (op, arg)
+
+
+def test_pending_entries_never_show_age_zero(tmp_path):
+    """Entries appended to a file already followed are dated by the look before (which did not
+    see them): at most one look too old, never 0 while they are pending."""
+    clock = FakeClock(wall=time.time())
+    b = Backlog(tmp_path)
+    log = tmp_path / "log"
+    log.write_bytes(b"")                         # followed while empty
+    assert read(b, clock).entries == 0
+    clock.advance(1)
+    log.write_bytes(LINES)
+    snap = read(b, clock)
+    assert snap.entries == 2 and snap.oldest_age == 1.0
+    clock.advance(4)
+    assert read(b, clock).oldest_age == 5.0
+
+
+def test_a_rewrite_in_place_keeps_the_age_of_what_is_left(tmp_path):
+    """The quarantine takes a user's lines out of log-run while no worker runs: the rest was
+    pending all along and must not look fresh."""
+    clock = FakeClock(wall=time.time())
+    b = Backlog(tmp_path)
+    run = tmp_path / "log-run"
+    run.write_bytes(LINES * 10)
+    os.utime(run, (clock.wall() - 60, clock.wall() - 60))
+    assert 59 <= read(b, clock).oldest_age <= 61
+    clock.advance(30)
+    with open(run, "r+b") as f:                  # same inode, shorter
+        f.truncate(0)
+        f.write(LINES)
+    snap = read(b, clock)
+    assert snap.entries == 2 and 89 <= snap.oldest_age <= 91

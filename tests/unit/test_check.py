@@ -50,7 +50,7 @@ def test_failover_cases_each_in_their_category(tmp_path):
                    ("replica-only", "message", "bob", "user.bob.Proj", 1),
                    ("replica-only", "user", "zed", "", 0),
                    ("uniqueid-conflict", "mailbox", "bob", "user.bob.Proj", 0)]
-    assert (report.users, report.result, report.exit_code) == (3, "differences", 1)
+    assert (report.users, report.result, report.exit_code) == (3, "differences", 2)
     shallow = run(failover_pair(), tmp_path, deep=False)
     # Both sides got one message in user.bob: same counters, only the sync CRC tells.
     assert sorted(d.category for d in shallow.differences) == [
@@ -61,7 +61,7 @@ def test_only_named_users_and_unknown_ones(tmp_path):
     report = run(failover_pair(), tmp_path, only_users=["alice", "nobody"])
     assert report.users == 1 and report.differences == []
     assert report.errors == ["nobody: no such user on the master or the replica"]
-    assert report.exit_code == 2
+    assert report.exit_code == 3
 
 
 def test_master_ahead_with_backlog_is_lag(tmp_path):

@@ -126,12 +126,15 @@ def test_report_result_exit_code_and_counts():
     rep.differences.append(compare.Difference("replica-behind", "mailbox", "bob", "user.bob"))
     assert (rep.result, rep.exit_code) == ("in-sync", 0)      # lag is not divergence
     rep.differences.append(compare.Difference("replica-only", "user", "zed"))
-    assert (rep.result, rep.exit_code) == ("differences", 1)
+    assert (rep.result, rep.exit_code) == ("differences", 2)   # CRITICAL
     assert rep.counts()["replica-only"] == 1 and set(rep.counts()) == set(compare.CATEGORIES)
     rep.errors.append("carol: login refused")
+    # what was found stays CRITICAL although one user could not be read
     assert (rep.result, rep.exit_code) == ("error", 2)
     doc = rep.as_json()
     assert doc["duration_seconds"] == 2.5 and doc["differences"][1]["category"] == "replica-only"
+    rep.differences.pop()
+    assert (rep.result, rep.exit_code) == ("error", 3)          # UNKNOWN: nothing found
 
 
 def test_render_lists_each_difference_and_the_counts():

@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus metrics, status exit codes and the Nagios view."""
