@@ -27,7 +27,7 @@ from .metrics import Memory, Snapshot, check_reader, families
 
 log = logging.getLogger(__name__)
 
-TEXTFILE_EVERY = 10.0      # seconds; and at once when a link's state changes
+TEXTFILE_EVERY = 10.0      # seconds; and at once when what alerts are about changes
 BIND_RETRY = 60.0          # seconds between attempts to bind a listen address in use
 REQUEST_TIMEOUT = 5.0      # seconds a client may take to send its request
 
@@ -98,7 +98,8 @@ class Exporter:
         self.snapshot = self.memory.observe(doc, wall)
         self._ensure_server()
         if self.settings.textfile is not None:
-            states = [x["state"] for x in doc.get("links", [])]
+            states = [(x["name"], x["state"], x["replica"].get("reachable"), x.get("held"),
+                       x.get("quarantined")) for x in doc.get("links", [])]
             now = self.clock()
             if states != self._written_states or now - self._written_at >= TEXTFILE_EVERY:
                 self._write_textfile(states, now)
