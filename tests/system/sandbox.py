@@ -35,6 +35,8 @@ BASE = Path("/run/syncwarden-test")
 MASKED = (
     "exim4.service", "saslauthd.service", "rsync.service", "cron.service",
     "postgresql.service", "postgresql@.service",
+    # the tests that need a Prometheus run their own (tests/system/promlab.py)
+    "prometheus.service", "prometheus-node-exporter.service",
     # timers only add noise to the journal (apt-daily would even try the network)
     "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
     "exim4-base.timer", "fstrim.timer", "man-db.timer",
