@@ -114,9 +114,9 @@ def test_check_and_repair_after_a_hard_failover(sandbox, cyrus, sw):
         delivered[key] = delivered.get(key, set()) | found
     everything = set().union(*delivered.values())
 
-    # check: each case in its category, text and JSON alike, exit 1.
+    # check: each case in its category, text and JSON alike, exit 2 (CRITICAL).
     r = sw.cli("check", "replica1", check=False)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr
     shallow = categories(r.stdout)
     assert shallow == {("replica-ahead", "alice", "user.alice"),
                        ("guid-mismatch", "bob", "user.bob"),
@@ -126,7 +126,7 @@ def test_check_and_repair_after_a_hard_failover(sandbox, cyrus, sw):
     doc = json.loads(sw.cli("check", "replica1", "--json", check=False).stdout)
     assert json_categories(doc) == shallow and doc["result"] == "differences"
     deep = sw.cli("check", "replica1", "--deep", check=False)
-    assert deep.returncode == 1
+    assert deep.returncode == 2
     found = categories(deep.stdout)
     assert ("replica-only", "dave", "user.dave.Shared uid 1") in found
     assert ("guid-mismatch", "bob", "user.bob uid 4") in found

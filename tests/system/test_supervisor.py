@@ -179,7 +179,7 @@ def test_status_when_daemon_is_not_running(sandbox, cyrus, sw):
     sw.install()
     sw.configure()
     r = sw.cli("status", check=False)
-    assert r.returncode == 1
+    assert r.returncode == 3
     assert r.stdout.startswith("syncwarden daemon is not running")
     before = {x["name"]: x["backlog"]["entries"] for x in sw.status()["links"]}
     cyrus.deliver("bob", 4, "no-daemon")
