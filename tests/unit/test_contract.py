@@ -317,3 +317,37 @@ def test_instance_names_cannot_take_the_default_instances_subdirectories():
             "verify"}      # pair/failover.py: /run/syncwarden/verify
     assert used <= pathsmod.RESERVED
     assert all(f"`{name}`" in section("Instances") for name in pathsmod.RESERVED)
+
+
+# --- metrics and the exit codes monitoring reads ----------------------------------------------
+
+def test_every_metric_is_documented_with_its_type_and_labels():
+    from supervisor.monitor.metrics import METRICS
+
+    documented = {ticked(r[0])[0]: (r[1], tuple(ticked(r[2])))
+                  for r in rows(section("Metrics")) if len(r) == 4}
+    code = {(n + "_total" if kind == "counter" else n): (kind, labels)
+            for n, (kind, labels, _) in METRICS.items()}
+    assert documented == code
+    man = MANPAGE[MANPAGE.index(".SH METRICS"):MANPAGE.index(".SH JOURNAL")].replace("\\-", "-")
+    for name in code:   # by name, or as a suffix of the series listed before it
+        short = re.sub(r"^syncwarden_link_last_(drain|check)", "", name)
+        assert name in man or re.search(rf" {short}\b", man), name
+
+
+def test_monitoring_exit_codes_are_documented_as_coded():
+    from supervisor import exits
+
+    commands = {ticked(r[0])[0]: r[2] for r in rows(section("Commands and exit codes"))}
+    check_row = commands["check LINK [--user U]... [--deep] [--json]"]
+    assert f"{exits.CHECK_IN_SYNC} in sync" in check_row
+    assert f"{exits.CHECK_DIFFERENCES} differences" in check_row
+    assert f"{exits.CHECK_INCOMPLETE} a side or user unreadable" in check_row
+    status_row = next(v for k, v in commands.items() if k.startswith("status [LINK] [--json]"))
+    assert f"{exits.EXIT_UNREACHABLE} no daemon answered" in status_row
+    nagios_row = commands["status [LINK] --nagios"]
+    for code, name in exits.NAGIOS_NAMES.items():
+        assert f"{code} {name}" in nagios_row
+    man_check = MANPAGE[MANPAGE.index('.BR check " \\fILINK'):]
+    assert "0 (OK) if both sides" in man_check and "2 (CRITICAL) if they" in man_check
+    assert "3 (UNKNOWN) if a side" in man_check
