@@ -14,9 +14,13 @@ nothing is delivered and a sampler inside the container reads, every 5 s:
   - the baseline: Cyrus's own 20 rolling `sync_client -R` processes (the workers: syncwarden
     execs sync_client in each unit, so these are exactly what plain Cyrus would run).
 
-Target: the daemon <= 40 MB RSS and <= 0.5 % of one core.
+With --metrics, the daemon also serves Prometheus metrics (metrics.listen on 127.0.0.1) and
+the sampler scrapes /metrics every 15 s, as a Prometheus would: the daemon's figures then
+include building and serving each scrape (the sampler's own work is not counted).
 
-Usage: bench/idle_bench.py [--minutes M] [--links N] [--settle SECONDS]
+Target: the daemon <= 40 MB RSS and <= 0.5 % of one core, with or without metrics.
+
+Usage: bench/idle_bench.py [--minutes M] [--links N] [--settle SECONDS] [--metrics]
 """
 
 import argparse
@@ -26,9 +30,10 @@ import time
 from benchlib import CyrusLab, Syncwarden, inner, machine_note, result_line, sandbox
 
 SAMPLER = r"""
-import json, os, sys, time
+import json, os, sys, time, urllib.request
 daemon, workers, minutes, every = int(sys.argv[1]), [int(p) for p in sys.argv[2].split(",")], \
     float(sys.argv[3]), float(sys.argv[4])
+url = sys.argv[5] if len(sys.argv) > 5 else ""     # scraped every 3rd sample (15 s)
 TCK = os.sysconf("SC_CLK_TCK")
 
 def cpu(pid):
@@ -67,12 +72,21 @@ def sample():
             "workers_rss": sum(mem(p)["VmRSS"] for p in workers),
             "workers_pss": sum(mem(p).get("Pss", 0) for p in workers)}
 
+def scrape():
+    t0 = time.monotonic()
+    body = urllib.request.urlopen(url, timeout=10).read()
+    return {"seconds": time.monotonic() - t0, "bytes": len(body),
+            "series": sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))}
+
+scrapes = [scrape()] if url else []
 samples = [sample()]
 end = samples[0]["t"] + minutes * 60
 while time.monotonic() < end:
     time.sleep(min(every, max(0.0, end - time.monotonic())))
+    if url and len(samples) % 3 == 0:
+        scrapes.append(scrape())
     samples.append(sample())
-print(json.dumps(samples))
+print(json.dumps({"samples": samples, "scrapes": scrapes}))
 """
 
 
@@ -82,7 +96,10 @@ def main() -> int:
     ap.add_argument("--links", type=int, default=20)
     ap.add_argument("--settle", type=float, default=60.0,
                     help="seconds between every link live and the first sample (60)")
+    ap.add_argument("--metrics", action="store_true",
+                    help="serve Prometheus metrics and scrape them every 15 s")
     a = ap.parse_args()
+    port = 9747
     names = [f"replica{i:02d}" for i in range(1, a.links + 1)]
     t_bench = time.monotonic()
     with sandbox("idle") as sb:
@@ -90,7 +107,8 @@ def main() -> int:
         lab.setup()
         sw = Syncwarden(sb, lab)
         sw.install()
-        sw.configure(links=names, interval="2s")
+        sw.configure(links=names, interval="2s",
+                     extra=f"metrics: {{listen: {port}}}\n" if a.metrics else "")
         sb.systemctl("start", "syncwarden")
         for n in names:
             if not sw.wait_state(n, "live", timeout=60):
@@ -103,8 +121,10 @@ def main() -> int:
                        f"syncwarden-sync@{n}.service").stdout.strip()
             workers.append(int(w))
         comm = sb.run("cat", f"/proc/{workers[0]}/comm").stdout.strip()
-        samples = inner(sb, SAMPLER, pid, ",".join(map(str, workers)), a.minutes, 5,
+        url = f"http://127.0.0.1:{port}/metrics" if a.metrics else ""
+        sampled = inner(sb, SAMPLER, pid, ",".join(map(str, workers)), a.minutes, 5, url,
                         timeout=a.minutes * 60 + 120)
+        samples, scrapes = sampled["samples"], sampled["scrapes"]
         pid_after = sw.main_pid()
         states = {sw.link(n)["state"] for n in names}
     took = time.monotonic() - t_bench
@@ -142,11 +162,19 @@ def main() -> int:
     print(f"  baseline, Cyrus's own {len(workers)} rolling clients ({comm}): CPU {w_cpu:.3f} %"
           f" in all, RSS {w_rss:.1f} MB in all ({w_rss / len(workers):.1f} MB each), Pss"
           f" {w_pss:.1f} MB")
+    if scrapes:
+        took_ms = sorted(x["seconds"] * 1000 for x in scrapes)
+        print(f"  metrics on: {len(scrapes)} scrapes of /metrics (every 15 s), median"
+              f" {took_ms[len(took_ms) // 2]:.1f} ms, max {took_ms[-1]:.1f} ms,"
+              f" {scrapes[-1]['bytes']} bytes, {scrapes[-1]['series']} series")
+    else:
+        print("  metrics off (--metrics serves and scrapes them)")
     print(f"  links at the end: {', '.join(sorted(states))}")
     print(result_line(daemon_rss_mb=max(rss), daemon_rss_end_mb=rss[-1],
                       daemon_cpu_pct=cpu_pct, daemon_cpu_max_minute_pct=max(per_min),
                       follower_cpu_pct=kid_cpu, workers_cpu_pct=w_cpu, workers_rss_mb=w_rss,
                       links=a.links, minutes=round(wall / 60, 2),
+                      metrics="on" if a.metrics else "off", scrapes=len(scrapes),
                       target_met="yes" if max(rss) <= 40 and cpu_pct <= 0.5 else "no"))
     return 0
 
