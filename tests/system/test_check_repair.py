@@ -177,7 +177,8 @@ def test_check_and_repair_after_a_hard_failover(sandbox, cyrus, sw):
     # status shows the last check; the timer's service runs the same check under systemd.
     last = sw.link("replica1")["last_check"]
     assert last["result"] == "in-sync" and last["deep"] is True
-    assert "replica1: last deep check" in sw.cli("status").stdout
+    # (status may exit 1 here: a user of the split brain can still be in quarantine)
+    assert "replica1: last deep check" in sw.cli("status", check=False).stdout
     sandbox.systemctl("enable", "--now", "syncwarden-check@replica1.timer")
     delay = sandbox.systemctl("show", "-p", "RandomizedDelayUSec", "--value",
                               "syncwarden-check@replica1.timer").stdout.strip()

@@ -138,6 +138,8 @@ def test_deb_payload_conffile_and_depends(debs, tmp_path):
         "/usr/share/doc/syncwarden/README.md",      # uncompressed: the unit's Documentation=
         "/usr/share/doc/syncwarden/CONTRACT.md",    # uncompressed: syncwarden(8) names it
         "/usr/share/doc/syncwarden/copyright",
+        "/usr/share/syncwarden/prometheus/syncwarden-rules.yml",
+        "/usr/share/syncwarden/grafana/syncwarden-dashboard.json",
     } | {f"/usr/lib/systemd/system/{u}" for u in _unit_names()}
     assert expected <= paths, sorted(expected - paths)
     # one copy of each unit, nothing in the public module path, no wheel leftovers
@@ -147,7 +149,7 @@ def test_deb_payload_conffile_and_depends(debs, tmp_path):
     assert f"Version: {debs.version}\n" in control and "Architecture: all\n" in control
     depends = re.search(r"^Depends: (.*)$", control, re.M)[1]
     for dep in ("python3-transitions", "python3-pystemd", "python3-sdnotify", "python3-yaml",
-                "python3-systemd", "cyrus-replication"):
+                "python3-systemd", "python3-prometheus-client", "cyrus-replication"):
         assert dep in depends
     assert debs.deb.name == f"syncwarden_{debs.version}_all.deb"
     ctl = tmp_path / "control"
@@ -193,6 +195,8 @@ def test_rpm_payload_scriptlets_and_rpmlint(rpms, debs, tmp_path):
         "/usr/share/bash-completion/completions/syncwarden",
         "/usr/share/zsh/site-functions/_syncwarden",
         "/usr/share/doc/syncwarden/README.md", "/usr/share/doc/syncwarden/CONTRACT.md",
+        "/usr/share/syncwarden/prometheus/syncwarden-rules.yml",
+        "/usr/share/syncwarden/grafana/syncwarden-dashboard.json",
     } | {f"/usr/lib/systemd/system/{u}" for u in _unit_names()}
     assert expected <= files, sorted(expected - files)
     flags = _host_run(["rpm", "-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]",
@@ -207,7 +211,8 @@ def test_rpm_payload_scriptlets_and_rpmlint(rpms, debs, tmp_path):
     assert "mark-restart-system-units syncwarden.service" in postun     # ..._with_restart
     requires = _host_run(["rpm", "-qpR", rpms.rpm]).stdout
     for dep in ("python3dist(transitions)", "python3dist(pystemd)", "python3dist(sdnotify)",
-                "python3dist(pyyaml)", "python3dist(systemd-python)", "cyrus-imapd",
+                "python3dist(pyyaml)", "python3dist(systemd-python)",
+                "python3-prometheus_client", "cyrus-imapd",
                 "/usr/bin/python3", "python(abi) >= 3.11"):
         assert dep in requires
     # the same unit files as the .deb
