@@ -204,3 +204,32 @@ def test_a_key_with_a_line_break_stays_on_one_report_line():
 def test_a_list_as_a_key_is_a_yaml_problem_not_a_crash():
     (found,) = problems(LINK + "? [a, b]\n: 1\n")
     assert "not valid YAML: a list cannot be a key" in found
+
+
+def test_metrics_are_off_by_default_and_a_port_alone_stays_on_this_host():
+    assert parse(GOOD).metrics == configmod.MetricsSettings(None, None)
+    for listen in ("9747", "'9747'", "127.0.0.1:9747"):
+        assert parse(GOOD + f"metrics: {{listen: {listen}}}\n").metrics.listen == \
+            ("127.0.0.1", 9747)
+    cfg = parse(GOOD + "metrics: {listen: '[::]:9100', textfile: /var/lib/x/sw.prom}\n")
+    assert cfg.metrics.listen == ("::", 9100)
+    assert str(cfg.metrics.textfile) == "/var/lib/x/sw.prom"
+    assert parse(GOOD + "metrics: {listen: 'mon.example.org:80'}\n").metrics.listen == \
+        ("mon.example.org", 80)
+
+
+@pytest.mark.parametrize("listen", ["':9747'", "0", "65536", "true", "'*:9747'",
+                                    "'10.0.0.300:9747'", "'::1:9747'", "'[::1]'", "'h:x'",
+                                    "[9747]"])
+def test_bad_listen_addresses_name_the_key(listen):
+    [p] = problems(GOOD + f"metrics: {{listen: {listen}}}\n")
+    assert p.startswith("metrics.listen: expected PORT or ADDR:PORT (9747 for"), p
+
+
+@pytest.mark.parametrize("textfile,message", [
+    ("relative.prom", "expected an absolute path"),
+    ("/var/lib/node-exporter/sw.txt", "expected a file name ending in .prom"),
+    ("/var/lib/node-exporter/.prom", "expected a file name ending in .prom")])
+def test_bad_textfiles_name_the_key(textfile, message):
+    [p] = problems(GOOD + f"metrics: {{textfile: {textfile}}}\n")
+    assert p.startswith(f"metrics.textfile: {message}"), p

@@ -150,7 +150,7 @@ def test_reload_moves_the_endpoint_and_a_busy_port_is_retried_not_fatal(daemon, 
         scrape(port)
 
 
-def test_no_metrics_configured_means_no_prometheus_client(daemon):
+def test_no_metrics_configured_means_no_exporter(daemon):
     d = daemon("")
     assert wait_for(lambda: d.status_path.exists())
     assert d.metrics is None
@@ -206,3 +206,26 @@ def test_check_with_a_bad_config_is_unknown(tmp_path, capsys):
     assert main(["-c", str(bad), "check", "replica1"]) == 3
     write_config(tmp_path, 1, "")
     assert main(["-c", str(tmp_path / "syncwarden.yaml"), "check", "nosuch"]) == 3
+
+
+def test_a_missing_textfile_directory_is_reported_once_then_used(tmp_path, caplog):
+    from supervisor.config import MetricsSettings
+    from supervisor.monitor.exporter import Exporter
+
+    from .test_contract import status_documents
+
+    doc = status_documents(tmp_path / "state")["running"]
+    clock = iter(range(0, 1000, 11)).__next__          # every call: 11 s later
+    prom = tmp_path / "textfile" / "syncwarden.prom"
+    exporter = Exporter(MetricsSettings(textfile=prom), tmp_path, clock)
+    for _ in range(3):
+        exporter.publish(doc, 1.0)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"metrics.textfile {prom}: cannot write: {prom.parent}: no such directory"
+                      " (is the textfile collector's directory right?)"]
+    assert not prom.parent.exists()                     # not made by root behind the admin
+    prom.parent.mkdir()
+    exporter.publish(doc, 2.0)
+    assert parse_file(prom)[("syncwarden_last_tick_timestamp_seconds",
+                             (("syncwarden_instance", "default"),))] == 2.0
+    exporter.close()
