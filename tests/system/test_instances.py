@@ -110,7 +110,8 @@ def test_two_instances_run_side_by_side_and_never_touch_each_other(sandbox):
         assert exists(sandbox, path), path
     assert sandbox.run("systemctl", "is-active", "syncwarden-sync@replica1.service",
                        "syncwarden-sync@east:replica2.service").returncode == 0
-    east = json.loads(sandbox.run("syncwarden", "-i", "east", "status", "--json").stdout)
+    east = json.loads(sandbox.run("syncwarden", "-i", "east", "status", "--json",
+                                  check=False).stdout)      # (exit 1 when not all live)
     assert east["instance"] == "east" and [x["name"] for x in east["links"]] == ["replica2"]
     assert east["links"][0]["worker"]["unit"] == "syncwarden-sync@east:replica2.service"
 
@@ -161,7 +162,8 @@ def test_two_instances_run_side_by_side_and_never_touch_each_other(sandbox):
     (q,) = sw.status()["quarantine"]
     assert q["user"] == "carol" and q["link"] == "replica1"
     assert lab.wait_messages("replica2", "carol", 2)
-    east = json.loads(sandbox.run("syncwarden", "-i", "east", "status", "--json").stdout)
+    east = json.loads(sandbox.run("syncwarden", "-i", "east", "status", "--json",
+                                  check=False).stdout)      # (exit 1 when not all live)
     assert east["quarantine"] == [] and east["links"][0]["quarantined"] == 0
     assert sandbox.run("find", "/var/lib/syncwarden/east", "-name", "*.entries").stdout == ""
 
