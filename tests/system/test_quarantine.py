@@ -140,12 +140,18 @@ def test_daemon_killed_at_each_step_of_a_quarantine_loses_nothing(sandbox, cyrus
     sandbox.run("touch", flag)
     old_pid = sw.main_pid()
     cyrus.deliver_many(USERS, 10, "crash", sessions=2)
+    # The rewrite runs in a thread: the record may show before the crash point is reached.
+    # Wait for the crash (the flag is gone) and for the restarted daemon to answer.
     deadline = time.monotonic() + 60
-    while not sw.status().get("quarantine") and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        crashed = sandbox.run("test", "-e", flag, check=False).returncode == 1
+        doc = sw.status()
+        if crashed and doc.get("daemon", {}).get("running", True) and doc.get("quarantine"):
+            break
         time.sleep(0.3)
-    assert sandbox.run("test", "-e", flag, check=False).returncode == 1   # it crashed there
+    assert crashed                                       # it crashed there
     assert sw.main_pid() != old_pid                      # it was SIGKILLed there, and restarted
-    assert [q["user"] for q in sw.status()["quarantine"]] == [BROKEN]
+    assert [q["user"] for q in doc["quarantine"]] == [BROKEN]
     assert wait_same(cyrus, "replica1", OTHERS, timeout=60) == {}
     repair_user(sandbox, cyrus, "unreadable")
     sw.cli("quarantine", "retry", BROKEN)
