@@ -27,6 +27,7 @@ DEFAULT_PATH = Path("/etc/syncwarden/syncwarden.yaml")
 # name must be greppable in imapd.conf, the sync directory, unit names and the journal.
 LINK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
+UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,240}\.service$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -47,7 +48,11 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class CyrusSettings:
     imapd_conf: Path = Path("/etc/imapd.conf")
-    sync_client: Path = Path("/usr/lib/cyrus/bin/sync_client")
+    # None: found where this host's Cyrus is (cyrus/layout.py); daemon.load_checked fills
+    # sync_client and master in, check-config also finds and checks the service.
+    sync_client: Path | None = None
+    master: Path | None = None
+    service: str | None = None      # the systemd unit that runs this instance's Cyrus
 
 
 @dataclass(frozen=True)
@@ -295,6 +300,14 @@ class _Reader:
             return _BAD
         return value
 
+    def unit(self, path: str, value: Any):
+        value = self.string(path, value)
+        if value is not _BAD and not UNIT_NAME.match(value):
+            self.problem(path, f"expected a systemd service name such as cyrus-imapd.service,"
+                         f" got {_show(value)}")
+            return _BAD
+        return value
+
     def choice(self, *choices: str):
         return lambda path, value: self.string(path, value, choices)
 
@@ -397,7 +410,8 @@ def parse(text: str, source: str = str(DEFAULT_PATH)) -> Config:
 
     values = r.fill(top, "", {"role": r.choice(*ROLES)})
     values["cyrus"] = flat("cyrus", CyrusSettings, {"imapd_conf": r.path,
-                                                    "sync_client": r.path})
+                                                    "sync_client": r.path, "master": r.path,
+                                                    "service": r.unit})
     values["probe"] = flat("probe", ProbeSettings, {"interval": r.duration,
                                                     "timeout": r.duration})
     values["live"] = flat("live", LiveSettings, {"max_backlog": r.integer,

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import config as configmod
-from .cyrus import imapdconf
+from .cyrus import imapdconf, layout
 from .cyrus import procs as cyrus_procs
 from .link import report
 from .control import ControlServer
@@ -61,6 +61,7 @@ def load_checked(path: Path) -> tuple[configmod.Config, imapdconf.ImapdConf]:
         cfg = configmod.load(path)
     except configmod.ConfigError as exc:
         raise ConfigProblem(exc.report()) from None
+    cfg = configmod.replace(cfg, cyrus=layout.resolve(cfg.cyrus))   # sync_client, master
     try:
         imapd = imapdconf.load(cfg.cyrus.imapd_conf)
     except imapdconf.ImapdConfError as exc:

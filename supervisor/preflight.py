@@ -16,9 +16,9 @@ from . import config as configmod
 from .cyrus import imapdconf, procs
 
 
-def served_channels(imapd, sync_client, proc_root="/proc") -> set:
+def served_channels(imapd, master, proc_root="/proc") -> set:
     """Channels a rolling sync_client or squatter started by this instance's cyrus.conf reads."""
-    dirs = procs.bin_dirs(sync_client)
+    dirs = procs.bin_dirs(master)
     return {c for path in procs.cyrus_conf_paths(imapd.path, dirs, proc_root)
             for c in procs.cyrus_conf_channel_readers(path, imapd.path)}
 
@@ -26,7 +26,7 @@ def served_channels(imapd, sync_client, proc_root="/proc") -> set:
 def stray_channels(cfg, imapd, proc_root="/proc") -> list:
     """Channels of sync_log_channels that no link supervises and nothing else reads."""
     return imapdconf.unsupervised_channels(
-        cfg, imapd, served_channels(imapd, cfg.cyrus.sync_client, proc_root))
+        cfg, imapd, served_channels(imapd, cfg.cyrus.master, proc_root))
 
 
 def stray_problem(imapd, channel, entries: int | None = None) -> str:
@@ -45,7 +45,8 @@ def problems(cfg, imapd, proc_root="/proc", count=None, strays=None) -> list[str
     client = Path(cfg.cyrus.sync_client)
     if not client.is_file():
         out.append(f"cyrus.sync_client: {client} does not exist (Debian: apt-get install"
-                   " cyrus-replication)")
+                   " cyrus-replication; elsewhere set cyrus.sync_client: cyrus/layout.py"
+                   " looked in its distributions' places)")
     elif not os.access(client, os.X_OK):
         out.append(f"cyrus.sync_client: {client} is not executable")
     if configmod.control_gid(cfg) is None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .. import config as configmod
-from ..cyrus import imapdconf
+from ..cyrus import imapdconf, layout
 from ..cyrus.channel import Channel
 from ..cyrus.commands import SyncClient
 from ..paths import Instance
@@ -40,6 +40,7 @@ def main(name: str, config_path: Path | None = None, mode: str = "rolling") -> i
     path = config_path or instance.config
     try:
         cfg = configmod.load(path)
+        cfg = configmod.replace(cfg, cyrus=layout.resolve(cfg.cyrus))
         if link not in cfg.links:
             raise configmod.ConfigError(str(path), [f"links.{link}: no such link"])
         imapd = imapdconf.load(cfg.cyrus.imapd_conf)

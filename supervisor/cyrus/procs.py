@@ -32,14 +32,14 @@ from pathlib import Path
 
 from .cyrusconf import master_entries
 from .imapdconf import ImapdConf
+from .layout import MASTER_NAMES, SERVICE_DIRS
 
 DEFAULT_IMAPD_CONF = "/etc/imapd.conf"      # what every Cyrus program reads without -C
 DEFAULT_CYRUS_CONF = "/etc/cyrus.conf"      # what master reads without -M
-LIBEXEC_DIRS = ("/usr/lib/cyrus/bin",)      # Debian's; master finds cmd= programs here first
 
 # Programs that accept mail or change mailboxes while they run (sync_client is not one: it is
 # syncwarden's own worker, or a rival found by rival_sync_clients).
-MASTERS = frozenset({"master", "cyrus-master"})     # the second is Fedora's and RHEL's name
+MASTERS = frozenset(MASTER_NAMES)            # layout.py: which distribution calls it what
 SERVICES = MASTERS | {"imapd", "pop3d", "lmtpd", "nntpd", "httpd", "timsieved", "proxyd",
                       "pop3proxyd", "lmtpproxyd", "mupdate", "sync_server", "smmapd", "fud",
                       "idled", "notifyd", "backupd", "calalarmd"}
@@ -211,9 +211,10 @@ def cyrus_binary(bin_dirs):
     return lambda exe: os.path.dirname(os.path.normpath(exe)) in dirs
 
 
-def bin_dirs(sync_client: str | os.PathLike) -> tuple[str, ...]:
-    """Where this host's Cyrus binaries are: beside the configured sync_client, and LIBEXEC."""
-    return tuple(dict.fromkeys([os.path.dirname(os.fspath(sync_client)), *LIBEXEC_DIRS]))
+def bin_dirs(master: str | os.PathLike) -> tuple[str, ...]:
+    """Where this host's Cyrus services are: beside its master, and where distributions put
+    them (layout.SERVICE_DIRS; master finds cmd= programs in its own LIBEXEC first)."""
+    return tuple(dict.fromkeys([os.path.dirname(os.fspath(master)), *SERVICE_DIRS]))
 
 
 def unit_of(root: Path, pid: int) -> str | None:

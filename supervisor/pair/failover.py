@@ -42,7 +42,7 @@ SERVICES {{
 
 def cyrus_running(cfg, imapd, proc_root="/proc") -> str:
     """The instance's running Cyrus processes, as one line; "" when there are none."""
-    found = cyrus_procs.service_processes(imapd, cyrus_procs.bin_dirs(cfg.cyrus.sync_client),
+    found = cyrus_procs.service_processes(imapd, cyrus_procs.bin_dirs(cfg.cyrus.master),
                                           proc_root)
     return "; ".join(p.describe() for p in found)
 
@@ -78,7 +78,7 @@ def master_imap(cfg, out):
     host = "[::1]" if ep.host == "::1" else "127.0.0.1"
     (rundir / "cyrus.conf").write_text(VERIFY_CYRUS_CONF.format(
         conf=cfg.cyrus.imapd_conf, host=host, port=ep.port))
-    master = Path(cfg.cyrus.sync_client).with_name("master")
+    master = cfg.cyrus.master        # master or cyrus-master, wherever it is (cyrus/layout.py)
     subprocess.run(["systemd-run", f"--unit={VERIFY_UNIT}", "--quiet", "--collect",
                     "--property=User=cyrus", "--property=Group=mail",
                     "--property=RuntimeDirectory=syncwarden-verify",

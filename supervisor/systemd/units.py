@@ -39,6 +39,11 @@ def link_of(unit: str) -> str:
     return parse_qualified(unit.partition("@")[2].rpartition(".service")[0])[1]
 
 
+def daemon_unit(instance: str = DEFAULT) -> str:
+    """The daemon's own unit: syncwarden.service, or syncwarden@NAME.service (units/)."""
+    return "syncwarden.service" if instance == DEFAULT else f"syncwarden@{instance}.service"
+
+
 def unit_name(kind: UnitKind, link: str, instance: str = DEFAULT) -> str:
     return f"{kind.value}@{qualified(link, instance)}.service"
 
@@ -142,6 +147,14 @@ class Systemd:
         u.load()
         raw = u.Unit.InvocationID
         return bytes(raw).hex() if raw else ""
+
+    def ordered_before(self, unit: str) -> list[str]:
+        """The units this one is ordered Before= (its own and its drop-ins' settings)."""
+        from pystemd.systemd1 import Unit
+
+        u = Unit(unit.encode(), bus=self._bus)
+        u.load()
+        return sorted(x.decode() for x in u.Unit.Before)
 
     def exit_info(self, unit: str) -> ExitInfo:
         from pystemd.systemd1 import Unit

@@ -7,7 +7,14 @@
     def test_z(cyrus): ...                          # other users / replicas
 
 Every test in this folder is marked `system` and skipped (with the reason) where it cannot run:
-not root, or systemd-nspawn / Cyrus not installed (scripts/setup installs them).
+not root, or systemd-nspawn / Cyrus not installed (scripts/setup installs them), or the
+Debian root it asks for not made yet (scripts/setup makes it: see roots.py).
+
+Which Debian runs inside (the `release` fixture, which `sandbox` uses):
+- by default every test runs on Debian 12 (bookworm), and the smoke set, the tests marked
+  ``@pytest.mark.trixie``, also on Debian 13 (trixie): those have ids ending in [bookworm] and
+  [trixie];
+- SYNCWARDEN_TEST_ROOT=trixie (or bookworm) runs every test on that release only.
 """
 
 import itertools
@@ -17,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from . import roots
 from .cyruslab import BIN, DEFAULT_USERS, CyrusLab
 from .sandbox import Sandbox, cleanup_stale
 
@@ -24,21 +32,43 @@ HERE = Path(__file__).parent
 _names = itertools.count(1)
 
 
-def _missing() -> str | None:
+_MISSING: dict[str, str | None] = {}
+HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _missing(release: str) -> str | None:
+    if release not in _MISSING:
+        _MISSING[release] = _find_missing(release)
+    return _MISSING[release]
+
+
+def _find_missing(release: str) -> str | None:
     if os.geteuid() != 0:
         return "system tests need root (they mount an overlay and boot systemd-nspawn)"
     for tool, pkg in (("systemd-nspawn", "systemd-container"), ("nsenter", "util-linux"),
-                      ("saslpasswd2", "sasl2-bin"), ("nft", "nftables")):
-        if not shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin"):
+                      ("nft", "nftables")):
+        if not shutil.which(tool, path=HOST_PATH):
             return f"{tool} not found (apt-get install {pkg}, or run scripts/setup)"
-    for prog in ("master", "imapd", "lmtpd", "sync_client", "sync_server"):
-        if not os.access(f"{BIN}/{prog}", os.X_OK):
-            return f"{BIN}/{prog} not found (install cyrus-imapd and cyrus-replication: scripts/setup)"
+    reason = roots.missing(release)
+    if reason:
+        return reason
+    root = roots.lower_dir(release)        # what the container will have, not the host
+    for prog, pkg in [(f"{BIN}/{p}", "cyrus-imapd and cyrus-replication")
+                      for p in ("master", "imapd", "lmtpd", "sync_client", "sync_server")] + \
+            [("/usr/sbin/saslpasswd2", "sasl2-bin")]:
+        if not os.access(root / prog.lstrip("/"), os.X_OK):
+            return f"{prog} not found in {root} (install {pkg}: scripts/setup)"
     return None
+
+
+def _default_release() -> str:
+    return roots.selected() or roots.DEFAULT
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cyrus(users=..., replicas=...): options for the cyrus fixture")
+    config.addinivalue_line("markers", "trixie: in the smoke set that also runs on Debian 13"
+                            " (see tests/system/conftest.py)")
     config.addinivalue_line("markers", "matrix: the fault matrix on the two-host lab (issue 11);"
                             " select it with -m matrix")
 
@@ -52,11 +82,25 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
+def pytest_generate_tests(metafunc):
+    # The smoke set runs on both releases, unless SYNCWARDEN_TEST_ROOT picks one for everything.
+    if "release" in metafunc.fixturenames and metafunc.definition.get_closest_marker("trixie") \
+            and roots.selected() is None:
+        metafunc.parametrize("release", [roots.DEFAULT, "trixie"], indirect=True,
+                             scope="session")
+
+
+def _release_of(item) -> str:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("release") if callspec and "release" in callspec.params \
+        else _default_release()
+
+
 def pytest_collection_modifyitems(config, items):
-    reason = _missing()
     for item in items:
         if HERE in item.path.parents:
             item.add_marker(pytest.mark.system)
+            reason = _missing(_release_of(item))
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
 
@@ -68,11 +112,17 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"report_{report.when}", report)
 
 
+@pytest.fixture(scope="session")
+def release(request) -> str:
+    """The Debian release (codename) the test's containers run: see the module docstring."""
+    return getattr(request, "param", None) or _default_release()
+
+
 @pytest.fixture
-def sandbox(request):
+def sandbox(request, release):
     """A freshly booted container, stopped and unmounted after the test whatever happened."""
     cleanup_stale()
-    sb = Sandbox(f"sw{next(_names)}-{os.getpid()}")
+    sb = Sandbox(f"sw{next(_names)}-{os.getpid()}", release=release)
     try:
         sb.start()
         yield sb

@@ -1,11 +1,15 @@
-"""A real systemd (252) for system tests: a systemd-nspawn container over an overlay of the host root.
+"""A real systemd for system tests: a systemd-nspawn container over an overlay of a Debian root.
 
 The host does not boot with systemd, and syncwarden is systemd-native, so each test boots its own
-container (0.3-0.4 s on the dev VM; stop takes about 0.2 s).  Layout, all under /run/syncwarden-test/<name>/:
+container (0.3-0.4 s on the dev VM; stop takes about 0.2 s).  The overlay's lower layer is the
+host's own root or a cached root of another Debian release (roots.py): systemd 252 on Debian 12,
+257 on Debian 13.  Users and groups (cyrus is uid 103 on one, 101 on the other) are always looked
+up in the container's root, never on the host.  Layout, all under /run/syncwarden-test/<name>/:
 
     owner        "<pid> <starttime>" of the process that made it (tells a crashed run from a live one)
     ovl/         tmpfs holding the overlay's upper and work dirs: every write of the container lands here
-    root/        overlay(lowerdir=/, upper=ovl/up): the container's root, and host_path()'s base
+    root/        overlay(lowerdir=/ or the release's root, upper=ovl/up): the container's root,
+                 and host_path()'s base
     console.log  the container's console (systemd's boot messages)
 
 Safety: systemd is only ever booted on that overlay, with --private-network (only a loopback
@@ -18,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -26,6 +29,8 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+
+from . import roots
 
 BASE = Path("/run/syncwarden-test")
 
@@ -264,10 +269,14 @@ def _nspawn_preexec(cgroups: list[Path]):
 class Sandbox:
     """A booted systemd container.  Use as a context manager, or start() / stop()."""
 
-    def __init__(self, name: str, masked=MASKED, no_autostart=NO_AUTOSTART, tmpfs_size="4g"):
+    def __init__(self, name: str, masked=MASKED, no_autostart=NO_AUTOSTART, tmpfs_size="4g",
+                 release: str | None = None):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,40}", name):
             raise ValueError(f"bad sandbox name {name!r} (it is also the container's host name)")
         self.name, self.masked, self.no_autostart = name, masked, no_autostart
+        # which Debian runs inside: the caller's choice, else SYNCWARDEN_TEST_ROOT, else bookworm
+        self.release = roots.check_release(release or roots.selected() or roots.DEFAULT)
+        self.lower = roots.lower_dir(self.release)
         self.tmpfs_size = tmpfs_size
         self.folder = BASE / name
         self.root = self.folder / "root"
@@ -312,8 +321,11 @@ class Sandbox:
                         "tmpfs", str(ovl)], check=True)
         (ovl / "up").mkdir()
         (ovl / "wk").mkdir()
+        if not (self.lower / "usr/lib/systemd/systemd").exists():
+            raise SandboxError(f"{self.lower}: no systemd there: {roots.missing(self.release)}")
         subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                        f"lowerdir=/,upperdir={ovl}/up,workdir={ovl}/wk", str(self.root)], check=True)
+                        f"lowerdir={self.lower},upperdir={ovl}/up,workdir={ovl}/wk",
+                        str(self.root)], check=True)
 
     def _prepare_root(self) -> None:
         etc = self.root / "etc/systemd/system"
@@ -431,9 +443,8 @@ class Sandbox:
             raise SandboxError(f"sandbox {self.name} is not running")
         argv = [str(a) for a in argv]
         if user is not None:
-            pw = pwd.getpwnam(user)     # the container shares the host's /etc/passwd
-            argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups",
-                    "--"] + argv
+            uid, gid = self.user_ids(user)
+            argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--"] + argv
         cmd = ["nsenter", "-t", str(self.pid1), "-a", "--"] + argv
         # Own process group, so a timeout also kills the child nsenter forked into the container.
         p = subprocess.Popen(cmd, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
@@ -469,8 +480,27 @@ class Sandbox:
         hp.chmod(mode)
         if owner is not None:
             user, group = owner.split(":") if isinstance(owner, str) else owner
-            shutil.chown(hp, user, group)
+            uid = self.user_ids(user)[0] if isinstance(user, str) else user
+            gid = self.group_id(group) if isinstance(group, str) else group
+            os.chown(hp, uid, gid)
         return hp
+
+    # --- users and groups: the container root's own, not the host's -------------------------
+
+    def _entry(self, table: str, name: str) -> list[str]:
+        for line in self.host_path(f"/etc/{table}").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == name and len(fields) >= 4:
+                return fields
+        raise KeyError(f"{name!r} not in the container's /etc/{table} ({self.release})")
+
+    def user_ids(self, user: str) -> tuple[int, int]:
+        """(uid, primary gid) of a user inside the container."""
+        fields = self._entry("passwd", user)
+        return int(fields[2]), int(fields[3])
+
+    def group_id(self, group: str) -> int:
+        return int(self._entry("group", group)[2])
 
     def read_file(self, p) -> str:
         return self.host_path(p).read_text()

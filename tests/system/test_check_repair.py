@@ -97,6 +97,7 @@ def hard_failover(sw, lab):
     lab.deliver("alice", 1, "master-after", instance="master")
 
 
+@pytest.mark.trixie
 def test_check_and_repair_after_a_hard_failover(sandbox, cyrus, sw):
     sandbox.write_file("/etc/syncwarden/imap-credentials", "user: cyrus\npassword: adminpw\n",
                        mode=0o600)

@@ -31,6 +31,7 @@ def held_backlog(sw, cyrus, per_user: int, link="replica1") -> int:
     return lines["log"] + lines["log-run"]
 
 
+@pytest.mark.trixie
 def test_stop_drains_a_held_backlog_of_5000(sandbox, cyrus, sw):
     sw.setup()
     assert sw.wait_state("replica1", "live") and sw.wait_state("replica2", "live")
@@ -166,6 +167,7 @@ def test_poweroff_while_delivering_loses_no_accepted_message(sandbox, cyrus, sw)
 
 
 
+@pytest.mark.trixie
 def test_failover_refuses_then_drains_verifies_and_demotes(sandbox, cyrus, sw):
     sandbox.write_file("/etc/syncwarden/imap-credentials", "user: cyrus\npassword: adminpw\n",
                        mode=0o600)

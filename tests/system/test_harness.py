@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from . import roots
 from . import sandbox as sandbox_mod
 from .cyruslab import LabError
 from .sandbox import BASE, Sandbox, cleanup_stale
@@ -24,9 +25,14 @@ def leftovers(folder):
 GONE = ([], None, [])
 
 
+@pytest.mark.trixie
 def test_container_boots(sandbox):
     failed = sandbox.systemctl("--failed", "--no-legend").stdout
     assert sandbox.boot_state == "running", failed
+    # the Debian release asked for (roots.py), whichever the host runs
+    assert roots.os_release(sandbox.root)["VERSION_CODENAME"] == sandbox.release
+    assert sandbox.run("cat", "/etc/debian_version").stdout.startswith(
+        roots.RELEASES[sandbox.release])
     assert sandbox.systemctl("is-system-running").stdout.strip() == "running"
     assert sandbox.run("cat", "/proc/1/comm").stdout.strip() == "systemd"
     # private network: only a loopback inside
@@ -39,11 +45,17 @@ def test_container_boots(sandbox):
     assert not os.path.exists(f"/tmp/{sandbox.name}")
 
 
+@pytest.mark.trixie
 def test_files_written_on_host_are_seen_inside(sandbox):
     sandbox.write_file("/etc/swtest/hello", "hi\n", mode=0o600, owner="cyrus:mail")
     out = sandbox.run("stat", "-c", "%U:%G %a", "/etc/swtest/hello").stdout.split()
     assert out == ["cyrus:mail", "600"]
     assert sandbox.run("cat", "/etc/swtest/hello", user="cyrus").stdout == "hi\n"
+    # users are the container's own (cyrus is uid 103 on Debian 12, 101 on 13), not the host's
+    uid = sandbox.run("id", "-u", "cyrus").stdout.strip()
+    assert str(sandbox.host_path("/etc/swtest/hello").stat().st_uid) == uid
+    assert sandbox.run("id", "-un", user="cyrus").stdout.strip() == "cyrus"
+    assert sandbox.run("id", "-u", user="cyrus").stdout.strip() == uid
 
 
 def test_lab_starts(cyrus):
@@ -52,6 +64,7 @@ def test_lab_starts(cyrus):
     cyrus.sb.systemctl("is-active", *(cyrus.unit(n) for n in cyrus.names))
 
 
+@pytest.mark.trixie
 def test_deliver_and_one_shot_sync(cyrus):
     ids = cyrus.deliver("bob", 20, "harness")
     assert len(ids) == len(set(ids)) == 20

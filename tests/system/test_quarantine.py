@@ -60,6 +60,7 @@ def repair_user(sandbox, cyrus, method: str) -> None:
         sandbox.run(f"{BIN}/sync_reset", "-C", R1, "-f", BROKEN, user="cyrus")
 
 
+@pytest.mark.trixie
 @pytest.mark.cyrus(users=USERS, replicas=("replica1",))
 @pytest.mark.parametrize("method", ["unreadable", "corrupt-index", "same-folder"])
 def test_broken_user_is_quarantined_and_the_others_flow(sandbox, cyrus, sw, method):
@@ -103,6 +104,7 @@ def test_broken_user_is_quarantined_and_the_others_flow(sandbox, cyrus, sw, meth
     assert wait_same(cyrus, "replica1", USERS, timeout=60) == {}
 
 
+@pytest.mark.trixie
 @pytest.mark.cyrus(users=USERS, replicas=("replica1",))
 def test_user_the_logs_do_not_name_is_found_by_bisection(sandbox, cyrus, sw):
     sw.setup()

@@ -27,6 +27,7 @@ def main_pid(sandbox, unit: str) -> int:
     return int(sandbox.run("systemctl", "show", "-p", "MainPID", "--value", unit).stdout)
 
 
+@pytest.mark.trixie
 def test_failover_refuses_while_the_master_runs_under_another_unit(sandbox, cyrus, sw):
     sandbox.write_file("/etc/syncwarden/imap-credentials", "user: cyrus\npassword: adminpw\n",
                        mode=0o600)
@@ -50,6 +51,7 @@ def test_failover_refuses_while_the_master_runs_under_another_unit(sandbox, cyru
     assert r.stdout == "" and sw.status()["role"] == "master"
 
 
+@pytest.mark.trixie
 def test_check_config_names_a_sync_client_it_did_not_start(sandbox, cyrus, sw):
     sw.setup()
     assert sw.wait_state("replica1", "live") and sw.wait_state("replica2", "live")

@@ -18,6 +18,7 @@ def sw(sandbox, cyrus):
     return Syncwarden(sandbox, cyrus)
 
 
+@pytest.mark.trixie
 def test_happy_path_500_messages_reach_both_replicas(sandbox, cyrus, sw):
     # a shutdown file left from an earlier drain would make sync_client exit without work
     stale = cyrus.sync_dir("replica1") + "/shutdown"
@@ -56,6 +57,7 @@ def test_happy_path_500_messages_reach_both_replicas(sandbox, cyrus, sw):
     assert sw.link("replica1")["state"] == "live"
 
 
+@pytest.mark.trixie
 def test_replica_down_at_start_then_resumes(sandbox, cyrus, sw):
     cyrus.stop("replica1")
     sw.setup()
@@ -127,6 +129,7 @@ def test_one_link_outage_does_not_disturb_the_other(sandbox, cyrus, sw):
     assert wait_same(cyrus, "replica2", USERS) == {}
 
 
+@pytest.mark.trixie
 def test_bad_inputs_get_one_line_errors(sandbox, cyrus, sw):
     sw.install()
     # a mistyped key; then a link missing from sync_log_channels: refused, naming both files

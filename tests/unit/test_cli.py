@@ -22,20 +22,48 @@ replica1_sync_port: 11005
 """
 
 
-def write(tmp_path, links="replica1: {host: 127.0.0.1, port: 11005}", extra=""):
+def write(tmp_path, links="replica1: {host: 127.0.0.1, port: 11005}", extra="", cyrus=None):
+    """A config and its imapd.conf; Cyrus's binaries and unit configured (stand-ins), so
+    that nothing depends on where, or whether, this host has Cyrus."""
     (tmp_path / "imapd.conf").write_text(IMAPD.format(d=tmp_path))
-    client = tmp_path / "sync_client"           # check-config wants an executable there
-    client.write_text("#!/bin/sh\n")
-    client.chmod(0o755)
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    for prog in ("sync_client", "bin/master"):     # check-config wants executables there
+        (tmp_path / prog).write_text("#!/bin/sh\n")
+        (tmp_path / prog).chmod(0o755)
+    if cyrus is None:
+        cyrus = (f"sync_client: {tmp_path}/sync_client, master: {tmp_path}/bin/master,"
+                 " service: cyrus-imapd.service")
     cfg = tmp_path / "s.yaml"
-    cfg.write_text(f"cyrus: {{imapd_conf: {tmp_path}/imapd.conf, sync_client: {client}}}\n"
+    cfg.write_text(f"cyrus: {{imapd_conf: {tmp_path}/imapd.conf, {cyrus}}}\n"
                    f"links: {{{links}}}\n{extra}")
     return cfg
 
 
 def test_check_config_ok(tmp_path, capsys):
     assert main(["check-config", str(write(tmp_path))]) == 0
-    assert "OK: 1 link(s) (replica1)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "OK: 1 link(s) (replica1)" in out
+    assert (f"Cyrus: sync_client {tmp_path}/sync_client (configured), master"
+            f" {tmp_path}/bin/master (configured), service cyrus-imapd.service (configured)"
+            in out)
+
+
+def test_check_config_names_missing_cyrus_binaries_and_a_wrong_mail_unit(tmp_path, capsys):
+    from .fakeproc import BIN, FakeProc
+    cfg = write(tmp_path, cyrus=f"sync_client: {tmp_path}/nosuch/sync_client,"
+                f" master: {tmp_path}/imapd.conf, service: mail.service")
+    proc = FakeProc(tmp_path / "proc")
+    proc.add(10, f"{BIN}/master", "master", "-C", str(tmp_path / "imapd.conf"))
+    assert main(["--proc-root", str(tmp_path / "proc"), "check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[:3] == [
+        f"{cfg}: 3 problems",
+        f"  cyrus.master: {tmp_path}/imapd.conf is not an executable file (failover runs it"
+        " to read the master)",
+        "  cyrus.service: mail.service, but this instance's master runs as pid 10 in"
+        " cyrus-imapd.service"]
+    assert err[3].startswith(f"  cyrus.sync_client: {tmp_path}/nosuch/sync_client does not"
+                             " exist")
 
 
 def test_check_config_mismatch_names_both_files(tmp_path, capsys):

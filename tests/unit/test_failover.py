@@ -15,7 +15,8 @@ def instance(tmp_path):
     conf = tmp_path / "imapd.conf"
     conf.write_text(f"configdirectory: {tmp_path}/conf\n")
     cfg = tmp_path / "s.yaml"
-    cfg.write_text(f"cyrus: {{imapd_conf: {conf}}}\nlinks: {{r1: {{host: h, port: 1}}}}\n")
+    cfg.write_text(f"cyrus: {{imapd_conf: {conf}, master: {BIN}/master}}\n"
+                   "links: {r1: {host: h, port: 1}}\n")
     proc = FakeProc(tmp_path / "proc")
     proc.add(7, f"{BIN}/master", "master", "-C", str(tmp_path / "other.conf"))   # not ours
     return configmod.load(cfg), imapdconf.load(conf), proc
