@@ -134,14 +134,15 @@ def _cyrus_layout(args, configured, cfg, imapd):
                                               layout.installed_mail_unit(root))
     problems += more
     if found["service"].ok:
-        daemon = units.daemon_unit(args.instance)
+        daemon = units.daemon_unit(args.instance.name)
         problems += layout.order_problem(daemon, found["service"].value,
                                          _ordered_before(daemon))
     return found, problems
 
 
 def _ordered_before(unit: str) -> list[str] | None:
-    """What systemd says the unit is ordered Before=; None when there is no systemd to ask."""
+    """What systemd says the unit is ordered Before=; None when there is no systemd to ask
+    or the unit is not installed (run from a checkout)."""
     from ..systemd.units import Systemd
 
     try:
@@ -150,8 +151,6 @@ def _ordered_before(unit: str) -> list[str] | None:
         return None
     try:
         return systemd.ordered_before(unit)
-    except Exception:
-        return None
     finally:
         systemd.close()
 

@@ -148,12 +148,15 @@ class Systemd:
         raw = u.Unit.InvocationID
         return bytes(raw).hex() if raw else ""
 
-    def ordered_before(self, unit: str) -> list[str]:
-        """The units this one is ordered Before= (its own and its drop-ins' settings)."""
+    def ordered_before(self, unit: str) -> list[str] | None:
+        """The units this one is ordered Before= (its own and its drop-ins' settings); None
+        when systemd has no such unit (not installed)."""
         from pystemd.systemd1 import Unit
 
         u = Unit(unit.encode(), bus=self._bus)
         u.load()
+        if u.Unit.LoadState != b"loaded":
+            return None
         return sorted(x.decode() for x in u.Unit.Before)
 
     def exit_info(self, unit: str) -> ExitInfo:

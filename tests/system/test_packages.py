@@ -1,10 +1,12 @@
-"""The .deb and the .rpm, as a user gets them.
+"""The .deb and the .rpm, as a user gets them, on Debian 12 and (the tests marked trixie) 13.
 
-Both are built once per test session (`packaging/build`, what `make deb` and `make rpm` run).
-On the host: payloads, scriptlets, lintian and rpmlint, the message catalog, man pages and
-bash completion against the code, and the rpm installed into a scratch root. In a container
-with real systemd and real Cyrus, and only Debian's python3 and packages: `dpkg -i`, enable,
-replicate, `journalctl -x`, an upgrade while a backlog waits, remove and purge.
+Both are built once per test session and release (`packaging/build`, what `make deb` and
+`make rpm` run) with that release's own tools (pkgtools.py: this host's for its own release,
+a container's for the other): payloads, scriptlets, lintian and rpmlint, the rpm installed
+into a scratch root with that release's rpm. On the host: the message catalog, man pages and
+bash completion against the code. In a container of the release with real systemd and real
+Cyrus, and only Debian's python3 and packages: `dpkg -i`, enable, replicate, `journalctl -x`,
+an upgrade while a backlog waits, remove and purge.
 """
 
 from __future__ import annotations
@@ -21,30 +23,27 @@ from pathlib import Path
 
 import pytest
 
+from .pkgtools import HOST_PATH, Tools, host_run as _host_run, tools_for
 from .swlab import Syncwarden, log_lines, wait_same
 
 pytestmark = pytest.mark.system
 
 REPO = Path(__file__).resolve().parents[2]
-BUILD = REPO / "packaging" / "build"
-HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 USERS = ("bob", "alice", "carol", "dave", "erin")
 UPGRADE_SUFFIX = "+systest1"        # the "rebuilt higher version" of the upgrade test
+INIT_D_TAG = "package-supports-alternative-init-but-no-init.d-script"
 
 DEB_TOOLS = ("dpkg-dev", "debhelper", "dh-python", "pybuild-plugin-pyproject",
              "python3-setuptools", "lintian")
 RPM_TOOLS = ("rpm", "rpmlint", "cpio")
-
-
-def _host_run(argv, check=True, env=None, **kw) -> subprocess.CompletedProcess:
-    """A host command with Debian's tools (not a pyenv or virtualenv python on PATH)."""
-    e = {"PATH": HOST_PATH, "LANG": "C.UTF-8", "HOME": os.environ.get("HOME", "/root"),
-         **(env or {})}
-    r = subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=e, **kw)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{argv} exited {r.returncode}\n"
-                             f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
+# What the rpm may require: only what Fedora itself ships (packages.fedoraproject.org:
+# python3-pystemd, python3-pyyaml, python3-sdnotify, python3-systemd, python3-prometheus_client,
+# cyrus-imapd; python3 and systemd), or
+# rpm itself. python3-transitions is not there (retired after Fedora 34): it is bundled.
+FEDORA_SHIPS = re.compile(r"^(python\(abi\) >= 3\.11|python3dist\((pystemd|pyyaml|sdnotify"
+                          r"|systemd-python|prometheus-client)\)"
+                          r" >= [\d.]+|cyrus-imapd|systemd|/bin/sh|/usr/bin/python3"
+                          r"|config\(syncwarden\) = .*|rpmlib\(.*)$")
 
 
 def _missing(packages) -> str | None:
@@ -59,57 +58,72 @@ def _version() -> str:
     return re.search(r'__version__ = "(.+)"', (REPO / "supervisor/__init__.py").read_text())[1]
 
 
-def _build(kind: str, out: Path, **env) -> float:
-    """packaging/build KIND OUT; lint is a test of its own, and the unit tests (which the
-    .deb's build runs by default) are the suite's own business. Returns the seconds taken."""
+def _build(tools: Tools, kind: str, out, **env) -> float:
+    """packaging/build KIND OUT with the release's own tools; lint is a test of its own, and
+    the unit tests (which the builds run by default) are the suite's own business. Returns
+    the seconds taken."""
     t0 = time.monotonic()
-    _host_run([BUILD, kind, out], env={"NOLINT": "1", "NOCHECK": "1", **env}, timeout=600)
+    tools.run([tools.repo / "packaging/build", kind, out],
+              env={"NOLINT": "1", "NOCHECK": "1", **env}, timeout=600)
     return time.monotonic() - t0
 
 
 @dataclass
 class Debs:
-    deb: Path            # syncwarden_<version>_all.deb
+    deb: Path            # syncwarden_<version>_all.deb (host path)
     upgrade: Path        # the same sources as <version>+systest1
     version: str
     upgrade_version: str
     tree: Path           # the source tree the first one was built from (debian/syncwarden: payload)
+    changes: str         # its .changes, as the tools see it
 
 
 @dataclass
 class Rpms:
-    rpm: Path
-    upgrade: Path        # Release 2
-    top: Path
+    rpm: str             # as the tools see them
+    upgrade: str         # Release 2
+    top: str
 
 
 @pytest.fixture(scope="session")
-def debs(tmp_path_factory) -> Debs:
-    reason = _missing(DEB_TOOLS)
+def tools(release, tmp_path_factory):
+    """The release's packaging tools: this host's for its own release, else a container's."""
+    t = tools_for(release, tmp_path_factory.mktemp(f"pkg-{release}"))
+    yield t
+    t.stop()
+
+
+@pytest.fixture(scope="session")
+def debs(tools) -> Debs:
+    reason = _missing(DEB_TOOLS) if type(tools) is Tools else None
     if reason:
         pytest.skip(reason)
-    out = tmp_path_factory.mktemp("debs")
+    out = tools.scratch / "debs"
     version = _version()
-    took = _build("deb", out / "1")
+    # In a container of the other release the build also runs the unit tests (dh_auto_test):
+    # the unit suite under that release's Python (3.13 on Debian 13).
+    took = _build(tools, "deb", out / "1", **({} if type(tools) is Tools else {"NOCHECK": ""}))
     up = f"{version}{UPGRADE_SUFFIX}"
-    _build("deb", out / "2", DEB_VERSION=up)
-    print(f"built the .deb in {took:.1f}s")
-    return Debs(out / "1/deb" / f"syncwarden_{version}_all.deb",
-                out / "2/deb" / f"syncwarden_{up}_all.deb", version, up,
-                out / "1/deb" / f"syncwarden-{version}")
+    _build(tools, "deb", out / "2", DEB_VERSION=up)
+    print(f"built the .deb in {took:.1f}s on {tools.release}")
+    changes = next(tools.host_path(out / "1/deb").glob("syncwarden_*.changes")).name
+    return Debs(tools.host_path(out / "1/deb" / f"syncwarden_{version}_all.deb"),
+                tools.host_path(out / "2/deb" / f"syncwarden_{up}_all.deb"), version, up,
+                tools.host_path(out / "1/deb" / f"syncwarden-{version}"),
+                str(out / "1/deb" / changes))
 
 
 @pytest.fixture(scope="session")
-def rpms(tmp_path_factory) -> Rpms:
-    reason = _missing(RPM_TOOLS)
+def rpms(tools) -> Rpms:
+    reason = _missing(RPM_TOOLS) if type(tools) is Tools else None
     if reason:
         pytest.skip(reason)
-    out = tmp_path_factory.mktemp("rpms")
+    out = tools.scratch / "rpms"
     version = _version()
-    _build("rpm", out / "1")
-    _build("rpm", out / "2", RPM_RELEASE="2")
-    return Rpms(out / f"1/rpm/RPMS/noarch/syncwarden-{version}-1.noarch.rpm",
-                out / f"2/rpm/RPMS/noarch/syncwarden-{version}-2.noarch.rpm", out / "1/rpm")
+    _build(tools, "rpm", out / "1")
+    _build(tools, "rpm", out / "2", RPM_RELEASE="2")
+    return Rpms(f"{out}/1/rpm/RPMS/noarch/syncwarden-{version}-1.noarch.rpm",
+                f"{out}/2/rpm/RPMS/noarch/syncwarden-{version}-2.noarch.rpm", f"{out}/1/rpm")
 
 
 def _unit_names() -> list[str]:
@@ -121,9 +135,10 @@ def _extract_deb(deb: Path, dest: Path) -> Path:
     return dest
 
 
-# --- the .deb on the host ----------------------------------------------------------------------
+# --- the .deb, with each release's tools -------------------------------------------------------
 
-def test_deb_payload_conffile_and_depends(debs, tmp_path):
+@pytest.mark.trixie
+def test_deb_payload_conffile_and_depends(debs, tools, tmp_path):
     listing = _host_run(["dpkg-deb", "-c", debs.deb]).stdout
     paths = {line.split()[5].lstrip(".") for line in listing.splitlines()}
     expected = {
@@ -145,6 +160,9 @@ def test_deb_payload_conffile_and_depends(debs, tmp_path):
     # one copy of each unit, nothing in the public module path, no wheel leftovers
     assert not [p for p in paths if p.startswith(("/lib/", "/usr/lib/python3"))]
     assert not [p for p in paths if "dist-info" in p or "__pycache__" in p]
+    # the lintian override only for a lintian that knows its tag (Debian 12's, not 13's)
+    knows = tools.run(["lintian-explain-tags", INIT_D_TAG], check=False).returncode == 0
+    assert ("/usr/share/lintian/overrides/syncwarden" in paths) == knows, tools.release
     control = _host_run(["dpkg-deb", "-f", debs.deb]).stdout
     assert f"Version: {debs.version}\n" in control and "Architecture: all\n" in control
     depends = re.search(r"^Depends: (.*)$", control, re.M)[1]
@@ -170,24 +188,27 @@ def test_deb_payload_conffile_and_depends(debs, tmp_path):
         (debs.tree / "config/syncwarden.yaml").read_bytes()
 
 
-def test_deb_lintian_clean(debs):
-    """No tag at all, pedantic and info included; overrides carry their reasons."""
-    changes = list(debs.deb.parent.glob("syncwarden_*.changes"))
+@pytest.mark.trixie
+def test_deb_lintian_clean(debs, tools):
+    """No tag at all, pedantic and info included, with the release's own lintian (2.116 on
+    Debian 12, 2.122 on 13); overrides carry their reasons."""
+    version = tools.run(["lintian", "--version"]).stdout.strip()
     # (as root, lintian warns about that on stderr: the tags are on stdout)
-    r = _host_run(["lintian", "--display-info", "--pedantic", "--fail-on",
-                   "error,warning,info,pedantic", *changes], check=False)
-    assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr
-    overrides = (REPO / "packaging/debian/syncwarden.lintian-overrides").read_text()
+    r = tools.run(["lintian", "--display-info", "--pedantic", "--fail-on",
+                   "error,warning,info,pedantic", debs.changes], check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "", f"{version}\n{r.stdout}{r.stderr}"
+    overrides = (REPO / "packaging/debian/syncwarden.lintian-overrides.in").read_text()
     for line in overrides.splitlines():
         if line and not line.startswith("#"):   # every override is preceded by its reason
             before = overrides[:overrides.index(line)].rstrip().splitlines()
             assert before and before[-1].startswith("#"), line
 
 
-# --- the .rpm on the host ----------------------------------------------------------------------
+# --- the .rpm, with each release's rpm (4.18, 4.20) and rpmlint (2.4, 2.7) -----------------------
 
-def test_rpm_payload_scriptlets_and_rpmlint(rpms, debs, tmp_path):
-    files = set(_host_run(["rpm", "-qlp", rpms.rpm]).stdout.split())
+@pytest.mark.trixie
+def test_rpm_payload_scriptlets_and_rpmlint(rpms, debs, tools, tmp_path):
+    files = set(tools.run(["rpm", "-qlp", rpms.rpm]).stdout.split())
     expected = {
         "/usr/bin/syncwarden", "/usr/lib/syncwarden/supervisor/commands/cli.py",
         "/etc/syncwarden/syncwarden.yaml", "/usr/lib/systemd/catalog/syncwarden.catalog",
@@ -197,66 +218,87 @@ def test_rpm_payload_scriptlets_and_rpmlint(rpms, debs, tmp_path):
         "/usr/share/doc/syncwarden/README.md", "/usr/share/doc/syncwarden/CONTRACT.md",
         "/usr/share/syncwarden/prometheus/syncwarden-rules.yml",
         "/usr/share/syncwarden/grafana/syncwarden-dashboard.json",
+        # transitions, bundled in the private directory with its license
+        "/usr/lib/syncwarden/transitions/core.py", "/usr/share/licenses/syncwarden/LICENSE.transitions",
     } | {f"/usr/lib/systemd/system/{u}" for u in _unit_names()}
     assert expected <= files, sorted(expected - files)
-    flags = _host_run(["rpm", "-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]",
+    flags = tools.run(["rpm", "-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]",
                        rpms.rpm]).stdout
     assert "/etc/syncwarden/syncwarden.yaml cn\n" in flags     # %config(noreplace)
-    scripts = _host_run(["rpm", "-qp", "--scripts", rpms.rpm]).stdout
+    scripts = tools.run(["rpm", "-qp", "--scripts", rpms.rpm]).stdout
     post = scripts.split("preuninstall scriptlet")[0]
     preun, postun = scripts.split("preuninstall scriptlet")[1].split("postuninstall scriptlet")
     assert "install-system-units syncwarden.service" in post            # %systemd_post
     assert "remove-system-units syncwarden.service" in preun            # %systemd_preun
     assert "syncwarden-sync@*.service" in preun
     assert "mark-restart-system-units syncwarden.service" in postun     # ..._with_restart
-    requires = _host_run(["rpm", "-qpR", rpms.rpm]).stdout
-    for dep in ("python3dist(transitions)", "python3dist(pystemd)", "python3dist(sdnotify)",
-                "python3dist(pyyaml)", "python3dist(systemd-python)",
-                "python3-prometheus_client", "cyrus-imapd",
-                "/usr/bin/python3", "python(abi) >= 3.11"):
+    # Requires only what Fedora ships; transitions bundled, and said so
+    requires = tools.run(["rpm", "-qpR", rpms.rpm]).stdout.splitlines()
+    assert [r for r in requires if not FEDORA_SHIPS.match(r.strip())] == []
+    for dep in ("python3dist(pystemd) >= 0.11", "python3dist(sdnotify) >= 0.3.1",
+                "python3dist(pyyaml) >= 6.0", "python3dist(systemd-python) >= 234",
+                "python3dist(prometheus-client) >= 0.16", "cyrus-imapd", "python(abi) >= 3.11"):
         assert dep in requires
+    provides = tools.run(["rpm", "-qp", "--provides", rpms.rpm]).stdout.splitlines()
+    bundled = re.search(r"^%global transitions_version (\S+)$",
+                        (REPO / "packaging/rpm/syncwarden.spec").read_text(), re.M)[1]
+    assert f"bundled(python3dist(transitions)) = {bundled}" in provides
+    assert (REPO / f"packaging/rpm/transitions-{bundled}.tar.gz").is_file()
     # the same unit files as the .deb
     payload = tmp_path / "payload"
     payload.mkdir()
-    subprocess.run(f"rpm2cpio {rpms.rpm} | cpio -idm --quiet", shell=True, check=True,
-                   cwd=payload, env={"PATH": HOST_PATH})
+    subprocess.run(f"rpm2cpio {tools.host_path(rpms.rpm)} | cpio -idm --quiet", shell=True,
+                   check=True, cwd=payload, env={"PATH": HOST_PATH})
     deb_root = _extract_deb(debs.deb, tmp_path / "deb")
     for unit in _unit_names():
         assert (payload / "usr/lib/systemd/system" / unit).read_bytes() == \
             (deb_root / "usr/lib/systemd/system" / unit).read_bytes(), unit
-    lint = _host_run(["rpmlint", "-c", REPO / "packaging/rpm/rpmlint.toml",
-                      "-r", REPO / "packaging/rpm/rpmlintrc", rpms.top / "SPECS/syncwarden.spec",
-                      rpms.rpm, *rpms.top.glob("SRPMS/*.rpm")], check=False)
-    assert " 0 errors, 0 warnings" in lint.stdout, lint.stdout + lint.stderr
+    assert (payload / "etc/syncwarden/syncwarden.yaml").read_bytes() == \
+        (deb_root / "etc/syncwarden/syncwarden.yaml").read_bytes()
+    # the launcher finds the bundled transitions before any other
+    r = _host_run(["/usr/bin/python3", "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+                   " import transitions; print(transitions.__file__, transitions.__version__)",
+                   payload / "usr/lib/syncwarden"])
+    assert r.stdout.split() == [f"{payload}/usr/lib/syncwarden/transitions/__init__.py", bundled]
+    rpm_version = tools.run(["rpm", "--version"]).stdout.strip()
+    top = rpms.top
+    srpms = [f"{top}/SRPMS/{p.name}" for p in tools.host_path(f"{top}/SRPMS").glob("*.rpm")]
+    lint = tools.run(["rpmlint", "-c", tools.repo / "packaging/rpm/rpmlint.toml",
+                      "-r", tools.repo / "packaging/rpm/rpmlintrc", f"{top}/SPECS/syncwarden.spec",
+                      rpms.rpm, *srpms], check=False)
+    assert " 0 errors, 0 warnings" in lint.stdout, f"{rpm_version}\n{lint.stdout}{lint.stderr}"
 
 
-def _scratch_root(root: Path) -> Path:
-    """An otherwise empty root in which rpm can run scriptlets: /bin/sh (dash and its
-    libraries) and a stand-in systemd-update-helper that records how it was called."""
-    (root / "bin").mkdir(parents=True)
-    shutil.copy2("/bin/dash", root / "bin/sh")
-    for lib in re.findall(r"(/\S+\.so[.\d]*)", _host_run(["ldd", "/bin/dash"]).stdout):
-        dest = root / lib.lstrip("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(os.path.realpath(lib), dest)
-    helper = root / "usr/lib/systemd/systemd-update-helper"
+def _scratch_root(tools: Tools, root: str) -> Path:
+    """An otherwise empty root (a tools path) in which rpm can run scriptlets: /bin/sh (the
+    release's dash and its libraries) and a stand-in systemd-update-helper that records how
+    it was called. Returns its host path."""
+    tools.run(["bash", "-e", "-c",
+               f'mkdir -p {root}/bin; cp /bin/dash {root}/bin/sh\n'
+               f'for lib in $(ldd /bin/dash | grep -o "/[^ ]*"); do'
+               f' mkdir -p "{root}$(dirname "$lib")"; cp -L "$lib" "{root}$lib"; done'])
+    host = tools.host_path(root)
+    helper = host / "usr/lib/systemd/systemd-update-helper"
     helper.parent.mkdir(parents=True)
     helper.write_text('#!/bin/sh\necho "$*" >> /helper.log\n')
     helper.chmod(0o755)
-    return root
+    return host
 
 
-def test_rpm_installs_upgrades_and_erases_in_a_scratch_root(rpms, tmp_path):
-    root = _scratch_root(tmp_path / "root")
-    rpm = ["rpm", "--root", root, "--nodeps"]
+@pytest.mark.trixie
+def test_rpm_installs_upgrades_and_erases_in_a_scratch_root(rpms, tools):
+    where = str(tools.scratch / f"scratch-{time.monotonic_ns()}")
+    root = _scratch_root(tools, where)
+    rpm = ["rpm", "--root", where, "--nodeps"]
 
     def helper_calls():
         log = root / "helper.log"
         return log.read_text().splitlines() if log.exists() else []
 
-    r = _host_run(rpm + ["-i", rpms.rpm])
+    r = tools.run(rpm + ["-i", rpms.rpm])
     assert "scriptlet failed" not in r.stderr, r.stderr
     for f in ["usr/bin/syncwarden", "usr/lib/syncwarden/supervisor/commands/cli.py",
+              "usr/lib/syncwarden/transitions/core.py",
               "usr/lib/systemd/catalog/syncwarden.catalog",
               "usr/share/man/man8/syncwarden.8.gz",
               "usr/share/bash-completion/completions/syncwarden"] + \
@@ -265,23 +307,22 @@ def test_rpm_installs_upgrades_and_erases_in_a_scratch_root(rpms, tmp_path):
     conf = (root / "etc/syncwarden/syncwarden.yaml").read_text()
     # the same example as the .deb's: where Cyrus is, is found on the host (cyrus/layout.py)
     assert conf == (REPO / "config/syncwarden.yaml").read_text()
-    assert _host_run(["rpm", "--root", root, "-qc", "syncwarden"]).stdout.split() == \
+    assert tools.run(["rpm", "--root", where, "-qc", "syncwarden"]).stdout.split() == \
         ["/etc/syncwarden/syncwarden.yaml"]
     assert helper_calls() == ["install-system-units syncwarden.service"]
 
     (root / "etc/syncwarden/syncwarden.yaml").write_text(conf + "# edited by the admin\n")
-    r = _host_run(rpm + ["-U", rpms.upgrade])
+    r = tools.run(rpm + ["-U", rpms.upgrade])
     assert "scriptlet failed" not in r.stderr, r.stderr
     assert helper_calls()[1:] == ["mark-restart-system-units syncwarden.service"]
     assert (root / "etc/syncwarden/syncwarden.yaml").read_text().endswith("by the admin\n")
 
-    r = _host_run(rpm + ["-e", "syncwarden"])
+    r = tools.run(rpm + ["-e", "syncwarden"])
     assert "scriptlet failed" not in r.stderr, r.stderr
     assert helper_calls()[2:] == ["remove-system-units syncwarden.service"]
     assert not (root / "usr/bin/syncwarden").exists()
     assert not (root / "usr/lib/systemd/system/syncwarden.service").exists()
     assert (root / "etc/syncwarden/syncwarden.yaml.rpmsave").exists()    # the edited config
-
 
 # --- catalog, man pages, completion against the code -------------------------------------------
 
@@ -490,6 +531,7 @@ def deb_sw(sandbox, cyrus):
     return sw
 
 
+@pytest.mark.trixie
 @pytest.mark.cyrus(replicas=["replica1"])
 def test_deb_installs_disabled_then_replicates_and_explains_itself(sandbox, cyrus, deb_sw, debs):
     sw = deb_sw
@@ -542,6 +584,7 @@ def test_deb_installs_disabled_then_replicates_and_explains_itself(sandbox, cyru
     assert sw.sandbox_errors() == []
 
 
+@pytest.mark.trixie
 @pytest.mark.cyrus(replicas=["replica1"])
 def test_deb_upgrade_with_a_backlog_loses_nothing(sandbox, cyrus, deb_sw, debs):
     sw = deb_sw
@@ -575,6 +618,7 @@ def test_deb_upgrade_with_a_backlog_loses_nothing(sandbox, cyrus, deb_sw, debs):
     assert sw.sandbox_errors() == []
 
 
+@pytest.mark.trixie
 @pytest.mark.cyrus(replicas=["replica1"])
 def test_deb_upgrade_under_delivery_keeps_the_worker_and_drains_nothing(sandbox, cyrus, deb_sw,
                                                                         debs):

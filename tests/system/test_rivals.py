@@ -128,3 +128,32 @@ def test_a_rival_sync_client_is_named_and_a_drain_claims_nothing_while_it_runs(
     r = sw.cli("drain", "replica1", "--wait")
     assert "drained" in r.stdout
     assert wait_same(cyrus, "replica1", USERS) == {}
+
+
+@pytest.mark.trixie
+def test_check_config_finds_cyrus_and_orders_syncwarden_before_its_unit(sandbox, cyrus, sw):
+    """sync_client, master and the mail unit are found (Debian's layout here, no cyrus: keys
+    set), and syncwarden must stop after whatever unit runs the master: systemd is asked."""
+    sw.setup()
+    assert sw.wait_state("replica1", "live")
+    r = sw.cli("check-config")
+    assert (f"Cyrus: sync_client {BIN}/sync_client (found), master {BIN}/master (found),"
+            " service cyrus-imapd.service (runs this instance's master)") in r.stdout
+    # The same Cyrus under a unit syncwarden.service is not ordered before.
+    cyrus.stop("master")
+    sandbox.run("systemd-run", "--unit=mail-elsewhere", "--quiet", "--property=User=cyrus",
+                "--property=Group=mail", f"{BIN}/master", "-C", cyrus.master_conf,
+                "-M", f"{MASTER_DIR}/cyrus.conf", "-p", f"{MASTER_DIR}/elsewhere.pid")
+    assert cyrus.wait_port("master", "lmtp", timeout=15)
+    r = sw.cli("check-config", check=False)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.splitlines()[1:] == [
+        "  cyrus.service: syncwarden.service is not ordered Before=mail-elsewhere.service, so at"
+        " shutdown the links drain while mail-elsewhere.service still accepts mail; add it with"
+        " `systemctl edit syncwarden.service` ([Unit] Before=mail-elsewhere.service)"]
+    # What the message says to do is enough.
+    sandbox.write_file("/etc/systemd/system/syncwarden.service.d/mail.conf",
+                       "[Unit]\nBefore=mail-elsewhere.service\n")
+    sandbox.systemctl("daemon-reload")
+    r = sw.cli("check-config")
+    assert "service mail-elsewhere.service (runs this instance's master)" in r.stdout
