@@ -87,7 +87,7 @@ def test_hard_failover_ends_with_every_user_released_by_the_repair(pair):
         assert {("uniqueid-conflict", "dave", "user.dave.Shared"),
                 ("replica-only", "carol", "user.carol.Travel"),
                 ("replica-only", "zoe", None)} <= found, found
-        r = sw.cli("repair", "replica1", check=False, timeout=600)
+        r = sw.cli("repair", "replica1", "--yes", check=False, timeout=600)
         assert r.returncode == 0, r.stdout + r.stderr
         repaired = time.time()
         # the repair fixed what quarantined dave, and retries him at once (not in 10 minutes)
@@ -129,7 +129,7 @@ def test_replica_back_with_an_empty_spool_is_found_and_repaired(pair):
         status = sw.cli("status", check=False).stdout
         assert re.search(r"replica1: last check .* DIFFERENCES: .*master-only \d", status)
         assert "syncwarden repair replica1" in status, status      # what to run
-        r = sw.cli("repair", "replica1", check=False, timeout=600)
+        r = sw.cli("repair", "replica1", "--yes", check=False, timeout=600)
         assert r.returncode == 0, r.stdout + r.stderr
         pair.wait_accepted(mail, 20)
     pair.settle(mail)

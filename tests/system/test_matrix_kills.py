@@ -86,7 +86,7 @@ def test_daemon_sigkill_during_a_repair(pair):
         cursor = sb.journal_cursor()
         result = {}
         repair = threading.Thread(target=lambda: result.update(
-            r=sw.cli("repair", "replica1", check=False, timeout=600)))
+            r=sw.cli("repair", "replica1", "--yes", check=False, timeout=600)))
         repair.start()
         wait_for(lambda: any(e.get("SYNCWARDEN_ACTION") == "copy" for e in sb.journal(
             since_cursor=cursor, fields=True) if e.get("MESSAGE_ID") == REPAIR_ACTION), step=0.05)
