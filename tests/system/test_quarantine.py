@@ -204,3 +204,38 @@ def test_symlinks_cyrus_plants_in_the_sync_directory_are_never_written_through(s
     journal = "\n".join(sandbox.journal(unit="syncwarden.service"))
     assert "removed a symbolic link planted at our temporary file's name" in journal
     assert "shutdown file not written" in journal and "refused" in journal
+
+
+ELEVEN = USERS[:11]            # the broken user and ten others
+
+
+@pytest.mark.cyrus(users=ELEVEN, replicas=("replica1",))
+def test_a_user_retried_every_2s_under_steady_mail_loses_nothing(sandbox, cyrus, sw):
+    """Issue 10: quarantine a user while ten others get mail continuously, retry it every 2 s
+    (each retry moves entries back and forth between the store and the log while Cyrus writes
+    it), then compare every user's messages on both sides."""
+    sw.setup(extra="quarantine: {retry_interval: 2s}\n")
+    assert sw.wait_state("replica1", "live")
+    cyrus.deliver_many(ELEVEN, 1, "before")
+    assert wait_same(cyrus, "replica1", ELEVEN) == {}
+    break_user(sandbox, cyrus, sw, "unreadable")
+    accepted = "/srv/accepted-retry"
+    cyrus.stream(ELEVEN, seconds=30, rate=30, accepted=accepted)
+    deadline = time.monotonic() + 30
+    while not sw.status().get("quarantine") and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert [q["user"] for q in sw.status()["quarantine"]] == [BROKEN]
+    time.sleep(8)                                   # several failed retries, 2 s apart at first
+    retried = sw.journal_messages(message_id="b5d8f33847524ca5999b9aba9400e760")
+    assert len([e for e in retried if e.get("SYNCWARDEN_USER") == BROKEN]) >= 2
+    repair_user(sandbox, cyrus, "unreadable")
+    deadline = time.monotonic() + 60
+    while sw.status()["quarantine"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert sw.status()["quarantine"] == []
+    sandbox.run("bash", "-c", "while systemctl is-active -q lab-deliver; do sleep 0.2; done",
+                timeout=120)
+    assert wait_same(cyrus, "replica1", ELEVEN, timeout=90) == {}
+    ids = sandbox.run("cat", accepted).stdout.split()
+    on_master = sum(len(cyrus.messages("master", u)) for u in ELEVEN)
+    assert on_master == len(ids) + len(ELEVEN)       # every accepted message, and "before"
