@@ -20,7 +20,7 @@ class Refused(ValueError):
 
 @dataclass(frozen=True)
 class Field:
-    kind: type                           # str or bool
+    kind: type                           # str, bool or int
     required: bool = False
     choices: tuple[str, ...] = ()
 
@@ -49,9 +49,14 @@ SCHEMA: Mapping[str, Command] = {
                           needed_for={"user": ("retry", "drop")}),
     "drain": Command({"link": Field(str), "all": Field(bool)}, one_of=("link", "all")),
     "reload": Command(),
+    "seed": Command({"link": _LINK, "parallel": Field(int)}),
+    "retire": Command({"link": _LINK, "force": Field(bool)}),
+    "freeze": Command({"link": _LINK, "until": Field(int), "exec": Field(str),
+                       "exec_user": Field(str)}),
+    "thaw": Command({"link": _LINK}),
 }
 
-_KIND = {str: "a string", bool: "true or false"}
+_KIND = {str: "a string", bool: "true or false", int: "an integer"}
 
 
 def show(value: Any, limit: int = 60) -> str:

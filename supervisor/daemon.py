@@ -22,6 +22,7 @@ from .cyrus import imapdconf, layout
 from .cyrus import procs as cyrus_procs
 from .link import report
 from .control import ControlServer
+from .link.lifecycle import command as lifecycle_command
 from .link.operator import QuarantineAction
 from .link.quarantine import crash_points
 from .link.reconcile import Edges, LocalState, Reconciler
@@ -30,6 +31,7 @@ from .systemd.notify import Notifier
 from .systemd.follow import JournalFollower
 from .systemd.units import RESTART_JOBS
 from .cyrus.probe import Prober
+from .link.lifecycle_store import LifecycleStore
 from .link.quarantine_store import QuarantineStore
 from .link.roles import RoleStore
 from .paths import Instance
@@ -149,7 +151,10 @@ class Daemon:
                                            self.rival_scan,
                                            hooks=Hooks(systemd, inst.name, self.clock)),
                          LocalState(holds, roles, store, inst.users_dir, inst.name,
-                                    crash_points(inst.crash_flag)))
+                                    crash_points(inst.crash_flag), *self._lifecycle_state()))
+        for problem in sup.lifecycle.problems:      # found while the links were configured
+            self.problems.append(problem)
+            self.journal.send(f"damaged state: {problem}", "err", "state-damaged")
         follower.on_line = sup.feed_worker_log
         follower.watch(sup.watched_units())
         self.status_gid = configmod.control_gid(cfg)
@@ -275,6 +280,15 @@ class Daemon:
             self.metrics.configure(cfg.metrics)
         return self.metrics
 
+    def _lifecycle_state(self) -> tuple:
+        """Seeds, freezes and retirements (link/lifecycle.py): their store, where a seed's
+        mailbox list goes, and each link's last full check."""
+        from .pair.check import load_last
+
+        inst = self.instance
+        return (LifecycleStore(inst.lifecycle_file, inst.seed_dir), inst.runtime_dir / "seed",
+                lambda link: load_last(link, inst.state_dir))
+
     def _systemd(self):
         if self.systemd_factory is not None:
             return self.systemd_factory()
@@ -350,6 +364,8 @@ class Daemon:
         if cmd == "drain":
             names = list(sup.links) if req.get("all") else [str(link)]
             return "; ".join(op.drain(n) for n in names)
+        if cmd in ("seed", "retire", "freeze", "thaw"):
+            return lifecycle_command(sup.lifecycle, req)
         raise ValueError(f"unknown command {cmd!r}")
 
     def _status(self, sup: Reconciler) -> dict:

@@ -23,7 +23,7 @@ STATE_ROOT = Path("/var/lib/syncwarden")
 # The default instance's own entries in /run/syncwarden and /var/lib/syncwarden ("users",
 # "quarantine", "check", "repair", "verify") would collide with an instance of that name.
 INSTANCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-RESERVED = {"users", "quarantine", "check", "checks", "repair", "verify", "syncwarden"}
+RESERVED = {"users", "quarantine", "check", "checks", "repair", "verify", "syncwarden", "seed"}
 
 
 class InstanceError(ValueError):
@@ -100,6 +100,20 @@ class Instance:
     @property
     def quarantine_dir(self) -> Path:
         return self.state_dir / "quarantine"
+
+    @property
+    def lifecycle_file(self) -> Path:
+        """Per link: seeded or not, a freeze, a retirement (link/lifecycle_store.py)."""
+        return self.state_dir / "lifecycle.json"
+
+    @property
+    def seed_dir(self) -> Path:
+        """A running seed's plan and progress, per link (resumed after a restart)."""
+        return self.state_dir / "seed"
+
+    def listing_file(self, link: str) -> Path:
+        """Where a seed's ``ctl_mboxlist -d`` writes the instance's mailboxes."""
+        return self.runtime_dir / "seed" / f"{link}.mailboxes"
 
     @property
     def journal_cursor(self) -> Path:

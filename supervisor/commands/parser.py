@@ -118,6 +118,29 @@ def build_parser() -> argparse.ArgumentParser:
             ("demote", "make this host a replica: never start workers here",
              "the workers stop")):
         yes(command(name, text), what)
+    sd = command("seed", "copy everything to a link's replica (a new or a stale one), then let"
+                 " the link go live")
+    link(sd)
+    sd.add_argument("--parallel", type=int, default=None, metavar="N",
+                    help="user syncs at a time (1-32; default 4, or the last seed's)")
+    sd.add_argument("--no-wait", action="store_true", help="start it and return")
+    rt = command("retire", "drain a link, then remove its worker and backlog for good")
+    link(rt)
+    rt.add_argument("--force", action="store_true",
+                    help="also when no other link is live with a clean deep check")
+    rt.add_argument("--no-wait", action="store_true", help="start it and return")
+    yes(rt, "the link is retired")
+    fz = command("freeze", "drain a link and hold it (for a backup of its replica) until a"
+                 " deadline")
+    link(fz)
+    fz.add_argument("--until", default="1h", metavar="DURATION",
+                    help="resume by itself after this long (1s-7d; default 1h)")
+    fz.add_argument("--exec", dest="exec_command", metavar="CMD",
+                    help="run CMD (with /bin/sh, as an unprivileged user) once frozen")
+    fz.add_argument("--exec-user", metavar="USER",
+                    help="run CMD as this account (default: a systemd dynamic user)")
+    fz.add_argument("--no-wait", action="store_true", help="start it and return")
+    link(command("thaw", "end a freeze now"))
     command("reload", "apply the configuration file now (what systemctl reload runs); exit 1"
             " with every problem when it is rejected")
     # Internal: the units' ExecStart=. Not in the command list.

@@ -17,7 +17,7 @@ from ..cyrus import imapdconf, layout
 from ..cyrus.channel import Channel
 from ..cyrus.commands import SyncClient
 from ..paths import Instance
-from ..systemd.units import parse_qualified
+from ..systemd.units import parse_qualified, parse_slot
 
 EX_CONFIG = 78
 
@@ -27,13 +27,18 @@ def argv(client: SyncClient, link: str, channel: Channel, mode: str, users: Path
         return client.one_pass(link)
     if mode == "users":     # full sync of the listed users; exit 1 if any of them failed
         return client.users(link, users)
+    if mode == "mailboxes":  # a seed's shared mailboxes, by admin name; exit 1 if one failed
+        return client.mailboxes(link, users)
     return client.rolling(link, channel.shutdown)
 
 
 def main(name: str, config_path: Path | None = None, mode: str = "rolling") -> int:
-    instance_name, link = parse_qualified(name)
+    instance_name, slot = parse_qualified(name)
     try:
         instance = Instance(instance_name)
+        # a seed slot (LINK.seedN, LINK.sharedN) syncs its own list; only with --users
+        link, kind = parse_slot(slot) if mode == "users" else (slot, None)
+        mode = kind or mode
     except ValueError as exc:
         print(f"worker {name}: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -52,14 +57,16 @@ def main(name: str, config_path: Path | None = None, mode: str = "rolling") -> i
         print(f"{path}: cyrus.imapd_conf: {exc}", file=sys.stderr)
         return EX_CONFIG
     channel = Channel(sync_dir)
+    # Only rolling clients (-R, -R -1) look at the shutdown file. A user sync must leave it:
+    # it may be a drain's request to the rolling worker, made while the user sync started.
     try:
-        if channel.clear_shutdown():
+        if mode in ("rolling", "once") and channel.clear_shutdown():
             print(f"removed stale shutdown file {channel.shutdown}", file=sys.stderr)
     except OSError as exc:
         print(f"cannot remove stale shutdown file {channel.shutdown}: {exc.strerror}",
               file=sys.stderr)
         return EX_CONFIG
-    args = argv(SyncClient.from_config(cfg), link, channel, mode, instance.users_file(link))
+    args = argv(SyncClient.from_config(cfg), link, channel, mode, instance.users_file(slot))
     sys.stderr.flush()
     try:
         os.execv(args[0], args)

@@ -40,6 +40,11 @@ class SyncClient:
         """A full sync of the users listed in a file, one per line."""
         return self._conf() + ["-n", link, "-u", "-f", str(users_file)]
 
+    def mailboxes(self, link: str, list_file: Path) -> list[str]:
+        """A full sync of the mailboxes listed in a file, one admin external name per line
+        (``mboxname_from_external``): a seed's shared mailboxes, which ``-u`` does not cover."""
+        return self._conf() + ["-n", link, "-m", "-f", str(list_file)]
+
     def as_cyrus(self, link: str, *args: str) -> list[str]:
         """Run by root from the command line (repair): as the cyrus user, like the workers, so
         that files it creates stay Cyrus's."""

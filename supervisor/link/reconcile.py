@@ -22,6 +22,8 @@ from ..cyrus.probe import LOST_AFTER
 from ..paths import DEFAULT
 from ..systemd.units import LinkUnits, UnitStatus, belongs_to, daemon_patterns
 from .drain import Drains
+from .lifecycle import Lifecycle, LifecycleEdges
+from .lifecycle_store import LifecycleStore
 from .operator import Operator
 from .quarantine import Quarantine, no_crash
 from .quarantine_store import QuarantineStore
@@ -56,6 +58,8 @@ class Edges:
     rewriter: object = None
     # ``state_changed(settings, transition)``: the admin's hook (link/hooks.py)
     hooks: object = None
+    # ``old_writers(imapd, changed)``: Cyrus processes with an old channel list (cyrus/writers.py)
+    old_writers: object = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,9 @@ class LocalState:
     users_dir: Path
     instance: str = DEFAULT
     crash: object = no_crash
+    lifecycle: LifecycleStore | None = None     # seeded, frozen, retired; seeds' progress
+    listing_dir: Path | None = None             # a seed's ctl_mboxlist output
+    last_check: object = lambda link: None      # a link's last full check (pair/check.py)
 
 
 class Reconciler:
@@ -85,6 +92,7 @@ class Reconciler:
                                  edges.clock, lambda: self.config.drain.timeout,
                                  lambda name: self.imapd.sync_dir(name))
         self.links: dict[str, LinkRuntime] = {}
+        self.lifecycle = self._lifecycle(local)
         self.views: list[LinkView] = []
         self.ready = False
         self.stopping = False
@@ -139,7 +147,20 @@ class Reconciler:
                     log.error("cannot stop %s: %s", rt.units.user, exc, extra={"link": name})
             log.info("link %s removed from the configuration", name, extra={"link": name})
             changes["removed"].append(name)
+        self.lifecycle.configure(self.links)
         return changes
+
+    def _lifecycle(self, local: LocalState) -> Lifecycle:
+        listing = local.listing_dir or local.users_dir.parent / "seed"
+        extra = {"old_writers": self.edges.old_writers} if self.edges.old_writers else {}
+        return Lifecycle(LifecycleEdges(
+            self.systemd, self.journal, self.clock, local.lifecycle or LifecycleStore(),
+            lambda: self.links,
+            lambda name, why: self.operator.drain(name, hold_after=False, why=why),
+            self.drains.last.get, lambda: self.imapd, lambda: self.config.source,
+            lambda: str(self.config.cyrus.sync_client), lambda: self.role.is_master,
+            local.last_check, lambda link: listing / f"{link}.mailboxes",
+            lambda slot: local.users_dir / slot, **extra))
 
     def _quarantine(self, name, units, imapd, config) -> Quarantine:
         return Quarantine(name, units, imapd.sync_dir(name), self.local.users_dir / name,
@@ -157,6 +178,7 @@ class Reconciler:
                 rt.worker = units.get(rt.units.worker)
             rt.snapshot = rt.backlog.read(mono, wall)
             self._reconcile(rt, mono, units)
+            self.lifecycle.step(rt, units, mono)
             self._schedule_probe(rt, mono)
             self._journal_history(rt)
         if not self.ready and all(self.classified(rt) for rt in self.links.values()):
@@ -205,7 +227,8 @@ class Reconciler:
         return interval
 
     def _wants_probe(self, rt: LinkRuntime) -> bool:
-        return self.role.is_master and rt.settings.enabled
+        return (self.role.is_master and rt.settings.enabled
+                and self.lifecycle.blocker(rt.name) is not Blocker.RETIRED)
 
     def classified(self, rt: LinkRuntime) -> bool:
         return rt.probe is not None or not self._wants_probe(rt)
@@ -221,7 +244,7 @@ class Reconciler:
             return Blocker.DISABLED
         if rt.name in self.local.holds:
             return Blocker.HELD
-        return None
+        return self.lifecycle.blocker(rt.name)
 
     def _reconcile(self, rt: LinkRuntime, mono: float, units: dict | None) -> None:
         state = rt.link.state
@@ -347,9 +370,13 @@ class Reconciler:
         snap, live = rt.snapshot, self.config.live
         within = (snap.error is None and snap.entries <= live.max_backlog
                   and snap.oldest_age <= live.max_lag)
-        # live is earned: only by a run that completed a pass (worker_run.py)
-        if rt.link.state is LinkState.CATCHING_UP and within and rt.runs.run.proven:
+        # live is earned: only by a run that completed a pass (worker_run.py), and only by a
+        # replica that holds a full copy (lifecycle.py)
+        seeded = self.lifecycle.may_go_live(rt.name)
+        if rt.link.state is LinkState.CATCHING_UP and within and rt.runs.run.proven and seeded:
             rt.link.fire("caught_up", "backlog within live thresholds")
+        elif rt.link.state is LinkState.LIVE and not seeded:
+            rt.link.fire("fell_behind", "the replica is being seeded (syncwarden seed)")
         elif rt.link.state is LinkState.LIVE and not within:
             why = snap.error or f"{snap.entries} entries queued, oldest {snap.oldest_age:.0f}s"
             rt.link.fire("fell_behind", f"backlog above live thresholds: {why}")
@@ -421,9 +448,11 @@ class Reconciler:
     def drain_all(self, why: str) -> None:
         """Drain every link this host replicates (used when the daemon stops)."""
         self.stopping = True
+        self.lifecycle.stop_all()
         for name, rt in self.links.items():
             if (self.role.is_master and rt.settings.enabled
-                    and rt.link.state is not LinkState.QUARANTINED):
+                    and rt.link.state is not LinkState.QUARANTINED
+                    and not self.lifecycle.keeps_backlog(name)):
                 self.operator.drain(name, hold_after=False, why=why)
                 self._journal_history(rt)
 
@@ -436,9 +465,10 @@ class Reconciler:
     def _view(self, rt: LinkRuntime, mono: float) -> LinkView:
         s, link = rt.settings, rt.link
         rival = self.rivals.reason(s.name)
+        notes = "; ".join(n for n in (rival, self.lifecycle.note(s.name)) if n)
         return LinkView(
             name=s.name, state=link.state, since=link.since,
-            reason=f"{link.reason}; {rival}" if rival else link.reason, rival=rival,
+            reason=f"{link.reason}; {notes}" if notes else link.reason, rival=rival,
             host=s.host, port=s.port, enabled=s.enabled, held=s.name in self.local.holds,
             reachable=rt.reachable, probe_detail=rt.probe.detail if rt.probe else None,
             unreachable_for=(mono - rt.unreachable_since
@@ -448,7 +478,7 @@ class Reconciler:
             worker_state=rt.worker.active_state if rt.worker else "inactive",
             worker_session=rt.runs.run.describe() if rt.worker_running else "",
             quarantined=len(rt.quarantine.quarantined()),
-            last_drain=self.drains.last.get(s.name))
+            last_drain=self.drains.last.get(s.name), lifecycle=self.lifecycle.view(s.name))
 
     def _journal_history(self, rt: LinkRuntime) -> None:
         for t in rt.link.take_history():

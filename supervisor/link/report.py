@@ -13,11 +13,19 @@ def describe(view: LinkView, role: str) -> str:
     """One link's part of the STATUS= line."""
     name, state, queued = view.name, view.state, view.backlog.entries
     rival = ", rival sync_client running" if view.rival else ""
+    life = view.lifecycle or {}
+    seed = life.get("seed") or {}
+    if seed.get("state") in ("waiting-for-writers", "listing", "syncing"):
+        rival += f", seeding {seed.get('percent', 0)}%"
+    elif life and not life.get("seeded") and not life.get("retired"):
+        rival += ", never seeded"
     if state in WORKER_STATES:
         return f"{name} {state.value}, {queued} queued{rival}"
     if state is LinkState.DOWN:
         if view.blocker is not None:
             why = view.blocker.short(role)
+            if life.get("freeze"):
+                why = f"frozen until {life['freeze']['until']}"
         elif not view.classified:
             why = "probing"
         elif view.unreachable_for is not None:
@@ -61,6 +69,7 @@ def link_json(v: LinkView) -> dict:
         "last_drain": v.last_drain,
         "quarantined": v.quarantined,
         "rival": v.rival,
+        **(v.lifecycle or {"seeded": None, "seed": None, "freeze": None, "retired": None}),
     }
 
 

@@ -29,11 +29,13 @@ class Blocker(enum.Enum):
     ROLE = "role"
     DISABLED = "disabled in the configuration"
     HELD = "held by operator"
+    RETIRED = "retired"
+    FROZEN = "frozen for a backup"
 
     @property
     def trigger(self) -> str:
         """The link machine's trigger that takes a running link down for this reason."""
-        return "hold" if self is Blocker.HELD else "disable"
+        return "hold" if self in (Blocker.HELD, Blocker.FROZEN) else "disable"
 
     def reason(self, role: str) -> str:
         if self is Blocker.ROLE:
@@ -122,3 +124,4 @@ class LinkView:
     rival: str | None                # a sync_client syncwarden did not start runs (rivals.py)
     quarantined: int
     last_drain: dict | None
+    lifecycle: dict | None = None    # seeded, seed, freeze, retired (lifecycle.py)

@@ -36,6 +36,13 @@ MESSAGE_IDS = {
     "repair-action": "731e5034f2ae471c8c0cc739e53ee141",     # one per action of a repair
     "repair-finished": "1149416023f04f0089f7768230c5c314",
     "state-damaged": "8300b5d2b9e34093a19654a9a85c65a8",     # read the safe way, reported
+    "seed-started": "8cc0ccb01d5c45ceb4e810530283c790",
+    "seed-progress": "d26a3e4f8de14250992ffd96628d10e1",     # a phase, every 10 %, waits
+    "seed-finished": "5127795700ec42f19dbc816cf2aa1811",     # complete or incomplete
+    "link-retired": "09c29d7c2356442dbeb6c12d3837bd95",      # or abandoned (not drained)
+    "link-frozen": "889d82197bc7464d92e8ad443703df1a",
+    "link-thawed": "f44f93ae247e41f3a175251e9aaa28ea",       # deadline, operator, or failed
+    "freeze-hook": "864c64c2b9914c98868adb8ac7d54d2c",       # the --exec command ended
 }
 
 PRIORITY = {"err": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}

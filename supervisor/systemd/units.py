@@ -19,8 +19,17 @@ class UnitKind(enum.Enum):
 
     WORKER = "syncwarden-sync"      # the rolling sync_client -R
     DRAIN = "syncwarden-drain"      # one drain pass, sync_client -R -1
-    USER = "syncwarden-user"        # user syncs for bisection and retries, sync_client -u
+    USER = "syncwarden-user"        # user syncs for bisection, retries and seeding, sync_client -u
     CHECK = "syncwarden-check"      # the daily check (started by its timer, never by the daemon)
+    # Transient units (no unit file; the daemon describes them when it starts them):
+    LIST = "syncwarden-list"        # a seed's list of mailboxes, ctl_mboxlist -d, as cyrus
+    FREEZE = "syncwarden-freeze"    # a freeze's --exec command, as an unprivileged user
+
+
+# A seed runs its user syncs in parallel "slots", each a syncwarden-user@ unit of its own:
+# instance LINK.seedN runs ``sync_client -u`` over users, LINK.sharedN ``-m`` over shared
+# mailboxes. Link names have no '.', so the suffix cannot be mistaken for part of one.
+SLOT_KINDS = {"seed": "users", "shared": "mailboxes"}
 
 
 def qualified(link: str, instance: str = DEFAULT) -> str:
@@ -52,6 +61,29 @@ def worker_unit(link: str, instance: str = DEFAULT) -> str:
     return unit_name(UnitKind.WORKER, link, instance)
 
 
+def slot_name(link: str, kind: str, n: int) -> str:
+    """The part of a seed slot's unit name after '@' (and after 'NAME:'): LINK.seed3."""
+    if kind not in SLOT_KINDS:
+        raise ValueError(f"unknown slot kind {kind!r}")
+    return f"{link}.{kind}{n}"
+
+
+def slot_unit(link: str, kind: str, n: int, instance: str = DEFAULT) -> str:
+    return unit_name(UnitKind.USER, slot_name(link, kind, n), instance)
+
+
+def parse_slot(name: str) -> tuple[str, str | None]:
+    """'replica1' -> ('replica1', None) (the link's own user unit, a list of users);
+    'replica1.seed3' -> ('replica1', 'users'); 'replica1.shared1' -> ('replica1', 'mailboxes')."""
+    link, dot, slot = name.partition(".")
+    if not dot:
+        return link, None
+    kind = slot.rstrip("0123456789")
+    if kind not in SLOT_KINDS or kind == slot:
+        raise ValueError(f"{name!r}: not a seed slot (LINK.seedN or LINK.sharedN)")
+    return link, SLOT_KINDS[kind]
+
+
 @dataclass(frozen=True)
 class LinkUnits:
     """The names of one link's units."""
@@ -59,16 +91,24 @@ class LinkUnits:
     worker: str
     drain: str
     user: str
+    listing: str = ""
+    hook: str = ""
+    instance: str = DEFAULT
+    link: str = ""
 
     @classmethod
     def of(cls, link: str, instance: str = DEFAULT) -> "LinkUnits":
         return cls(*(unit_name(k, link, instance)
-                     for k in (UnitKind.WORKER, UnitKind.DRAIN, UnitKind.USER)))
+                     for k in (UnitKind.WORKER, UnitKind.DRAIN, UnitKind.USER, UnitKind.LIST,
+                               UnitKind.FREEZE)), instance, link)
+
+    def slot(self, kind: str, n: int) -> str:
+        return slot_unit(self.link, kind, n, self.instance)
 
 
 def daemon_patterns(instance: str = DEFAULT) -> tuple[str, ...]:
     """Globs that list every unit a daemon of this instance may run (and only those)."""
-    kinds = (UnitKind.WORKER, UnitKind.DRAIN, UnitKind.USER)
+    kinds = (UnitKind.WORKER, UnitKind.DRAIN, UnitKind.USER, UnitKind.LIST, UnitKind.FREEZE)
     if instance == DEFAULT:
         # other instances' units have a ':' in the instance string: they are filtered below
         return tuple(f"{k.value}@*.service" for k in kinds)
@@ -158,6 +198,35 @@ class Systemd:
         if u.Unit.LoadState != b"loaded":
             return None
         return sorted(x.decode() for x in u.Unit.Before)
+
+    def run(self, unit: str, argv: list[str], *, user: str | None = None,
+            group: str | None = None, dynamic_user: bool = False,
+            runtime_max: float | None = None, stdout_file: str | None = None,
+            env: dict[str, str] | None = None, description: str = "") -> None:
+        """Start ``argv`` as a transient service unit (``systemd-run``); a failed unit of the
+        same name left from before is reset first, so that the name can be used again."""
+        self.reset_failed(unit)
+        props = {b"Description": (description or unit).encode(), b"Type": b"exec",
+                 b"ExecStart": [(argv[0].encode(), [a.encode() for a in argv], False)]}
+        if dynamic_user:
+            props[b"DynamicUser"] = True
+        if user:
+            props[b"User"] = user.encode()
+        if group:
+            props[b"Group"] = group.encode()
+        if runtime_max:
+            props[b"RuntimeMaxUSec"] = max(1, int(runtime_max * 1_000_000))
+        if stdout_file:
+            props[b"StandardOutputFile"] = stdout_file.encode()
+        if env:
+            props[b"Environment"] = [f"{k}={v}".encode() for k, v in env.items()]
+        self._manager.Manager.StartTransientUnit(unit.encode(), b"replace", props)
+
+    def reset_failed(self, unit: str) -> None:
+        try:
+            self._manager.Manager.ResetFailedUnit(unit.encode())
+        except Exception:      # not loaded, or not failed: nothing to reset
+            pass
 
     def exit_info(self, unit: str) -> ExitInfo:
         from pystemd.systemd1 import Unit

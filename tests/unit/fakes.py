@@ -58,6 +58,7 @@ class FakeSystemd:
         self.invocations: dict[str, str] = {}
         self.log = FakeWorkerLog()
         self.says: dict[str, list[str]] = {}
+        self.transient: dict[str, dict] = {}
         self._runs = itertools.count(1)
         # the job systemd runs on the daemon's own unit while it stops ("restart", "stop")
         self.own_job: str | Exception = ""
@@ -110,6 +111,14 @@ class FakeSystemd:
         if self.running(unit):
             self.units[unit] = UnitStatus(unit, "inactive", "dead")
             self.exits[unit] = ExitInfo("success", 75)
+
+    def run(self, unit, argv, **props):
+        """A transient unit (systemd.units.Systemd.run): like start, remembering how."""
+        self.transient[unit] = {"argv": list(argv), **props}
+        self.start(unit)
+
+    def reset_failed(self, unit):
+        self.calls.append(("reset-failed", unit))
 
     def exit(self, unit, status=0, result="success"):
         self.units[unit] = UnitStatus(unit, "failed" if status else "inactive", "dead")

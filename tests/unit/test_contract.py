@@ -18,12 +18,15 @@ from supervisor.commands.check import add_last_checks
 from supervisor.commands.offline import offline_status
 from supervisor.daemon import Daemon
 from supervisor.link import hooks
+from supervisor.link.freeze import Freeze
+from supervisor.link.seed import Progress, Seed
 from supervisor.link.states import TRANSITIONS, Link, LinkState
 from supervisor.pair import check, compare, failover
 from supervisor import paths as pathsmod
 from supervisor.paths import Instance
 from supervisor.systemd import journal
 from supervisor.systemd.notify import Notifier
+from supervisor.systemd.units import UnitKind
 
 from .fakes import FakeJournal
 from .test_core import step
@@ -186,6 +189,7 @@ def status_documents(tmp_path) -> dict[str, dict]:
     instance = Instance(root=tmp_path)
     state = instance.state_dir
     check.save(compare.Report("replica1", True, 1.0, 2.0, users=1), state)
+    with_lifecycle(sup)
 
     daemon = Daemon(tmp_path / "unused.yaml", instance, journal=FakeJournal(),
                     notifier=Notifier())
@@ -209,6 +213,22 @@ def status_documents(tmp_path) -> dict[str, dict]:
     offline_bad = offline_status(bad, "no daemon socket", instance)
     return {"running": running, "file": written, "offline": offline,
             "offline-invalid": offline_bad}
+
+
+def with_lifecycle(sup) -> None:
+    """A seed on replica1; a freeze with a finished hook, and a retirement, on replica2 (both
+    at once only here: every lifecycle field appears)."""
+    lc = sup.lifecycle
+    progress = Progress("replica1", 1e9, phase="syncing", users=3, shared=1, batches=2,
+                        done_items=1, sync_seconds=2.0)
+    lc.seeds["replica1"] = Seed(sup.links["replica1"].units, lc._seed_edges, progress,
+                                {"batches": [["users", ["a", "b", "c"]], ["mailboxes", ["s"]]]})
+    hook = {"state": "exited", "started": 1e9, "ended": 1e9 + 1, "status": 0}
+    lc.freezes["replica2"] = Freeze("replica2", "u", {
+        "phase": "frozen", "since": 1e9, "frozen_at": 1e9, "until": 2e9, "exec": "x",
+        "user": None, "hook": hook}, lc._freeze_edges)
+    lc.store.retired["replica2"] = {"phase": "retired", "at": 1e9, "forced": False,
+                                    "entries_dropped": 0}
 
 
 def test_every_status_field_is_documented_where_it_appears(tmp_path):
@@ -264,6 +284,7 @@ def test_units_and_commands_documented():
     shipped = {u.name.replace("@.", "@NAME." if u.name.startswith("syncwarden@") else "@LINK.")
                for u in (REPO / "units").iterdir()}
     transient = {f"{failover.VERIFY_UNIT}.service", f"{hooks.IDENTIFIER}-INSTANCE-LINK-ID.service"}
+    transient |= {f"{k.value}@LINK.service" for k in (UnitKind.LIST, UnitKind.FREEZE)}
     assert shipped | transient == units
     commands = [c.split()[0] for r in rows(section("Commands and exit codes"))
                 for c in ticked(r[0])]

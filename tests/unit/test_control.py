@@ -123,7 +123,8 @@ def test_deep_nesting_is_an_error_not_a_recursion_crash(served):
     ({"cmd": "drain", "link": "r", "all": True}, "drain needs exactly one of: link, all"),
     ({"cmd": "drain", "all": "yes"}, "drain: all must be true or false, got 'yes'"),
     ({"cmd": "explode"}, "unknown command 'explode' (known: status, hold, resume, release,"
-                         " promote, demote, quarantine, drain, reload)"),
+                         " promote, demote, quarantine, drain, reload, seed, retire, freeze,"
+                         " thaw)"),
     ({"cmd": ["status"]}, "bad request: 'cmd' must be a string, got a list"),
     ([1, 2], "bad request: expected a JSON object with a 'cmd', got a list"),
 ])

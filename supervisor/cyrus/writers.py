@@ -1,0 +1,144 @@
+"""Which Cyrus processes may still write sync log entries with an old ``sync_log_channels``.
+
+A Cyrus program reads imapd.conf once, when it starts (``cyrus_init`` -> ``config_read``,
+imap/global.c), and takes the channel list from that copy the first time it logs
+(``sync_log_init`` via ``init_internal``, imap/sync_log.c; the same in 3.6.1 and 3.10.0).
+Nothing re-reads it later: a process that started before a channel was added to imapd.conf
+never logs to that channel. Services are forked and exec'd by master, so new ones read the new
+file; but an idle service waits for its next client for 60-120 s (``REUSE_TIMEOUT``,
+master/service.c) and serves up to 250 of them (``MAX_USE``), and an IMAP session lasts as long
+as its client. A SIGHUP to master recycles every child (``send_sighup``, master/master.c):
+idle ones exit at once, busy ones after their current client. Master itself writes no sync log.
+
+So a writer "with the old list" is a process of the instance that changes mailboxes and
+started before imapd.conf was last changed. That is conservative (any later edit counts), and
+it can be done without reading a process's memory: start times from /proc/PID/stat (field 22,
+clock ticks after boot) and /proc/stat's ``btime``.
+
+The daemon has no CAP_SYS_PTRACE, so /proc/PID/exe of Cyrus's processes cannot be read; a
+process is tied to the instance by its command line (``-C``), by descending from a master of
+the instance, or by its session file in ``proc_path`` (procs.py says why each).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import procs
+from .imapdconf import ImapdConf
+
+# Programs that change mailboxes, seen state, subscriptions or sieve scripts while they run,
+# and so write sync log entries (imap/sync_log.h's callers). Not master, idled, notifyd, fud,
+# mupdate, smmapd or ctl_cyrusdb; sync_server only with sync_log_chain (it suppresses its own
+# logging otherwise, imap/sync_server.c).
+WRITERS = frozenset({"imapd", "pop3d", "lmtpd", "nntpd", "httpd", "timsieved", "cyr_expire",
+                     "ipurge", "unexpunge", "reconstruct", "cyr_virusscan"})
+# A clock tick is 1/CLK_TCK s and btime a whole second: a start this close after the edit
+# may have been before it.
+START_SLACK = 1.0
+
+
+@dataclass(frozen=True)
+class OldWriter:
+    pid: int
+    program: str
+    started: float          # wall clock
+    why: str                # how it was tied to the instance
+
+    def describe(self) -> str:
+        return f"{self.program} pid {self.pid}"
+
+
+def program(proc: procs.Proc) -> str:
+    """The Cyrus program of a process, also when /proc/PID/exe could not be read and its
+    command line was retitled: "imapd: host [1.2.3.4] bob user.bob Select" -> imapd."""
+    if proc.argv and procs._retitled(proc.argv) and proc.exe == proc.argv[0]:
+        return os.path.basename(proc.argv[0].split(":", 1)[0])
+    return proc.program
+
+
+def boot_time(root: Path) -> float | None:
+    raw = procs._read(root / "stat", 1 << 20) or b""
+    for line in raw.splitlines():
+        if line.startswith(b"btime "):
+            try:
+                return float(line.split()[1])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def start_time(root: Path, pid: int, btime: float, hz: int) -> float | None:
+    """When a process started (wall clock), from its stat file; None if it is gone."""
+    raw = procs._read(root / str(pid) / "stat", 4096)
+    if not raw:
+        return None
+    fields = raw[raw.rfind(b")") + 1:].split()     # fields[0] is field 3 (state)
+    try:
+        return btime + int(fields[19]) / hz
+    except (IndexError, ValueError):
+        return None
+
+
+def old_writers(imapd: ImapdConf, changed: float, proc_root="/proc",
+                hz: int | None = None) -> list[OldWriter]:
+    """The instance's writers that started before ``changed`` (imapd.conf's mtime), by pid."""
+    root = Path(proc_root)
+    btime = boot_time(root)
+    if btime is None:
+        return []
+    hz = hz or os.sysconf("SC_CLK_TCK")
+    writers = set(WRITERS) | ({"sync_server"} if imapd.flag("sync_log_chain", False) else set())
+    everyone = procs.processes(root, lambda exe: True)
+    found: dict[int, str] = {}
+    masters = []
+    for p in everyone.values():
+        conf = procs.config_of(root, p)
+        if not conf or not procs.same_file(conf, imapd.path):
+            continue
+        if program(p) in procs.MASTERS:
+            masters.append(p.pid)
+        else:
+            found.setdefault(p.pid, procs._why_conf(p, conf))
+    children: dict[int, list[int]] = {}
+    for p in everyone.values():
+        children.setdefault(p.ppid, []).append(p.pid)
+    for master in masters:
+        todo = list(children.get(master, []))
+        while todo:
+            pid = todo.pop()
+            found.setdefault(pid, f"started by master pid {master}")
+            todo += children.get(pid, [])
+    folder = procs._proc_dir(imapd)
+    for name in procs._names(folder) if folder else []:
+        if name.isascii() and name.isdigit() and int(name) in everyone:
+            found.setdefault(int(name), f"serves a client: {folder}/{name}")
+    out = []
+    for pid, why in sorted(found.items()):
+        p = everyone[pid]
+        name = program(p)
+        started = start_time(root, pid, btime, hz)
+        if name in writers and started is not None and started < changed + START_SLACK:
+            out.append(OldWriter(pid, name, started, why))
+    return out
+
+
+def conf_changed(imapd: ImapdConf) -> float:
+    """When imapd.conf was last changed (its mtime), 0 when it cannot be read."""
+    try:
+        return os.stat(imapd.path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def advice(writers: list[OldWriter], imapd: ImapdConf, channel: str, limit: int = 5) -> str:
+    """One sentence for status: who, and what ends them."""
+    named = ", ".join(w.describe() for w in writers[:limit])
+    more = f" and {len(writers) - limit} more" if len(writers) > limit else ""
+    return (f"{len(writers)} Cyrus process(es) started before {imapd.path} last changed, so"
+            f" they may not log to channel {channel}: {named}{more}; waiting for them to end"
+            " (a SIGHUP to Cyrus's master, e.g. `systemctl reload cyrus-imapd`, recycles idle"
+            " services at once and busy ones after their client; end long IMAP sessions by"
+            " hand)")

@@ -1,0 +1,441 @@
+"""Seeding a link's replica: from empty (or stale) to a full copy, while every link keeps going.
+
+Rolling replication only sends what changes after a channel was added, so a new replica must
+get everything else once. A seed:
+
+1. **waits for the writers**: a Cyrus process reads ``sync_log_channels`` when it starts, so
+   one that started before the channel was added never logs to it (cyrus/writers.py). Until
+   none is left, a change it makes after its user was copied would never reach the replica.
+   Status names them and what ends them;
+2. **lists the mailboxes** with ``ctl_mboxlist -d`` in a one-shot unit as cyrus
+   (cyrus/mailboxes.py): every user, and every shared mailbox, which ``-u`` does not cover;
+3. **syncs them** in batches, ``parallel`` at a time, each batch a ``syncwarden-user@`` unit of
+   its own (the quarantine's mechanism: a list file and ``sync_client -u -f``, or ``-m -f``
+   for shared mailboxes); Cyrus's per-user sync lock keeps a batch and the rolling worker,
+   which runs all along and sends what changes meanwhile, from syncing one user at once.
+   A failed batch is retried user by user, each up to ITEM_ATTEMPTS times.
+
+Batches run only while the link's rolling worker does (the replica answers, the link is not
+held, frozen, draining or quarantined); a batch stopped for that is run again later. The plan
+is written once and the progress whenever a batch ends (lifecycle_store.py), so a seed resumes
+after a daemon restart, redoing at most the batches that were running. The link does not go
+``live`` before the seed finished.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..cyrus import CYRUS_USER, mailboxes, writers
+from ..state import atomic_write, cyrus_gid, ensure_dir
+from ..systemd.units import LinkUnits, UnitStatus
+from .report import human_duration, iso
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARALLEL, MAX_PARALLEL = 4, 32
+WRITER_CHECK = 5.0          # seconds between looks for processes with the old channel list
+LIST_ATTEMPTS = 3
+ITEM_ATTEMPTS = 3
+BATCH_MAX = 50              # names per sync_client run
+BATCHES_PER_SLOT = 10       # smaller batches balance the slots and lose less to a restart
+PROGRESS_STEP = 10          # a seed-progress journal entry every 10 %
+
+
+class Phase(enum.Enum):
+    WRITERS = "waiting-for-writers"
+    LISTING = "listing"
+    SYNCING = "syncing"
+    DONE = "done"
+    INCOMPLETE = "incomplete"
+
+
+@dataclass
+class Progress:
+    """What lifecycle_store keeps in seed/LINK.json."""
+    link: str
+    started: float                       # wall clock
+    parallel: int = DEFAULT_PARALLEL
+    phase: str = Phase.WRITERS.value
+    users: int = 0
+    shared: int = 0
+    batches: int = 0
+    done: list[int] = field(default_factory=list)        # batch numbers
+    done_items: int = 0
+    retry: list[list] = field(default_factory=list)      # [kind, name, attempts]
+    failed: dict[str, list] = field(default_factory=dict)   # name -> [kind, why]
+    running: dict[str, list] = field(default_factory=dict)   # slot -> ["batch", n] | item
+    sync_seconds: float = 0.0
+    finished: float | None = None
+    reported: int = 0                    # the last PROGRESS_STEP journaled
+    detail: str = ""                     # what the seed waits for, or why it stopped
+    list_attempts: int = 0
+
+    @classmethod
+    def load(cls, doc: dict) -> "Progress":
+        p = cls(**doc)
+        Phase(p.phase)
+        if not (isinstance(p.running, dict) and isinstance(p.done, list)
+                and isinstance(p.failed, dict) and isinstance(p.retry, list)):
+            raise ValueError("malformed progress")
+        return p
+
+    @property
+    def items(self) -> int:
+        return self.users + self.shared
+
+
+@dataclass(frozen=True)
+class SeedEdges:
+    systemd: object
+    journal: object
+    clock: object
+    store: object                                   # LifecycleStore
+    imapd: Callable[[], object]                     # the current ImapdConf
+    sync_client: Callable[[], str]
+    listing_file: Callable[[str], Path]             # link -> ctl_mboxlist's output
+    users_file: Callable[[str], Path]               # slot (LINK.seedN) -> its list
+    old_writers: Callable = writers.old_writers     # (imapd, changed) -> [OldWriter]
+    conf_changed: Callable = writers.conf_changed   # imapd -> mtime
+
+
+def plan_batches(inventory: mailboxes.Inventory, parallel: int) -> list[list]:
+    """[kind, [names]] batches: users first (the bulk), then shared mailboxes."""
+    out = []
+    for kind, names in (("users", inventory.users), ("mailboxes", inventory.shared)):
+        size = max(1, min(BATCH_MAX, math.ceil(len(names) / (parallel * BATCHES_PER_SLOT))))
+        out += [[kind, names[i:i + size]] for i in range(0, len(names), size)]
+    return out
+
+
+def _split(slot: str) -> tuple[str, int]:
+    """'seed3' -> ('seed', 3): the slot kind (units.SLOT_KINDS) and its number."""
+    kind = slot.rstrip("0123456789")
+    return kind, int(slot[len(kind):])
+
+
+class Seed:
+    def __init__(self, units: LinkUnits, edges: SeedEdges, progress: Progress,
+                 plan: dict | None = None):
+        self.units, self.e, self.p = units, edges, progress
+        self.link = progress.link
+        self.plan = plan or {}
+        self.launched: set[str] = set()      # slots (and the listing) started by this daemon
+        self.stopping: set[str] = set()
+        self.next_check = 0.0
+        self.last_mono: float | None = None
+        self.next_list = 0.0
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def phase(self) -> Phase:
+        return Phase(self.p.phase)
+
+    @property
+    def active(self) -> bool:
+        return self.phase in (Phase.WRITERS, Phase.LISTING, Phase.SYNCING)
+
+    def _save(self, plan: bool = False) -> None:
+        self.e.store.save_seed(self.link, asdict(self.p), self.plan if plan else None)
+
+    def _journal(self, message: str, mid: str, priority: str = "info", **fields) -> None:
+        self.e.journal.send(f"link {self.link}: {message}", priority, mid,
+                            SYNCWARDEN_LINK=self.link, **fields)
+
+    # -- one tick ----------------------------------------------------------------------------
+    def step(self, mono: float, can_sync: bool, units: dict[str, UnitStatus]) -> None:
+        """``can_sync``: the link's rolling worker runs (batches run only then)."""
+        if self.phase is Phase.WRITERS and mono >= self.next_check:
+            self.next_check = mono + WRITER_CHECK
+            self._check_writers()
+        if self.phase is Phase.LISTING:
+            self._listing(mono, units)
+        if self.phase is Phase.SYNCING:
+            self._syncing(mono, can_sync, units)
+
+    def _check_writers(self) -> None:
+        imapd = self.e.imapd()
+        old = self.e.old_writers(imapd, self.e.conf_changed(imapd))
+        if old:
+            detail = writers.advice(old, imapd, self.link)
+            if [w.pid for w in old] != getattr(self, "_reported_writers", None):
+                self._reported_writers = [w.pid for w in old]
+                self._journal(f"seed waits: {detail}", "seed-progress", "notice",
+                              SYNCWARDEN_PHASE=self.p.phase)
+            self.p.detail = detail
+            return
+        self.p.phase, self.p.detail = Phase.LISTING.value, ""
+        self._save()
+        self._journal("seed: every Cyrus process logs to this channel now; listing mailboxes",
+                      "seed-progress", SYNCWARDEN_PHASE=self.p.phase)
+
+    def _listing(self, mono: float, units: dict) -> None:
+        unit = self.units.listing
+        status = units.get(unit)
+        if (status is not None and status.running) or mono < self.next_list:
+            return
+        path = self.e.listing_file(self.link)
+        if unit in self.launched:
+            self.launched.discard(unit)
+            try:
+                inventory = mailboxes.parse(path.read_bytes(), self.e.imapd())
+            except (OSError, mailboxes.MailboxListError) as exc:
+                info = self.e.systemd.exit_info(unit)
+                self._list_failed(f"{exc} (ctl_mboxlist: {info.result}, exit status"
+                                  f" {info.status}; journalctl -u {unit})", mono)
+                return
+            self._planned(inventory)
+            path.unlink(missing_ok=True)
+            return
+        ensure_dir(path.parent, 0o700)
+        path.unlink(missing_ok=True)        # the unit's output file is opened without O_TRUNC
+        try:
+            self.e.systemd.run(unit, mailboxes.list_argv(self.e.sync_client(),
+                                                          self.e.imapd().path),
+                               user=CYRUS_USER, stdout_file=str(path),
+                               description=f"syncwarden: mailboxes to seed {self.link}")
+        except Exception as exc:
+            self._list_failed(f"cannot start {unit}: {exc}", mono)
+            return
+        self.launched.add(unit)
+
+    def _list_failed(self, why: str, mono: float) -> None:
+        self.p.list_attempts += 1
+        self.p.detail = f"listing the mailboxes failed: {why}"
+        if self.p.list_attempts >= LIST_ATTEMPTS:
+            self._finish(f"the mailboxes could not be listed ({why})")
+        else:
+            self.next_list = mono + 5.0 * self.p.list_attempts
+            self._save()
+
+    def _planned(self, inventory: mailboxes.Inventory) -> None:
+        batches = plan_batches(inventory, self.p.parallel)
+        self.plan = {"batches": batches}
+        p = self.p
+        p.users, p.shared, p.batches = len(inventory.users), len(inventory.shared), len(batches)
+        p.phase, p.detail, p.done, p.done_items = Phase.SYNCING.value, "", [], 0
+        self._save(plan=True)
+        self._journal(f"seed: {p.users} users and {p.shared} shared mailboxes to sync in"
+                      f" {p.batches} batches, {p.parallel} at a time", "seed-progress",
+                      SYNCWARDEN_PHASE=p.phase, SYNCWARDEN_USERS=p.users,
+                      SYNCWARDEN_MAILBOXES=p.shared, SYNCWARDEN_TOTAL=p.items)
+
+    # -- syncing -----------------------------------------------------------------------------
+    def _slot_unit(self, slot: str) -> str:
+        return self.units.slot(*_split(slot))
+
+    def _syncing(self, mono: float, can_sync: bool, units: dict) -> None:
+        p, changed = self.p, False
+        if p.running and self.last_mono is not None:
+            p.sync_seconds += max(0.0, mono - self.last_mono)
+        self.last_mono = mono
+        for slot, ref in list(p.running.items()):
+            unit = self._slot_unit(slot)
+            status = units.get(unit)
+            if status is not None and status.running:
+                if not can_sync and slot not in self.stopping:
+                    self.e.systemd.stop(unit)       # the replica left, a hold, a freeze ...
+                    self.stopping.add(slot)
+                continue
+            del p.running[slot]
+            changed = True
+            if slot in self.launched and slot not in self.stopping:
+                info = self.e.systemd.exit_info(unit)
+                if info.result == "success" and info.status == 0:
+                    self._done(ref)
+                else:
+                    self._failed(ref, f"sync_client exited ({info.result}, status"
+                                 f" {info.status}): journalctl -u {unit}")
+            else:
+                self._requeue(ref)                  # ours was stopped, or it ran before a restart
+            self.launched.discard(slot)
+            self.stopping.discard(slot)
+        if can_sync:
+            changed |= self._launch(units)
+        if not p.running and self._next() is None:
+            self._finish()
+            return
+        if changed:
+            self._save()
+        self._report_progress()
+
+    def _next(self) -> list | None:
+        """The next work: a planned batch not done or running, else a user to retry."""
+        busy = {tuple(r) for r in self.p.running.values()}
+        done = set(self.p.done)
+        for n in range(self.p.batches):
+            if n not in done and ("batch", n) not in busy:
+                return ["batch", n]
+        for item in self.p.retry:
+            return ["item", *item]
+        return None
+
+    def _launch(self, units: dict) -> bool:
+        launched = False
+        while len(self.p.running) < self.p.parallel:
+            ref = self._next()
+            if ref is None:
+                return launched
+            kind, names = self._work(ref)
+            slot = self._free_slot("seed" if kind == "users" else "shared", units)
+            if slot is None:
+                return launched
+            if ref[0] == "item":
+                self.p.retry.remove(ref[1:])
+            self.p.running[slot] = ref
+            self._save()               # recorded before it starts: a restart finds it
+            path = self.e.users_file(f"{self.link}.{slot}")
+            gid = cyrus_gid()
+            ensure_dir(path.parent, 0o750, gid)
+            atomic_write(path, "".join(f"{n}\n" for n in names).encode(), 0o640, gid)
+            try:
+                self.e.systemd.start(self._slot_unit(slot))
+            except Exception as exc:
+                log.error("cannot start %s: %s", self._slot_unit(slot), exc,
+                          extra={"link": self.link})
+                del self.p.running[slot]
+                self._requeue(ref)
+                return launched
+            self.launched.add(slot)
+            launched = True
+        return launched
+
+    def _free_slot(self, kind: str, units: dict) -> str | None:
+        taken = {_split(s)[1] for s in (*self.p.running, *self.stopping)}
+        for n in range(1, self.p.parallel + 1):
+            status = units.get(self.units.slot(kind, n))
+            if n not in taken and not (status is not None and status.running):
+                return f"{kind}{n}"
+        return None
+
+    def _work(self, ref: list) -> tuple[str, list[str]]:
+        if ref[0] == "batch":
+            kind, names = self.plan["batches"][ref[1]]
+            return kind, names
+        return ref[1], [ref[2]]
+
+    def _done(self, ref: list) -> None:
+        if ref[0] == "batch":
+            self.p.done.append(ref[1])
+            self.p.done_items += len(self._work(ref)[1])
+        else:
+            self.p.done_items += 1
+
+    def _failed(self, ref: list, why: str) -> None:
+        kind, names = self._work(ref)
+        attempts = 1 if ref[0] == "batch" else ref[3] + 1
+        if ref[0] == "batch" and len(names) > 1:
+            # One of them failed, or the replica went away: each is tried on its own now.
+            self.p.done.append(ref[1])          # the batch as such is over
+            self.p.retry += [[kind, n, 0] for n in names]
+            return
+        if attempts >= ITEM_ATTEMPTS:
+            self.p.failed[names[0]] = [kind, why]
+            if ref[0] == "batch":
+                self.p.done.append(ref[1])
+            log.warning("seed of %s: %s %s failed %d times: %s", self.link, kind, names[0],
+                        attempts, why, extra={"link": self.link})
+        else:
+            if ref[0] == "batch":
+                self.p.done.append(ref[1])
+            self.p.retry.append([kind, names[0], attempts])
+
+    def _requeue(self, ref: list) -> None:
+        if ref[0] == "item":
+            self.p.retry.insert(0, ref[1:])
+        # a batch not in p.done is picked up again by _next
+
+    # -- progress and the end ----------------------------------------------------------------
+    def percent(self) -> int:
+        p = self.p
+        if self.phase is Phase.DONE:
+            return 100
+        return int(100 * p.done_items / p.items) if p.items else 0
+
+    def eta(self) -> float | None:
+        p = self.p
+        left = p.items - p.done_items - len(p.failed)
+        if self.phase is not Phase.SYNCING or p.done_items == 0 or p.sync_seconds <= 0:
+            return None
+        return left * p.sync_seconds / p.done_items
+
+    def _report_progress(self) -> None:
+        step = self.percent() // PROGRESS_STEP * PROGRESS_STEP
+        if step > self.p.reported and step < 100:
+            self.p.reported = step
+            eta = self.eta()
+            self._journal(f"seed {step}%: {self.p.done_items} of {self.p.items} users and shared"
+                          f" mailboxes synced" + (f", about {human_duration(eta)} left"
+                                                  if eta is not None else ""),
+                          "seed-progress", SYNCWARDEN_PHASE=self.p.phase,
+                          SYNCWARDEN_DONE=self.p.done_items, SYNCWARDEN_TOTAL=self.p.items,
+                          SYNCWARDEN_ETA=None if eta is None else round(eta))
+            self._save()
+
+    def _finish(self, broken: str | None = None) -> None:
+        p = self.p
+        p.finished = self.e.clock.wall()
+        took = p.finished - p.started
+        failed = sorted(p.failed)
+        complete = broken is None and not failed
+        p.phase = Phase.DONE.value if complete else Phase.INCOMPLETE.value
+        if broken:
+            p.detail = broken
+        elif failed:
+            p.detail = (f"{len(failed)} failed ({', '.join(failed[:5])}"
+                        f"{', ...' if len(failed) > 5 else ''}); run `syncwarden seed"
+                        f" {self.link}` again to retry them")
+        self.e.store.drop_seed(self.link, keep_progress=True)
+        self._save()
+        if complete:
+            self.e.store.set_seeded(self.link, True, p.finished,
+                                    f"syncwarden seed, finished {iso(p.finished)}")
+        self._journal(f"seed {'finished' if complete else 'incomplete'} after"
+                      f" {human_duration(took)}: {p.done_items} of {p.items} users and shared"
+                      f" mailboxes synced" + (f"; {p.detail}" if not complete else ""),
+                      "seed-finished", "notice" if complete else "err",
+                      SYNCWARDEN_RESULT="complete" if complete else "incomplete",
+                      SYNCWARDEN_USERS=p.users, SYNCWARDEN_MAILBOXES=p.shared,
+                      SYNCWARDEN_FAILED=len(failed), SYNCWARDEN_DURATION=f"{took:.3f}")
+
+    def stop_all(self, kill=False) -> None:
+        """Stop every running batch (daemon stopping, link retired): they run again later."""
+        for slot in list(self.p.running):
+            unit = self._slot_unit(slot)
+            try:
+                (self.e.systemd.kill if kill else self.e.systemd.stop)(unit)
+            except Exception as exc:
+                log.warning("cannot stop %s: %s", unit, exc, extra={"link": self.link})
+            self.stopping.add(slot)
+
+    # -- how it is shown ---------------------------------------------------------------------
+    def view(self) -> dict:
+        p = self.p
+        eta = self.eta()
+        return {"state": p.phase, "started": iso(p.started),
+                "finished": iso(p.finished) if p.finished else None,
+                "users": p.users, "shared_mailboxes": p.shared, "done": p.done_items,
+                "total": p.items, "percent": self.percent(), "running": len(p.running),
+                "parallel": p.parallel, "eta_seconds": None if eta is None else round(eta),
+                "failed": sorted(p.failed), "detail": p.detail}
+
+    def note(self) -> str:
+        """The words added to the link's reason while it seeds."""
+        p, phase = self.p, self.phase
+        if phase is Phase.WRITERS:
+            return f"seed waiting: {p.detail or 'looking for Cyrus processes'}"
+        if phase is Phase.LISTING:
+            return "seed: listing mailboxes" + (f" ({p.detail})" if p.detail else "")
+        if phase is Phase.SYNCING:
+            eta = self.eta()
+            return (f"seeding: {p.done_items} of {p.items} users and shared mailboxes"
+                    f" ({self.percent()}%)" + (f", about {human_duration(eta)} left"
+                                               if eta is not None else ""))
+        if phase is Phase.INCOMPLETE:
+            return f"seed incomplete: {p.detail}"
+        return ""
