@@ -153,7 +153,7 @@ def cmd_freeze(args) -> int:
         print(f"syncwarden freeze: --until: expected a duration 1s-7d (e.g. 30m), got"
               f" {args.until!r}", file=sys.stderr)
         return EXIT_USAGE
-    fields = {k: v for k, v in (("exec", args.command), ("exec_user", args.exec_user)) if v}
+    fields = {k: v for k, v in (("exec", args.exec_command), ("exec_user", args.exec_user)) if v}
     result = _ask(args, "freeze", link=args.link, until=int(round(until)), **fields)
     if result is None:
         return EXIT_PROBLEM
