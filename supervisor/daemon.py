@@ -45,6 +45,7 @@ log = logging.getLogger("syncwarden")
 TICK = 1.0   # seconds between reconcile ticks when nothing wakes the loop earlier
 STATUS_REFRESH = 10.0
 TICK_DRAINING = 0.1  # a drain pass ends whenever sync_client does: notice it promptly
+TICK_SEEDING = 0.25  # likewise a seed's batch: the next one starts at the next tick
 EXTEND_WHILE_DRAINING = 30.0
 
 
@@ -299,7 +300,8 @@ class Daemon:
     def _timeout(self, sup: Reconciler) -> float:
         now = self.clock.monotonic()
         due = [rt.next_probe - now for rt in sup.links.values() if rt.next_probe > now]
-        return max(0.05, min([TICK_DRAINING if sup.draining else TICK] + due))
+        tick = TICK_DRAINING if sup.draining else TICK_SEEDING if sup.lifecycle.busy else TICK
+        return max(0.05, min([tick] + due))
 
     def _drain_wake(self) -> None:
         try:

@@ -94,7 +94,7 @@ class Lifecycle:
             return
         try:
             p = Progress.load(progress)
-            if p.phase == Phase.SYNCING.value and p.batches and not plan:
+            if p.phase == Phase.SYNCING.value and p.items and not plan:
                 raise ValueError("its plan is missing")
         except (TypeError, ValueError, KeyError) as exc:
             self.problems.append(f"the seed of {name} could not be resumed ({exc}): it"
@@ -119,6 +119,11 @@ class Lifecycle:
         """A stop does not drain a frozen link (its replica is being backed up) nor a
         retired one."""
         return name in self.freezes or name in self.store.retired
+
+    @property
+    def busy(self) -> bool:
+        """A seed's batches run: the daemon ticks faster, to start the next one promptly."""
+        return any(seed.p.running for seed in self.seeds.values() if seed.active)
 
     def seeding(self, name: str) -> bool:
         seed = self.seeds.get(name)
@@ -180,19 +185,20 @@ class Lifecycle:
         if not 1 <= parallel <= MAX_PARALLEL:
             raise ValueError(f"--parallel must be 1-{MAX_PARALLEL}, got {parallel}")
         wall = self.e.clock.wall()
-        p = Progress(name, wall, parallel)
+        p, plan = Progress(name, wall, parallel), {}
         if old is not None and old.phase is Phase.INCOMPLETE and old.p.failed:
             # the others are on the replica, and the rolling worker sends their changes
-            p.phase = Phase.SYNCING.value
-            p.retry = [[kind, n, 0] for n, (kind, _) in sorted(old.p.failed.items())]
-            p.users = sum(1 for kind, _ in old.p.failed.values() if kind == "users")
-            p.shared = len(p.retry) - p.users
-            what = f"retrying the {len(p.retry)} that failed last time"
+            failed = sorted(old.p.failed.items())
+            plan = {"users": [n for n, (kind, _) in failed if kind == "users"],
+                    "shared": [n for n, (kind, _) in failed if kind != "users"]}
+            p.phase, p.users, p.shared = Phase.SYNCING.value, len(plan["users"]), \
+                len(plan["shared"])
+            what = f"retrying the {len(failed)} that failed last time"
         else:
             what = "waiting for every Cyrus process to log to the channel, then listing"
         self.store.set_seeded(name, False, wall, "seed started")
-        self.store.save_seed(name, asdict(p), {})
-        self.seeds[name] = Seed(rt.units, self._seed_edges, p, {})
+        self.store.save_seed(name, asdict(p), plan)
+        self.seeds[name] = Seed(rt.units, self._seed_edges, p, plan)
         self.e.journal.send(f"link {name}: seed started, {parallel} at a time: {what}",
                             "notice", "seed-started", SYNCWARDEN_LINK=name,
                             SYNCWARDEN_PARALLEL=parallel)

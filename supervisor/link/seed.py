@@ -13,7 +13,8 @@ get everything else once. A seed:
    its own (the quarantine's mechanism: a list file and ``sync_client -u -f``, or ``-m -f``
    for shared mailboxes); Cyrus's per-user sync lock keeps a batch and the rolling worker,
    which runs all along and sends what changes meanwhile, from syncing one user at once.
-   A failed batch is retried user by user, each up to ITEM_ATTEMPTS times.
+   A batch is a range of the plan sized by the rate so far (BATCH_SECONDS); a failed one is
+   halved until the failing user is alone, and that user is tried ITEM_ATTEMPTS times.
 
 Batches run only while the link's rolling worker does (the replica answers, the link is not
 held, frozen, draining or quarantined); a batch stopped for that is run again later. The plan
@@ -42,8 +43,16 @@ DEFAULT_PARALLEL, MAX_PARALLEL = 4, 32
 WRITER_CHECK = 5.0          # seconds between looks for processes with the old channel list
 LIST_ATTEMPTS = 3
 ITEM_ATTEMPTS = 3
-BATCH_MAX = 50              # names per sync_client run
-BATCHES_PER_SLOT = 10       # smaller batches balance the slots and lose less to a restart
+# A batch (one sync_client run) is sized to take about BATCH_SECONDS at the rate seen so far:
+# long enough that starting a unit and sync_client's login cost little, short enough that a
+# restart redoes little. The first ones are small, to learn the rate.
+# Near the end the batches shrink to an even share of what is left, so that the slots end
+# together; never below BATCH_SECONDS_MIN, since each costs about 0.2 s to start
+# (bench/seed_bench.py prints where the time went).
+BATCH_SECONDS = 10.0
+BATCH_SECONDS_MIN = 2.0
+FIRST_BATCH = 20
+BATCH_MAX = 5000
 PROGRESS_STEP = 10          # a seed-progress journal entry every 10 %
 
 
@@ -62,14 +71,15 @@ class Progress:
     started: float                       # wall clock
     parallel: int = DEFAULT_PARALLEL
     phase: str = Phase.WRITERS.value
-    users: int = 0
+    users: int = 0                       # the plan: its users, then its shared mailboxes
     shared: int = 0
-    batches: int = 0
-    done: list[int] = field(default_factory=list)        # batch numbers
+    cursor: int = 0                      # items before it were handed out at least once
     done_items: int = 0
-    retry: list[list] = field(default_factory=list)      # [kind, name, attempts]
-    failed: dict[str, list] = field(default_factory=dict)   # name -> [kind, why]
-    running: dict[str, list] = field(default_factory=dict)   # slot -> ["batch", n] | item
+    pending: list[list] = field(default_factory=list)        # [a, b) ranges to run (again)
+    running: dict[str, list] = field(default_factory=dict)   # slot -> [a, b)
+    attempts: dict[str, int] = field(default_factory=dict)   # item -> failed runs alone
+    failed: dict[str, list] = field(default_factory=dict)    # name -> [kind, why]
+    seconds_per_item: float | None = None                    # sizes the next range
     sync_seconds: float = 0.0
     finished: float | None = None
     reported: int = 0                    # the last PROGRESS_STEP journaled
@@ -80,8 +90,11 @@ class Progress:
     def load(cls, doc: dict) -> "Progress":
         p = cls(**doc)
         Phase(p.phase)
-        if not (isinstance(p.running, dict) and isinstance(p.done, list)
-                and isinstance(p.failed, dict) and isinstance(p.retry, list)):
+        ranges = [*p.pending, *p.running.values()]
+        if not (isinstance(p.running, dict) and isinstance(p.pending, list)
+                and isinstance(p.failed, dict) and isinstance(p.attempts, dict)
+                and all(isinstance(r, list) and len(r) == 2 and 0 <= r[0] < r[1] <= p.items
+                        for r in ranges) and 0 <= p.cursor <= p.items):
             raise ValueError("malformed progress")
         return p
 
@@ -104,13 +117,7 @@ class SeedEdges:
     conf_changed: Callable = writers.conf_changed   # imapd -> mtime
 
 
-def plan_batches(inventory: mailboxes.Inventory, parallel: int) -> list[list]:
-    """[kind, [names]] batches: users first (the bulk), then shared mailboxes."""
-    out = []
-    for kind, names in (("users", inventory.users), ("mailboxes", inventory.shared)):
-        size = max(1, min(BATCH_MAX, math.ceil(len(names) / (parallel * BATCHES_PER_SLOT))))
-        out += [[kind, names[i:i + size]] for i in range(0, len(names), size)]
-    return out
+_IDLE = UnitStatus("", "inactive", "dead")
 
 
 def _split(slot: str) -> tuple[str, int]:
@@ -125,7 +132,7 @@ class Seed:
         self.units, self.e, self.p = units, edges, progress
         self.link = progress.link
         self.plan = plan or {}
-        self.launched: set[str] = set()      # slots (and the listing) started by this daemon
+        self.launched: dict[str, float] = {}   # slot -> when this daemon started it
         self.stopping: set[str] = set()
         self.next_check = 0.0
         self.last_mono: float | None = None
@@ -181,7 +188,7 @@ class Seed:
             return
         path = self.e.listing_file(self.link)
         if unit in self.launched:
-            self.launched.discard(unit)
+            del self.launched[unit]
             try:
                 inventory = mailboxes.parse(path.read_bytes(), self.e.imapd())
             except (OSError, mailboxes.MailboxListError) as exc:
@@ -202,7 +209,7 @@ class Seed:
         except Exception as exc:
             self._list_failed(f"cannot start {unit}: {exc}", mono)
             return
-        self.launched.add(unit)
+        self.launched[unit] = mono
 
     def _list_failed(self, why: str, mono: float) -> None:
         self.p.list_attempts += 1
@@ -214,14 +221,13 @@ class Seed:
             self._save()
 
     def _planned(self, inventory: mailboxes.Inventory) -> None:
-        batches = plan_batches(inventory, self.p.parallel)
-        self.plan = {"batches": batches}
+        self.plan = {"users": inventory.users, "shared": inventory.shared}
         p = self.p
-        p.users, p.shared, p.batches = len(inventory.users), len(inventory.shared), len(batches)
-        p.phase, p.detail, p.done, p.done_items = Phase.SYNCING.value, "", [], 0
+        p.users, p.shared = len(inventory.users), len(inventory.shared)
+        p.phase, p.detail, p.cursor, p.done_items = Phase.SYNCING.value, "", 0, 0
         self._save(plan=True)
-        self._journal(f"seed: {p.users} users and {p.shared} shared mailboxes to sync in"
-                      f" {p.batches} batches, {p.parallel} at a time", "seed-progress",
+        self._journal(f"seed: {p.users} users and {p.shared} shared mailboxes to sync,"
+                      f" {p.parallel} at a time", "seed-progress",
                       SYNCWARDEN_PHASE=p.phase, SYNCWARDEN_USERS=p.users,
                       SYNCWARDEN_MAILBOXES=p.shared, SYNCWARDEN_TOTAL=p.items)
 
@@ -244,20 +250,20 @@ class Seed:
                 continue
             del p.running[slot]
             changed = True
-            if slot in self.launched and slot not in self.stopping:
+            started = self.launched.pop(slot, None)
+            if started is not None and slot not in self.stopping:
                 info = self.e.systemd.exit_info(unit)
                 if info.result == "success" and info.status == 0:
-                    self._done(ref)
+                    self._done(ref, mono - started)
                 else:
                     self._failed(ref, f"sync_client exited ({info.result}, status"
                                  f" {info.status}): journalctl -u {unit}")
             else:
-                self._requeue(ref)                  # ours was stopped, or it ran before a restart
-            self.launched.discard(slot)
+                p.pending.insert(0, ref)            # stopped by us, or ran before a restart
             self.stopping.discard(slot)
         if can_sync:
-            changed |= self._launch(units)
-        if not p.running and self._next() is None:
+            changed |= self._launch(units, mono)
+        if not p.running and not p.pending and p.cursor >= p.items:
             self._finish()
             return
         if changed:
@@ -265,28 +271,35 @@ class Seed:
         self._report_progress()
 
     def _next(self) -> list | None:
-        """The next work: a planned batch not done or running, else a user to retry."""
-        busy = {tuple(r) for r in self.p.running.values()}
-        done = set(self.p.done)
-        for n in range(self.p.batches):
-            if n not in done and ("batch", n) not in busy:
-                return ["batch", n]
-        for item in self.p.retry:
-            return ["item", *item]
-        return None
+        """The next range of the plan to sync: one handed out before and not done, else the
+        next one, sized to take about BATCH_SECONDS by the rate so far (FIRST_BATCH before
+        there is one), and no larger than an even share of what is left (but BATCH_SECONDS_MIN
+        at least), so that the last ones end together. A range never mixes users with shared
+        mailboxes."""
+        p = self.p
+        if p.pending:
+            return p.pending.pop(0)
+        if p.cursor >= p.items:
+            return None
+        left, spi = p.items - p.cursor, p.seconds_per_item
+        size = round(BATCH_SECONDS / spi) if spi else FIRST_BATCH
+        floor = math.ceil(BATCH_SECONDS_MIN / spi) if spi else FIRST_BATCH
+        size = max(1, min(size, BATCH_MAX, max(floor, math.ceil(left / p.parallel))))
+        end = min(p.cursor + size, p.users if p.cursor < p.users else p.items)
+        ref, p.cursor = [p.cursor, end], end
+        return ref
 
-    def _launch(self, units: dict) -> bool:
+    def _launch(self, units: dict, mono: float) -> bool:
         launched = False
         while len(self.p.running) < self.p.parallel:
+            slot = self._free_slot(units)
+            if slot is None:
+                return launched
             ref = self._next()
             if ref is None:
                 return launched
             kind, names = self._work(ref)
-            slot = self._free_slot("seed" if kind == "users" else "shared", units)
-            if slot is None:
-                return launched
-            if ref[0] == "item":
-                self.p.retry.remove(ref[1:])
+            slot = ("seed" if kind == "users" else "shared") + slot
             self.p.running[slot] = ref
             self._save()               # recorded before it starts: a restart finds it
             path = self.e.users_file(f"{self.link}.{slot}")
@@ -299,56 +312,56 @@ class Seed:
                 log.error("cannot start %s: %s", self._slot_unit(slot), exc,
                           extra={"link": self.link})
                 del self.p.running[slot]
-                self._requeue(ref)
+                self.p.pending.insert(0, ref)
                 return launched
-            self.launched.add(slot)
+            self.launched[slot] = mono
+            log.info("seed of %s: %d %s (%s .. %s) in %s", self.link, len(names), kind,
+                     names[0], names[-1], self._slot_unit(slot), extra={"link": self.link})
             launched = True
         return launched
 
-    def _free_slot(self, kind: str, units: dict) -> str | None:
+    def _free_slot(self, units: dict) -> str | None:
+        """A slot number no batch of either kind runs in (as far as we or systemd know)."""
         taken = {_split(s)[1] for s in (*self.p.running, *self.stopping)}
         for n in range(1, self.p.parallel + 1):
-            status = units.get(self.units.slot(kind, n))
-            if n not in taken and not (status is not None and status.running):
-                return f"{kind}{n}"
+            busy = any((units.get(self.units.slot(kind, n)) or _IDLE).running
+                       for kind in ("seed", "shared"))
+            if n not in taken and not busy:
+                return str(n)
         return None
 
     def _work(self, ref: list) -> tuple[str, list[str]]:
-        if ref[0] == "batch":
-            kind, names = self.plan["batches"][ref[1]]
-            return kind, names
-        return ref[1], [ref[2]]
+        a, b = ref
+        users, shared = self.plan.get("users", []), self.plan.get("shared", [])
+        if a < len(users):
+            return "users", users[a:b]
+        return "mailboxes", shared[a - len(users):b - len(users)]
 
-    def _done(self, ref: list) -> None:
-        if ref[0] == "batch":
-            self.p.done.append(ref[1])
-            self.p.done_items += len(self._work(ref)[1])
-        else:
-            self.p.done_items += 1
+    def _done(self, ref: list, took: float) -> None:
+        n = ref[1] - ref[0]
+        self.p.done_items += n
+        if n >= 1 and took > 0:
+            rate = took / n
+            old = self.p.seconds_per_item
+            self.p.seconds_per_item = rate if not old else (old + rate) / 2
 
     def _failed(self, ref: list, why: str) -> None:
-        kind, names = self._work(ref)
-        attempts = 1 if ref[0] == "batch" else ref[3] + 1
-        if ref[0] == "batch" and len(names) > 1:
-            # One of them failed, or the replica went away: each is tried on its own now.
-            self.p.done.append(ref[1])          # the batch as such is over
-            self.p.retry += [[kind, n, 0] for n in names]
+        """A range with a failure is halved until the failing user is alone; alone, it is
+        tried ITEM_ATTEMPTS times before it is given up."""
+        a, b = ref
+        if b - a > 1:
+            mid = (a + b) // 2
+            self.p.pending[:0] = [[a, mid], [mid, b]]
             return
+        kind, names = self._work(ref)
+        attempts = self.p.attempts.get(str(a), 0) + 1
+        self.p.attempts[str(a)] = attempts
         if attempts >= ITEM_ATTEMPTS:
             self.p.failed[names[0]] = [kind, why]
-            if ref[0] == "batch":
-                self.p.done.append(ref[1])
             log.warning("seed of %s: %s %s failed %d times: %s", self.link, kind, names[0],
                         attempts, why, extra={"link": self.link})
         else:
-            if ref[0] == "batch":
-                self.p.done.append(ref[1])
-            self.p.retry.append([kind, names[0], attempts])
-
-    def _requeue(self, ref: list) -> None:
-        if ref[0] == "item":
-            self.p.retry.insert(0, ref[1:])
-        # a batch not in p.done is picked up again by _next
+            self.p.pending.append(ref)
 
     # -- progress and the end ----------------------------------------------------------------
     def percent(self) -> int:

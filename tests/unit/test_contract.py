@@ -219,10 +219,10 @@ def with_lifecycle(sup) -> None:
     """A seed on replica1; a freeze with a finished hook, and a retirement, on replica2 (both
     at once only here: every lifecycle field appears)."""
     lc = sup.lifecycle
-    progress = Progress("replica1", 1e9, phase="syncing", users=3, shared=1, batches=2,
+    progress = Progress("replica1", 1e9, phase="syncing", users=3, shared=1, cursor=3,
                         done_items=1, sync_seconds=2.0)
     lc.seeds["replica1"] = Seed(sup.links["replica1"].units, lc._seed_edges, progress,
-                                {"batches": [["users", ["a", "b", "c"]], ["mailboxes", ["s"]]]})
+                                {"users": ["a", "b", "c"], "shared": ["s"]})
     hook = {"state": "exited", "started": 1e9, "ended": 1e9 + 1, "status": 0}
     lc.freezes["replica2"] = Freeze("replica2", "u", {
         "phase": "frozen", "since": 1e9, "frozen_at": 1e9, "until": 2e9, "exec": "x",

@@ -273,7 +273,7 @@ def test_a_failing_user_is_retried_alone_and_named_and_a_new_seed_retries_only_i
     assert seed["state"] == "incomplete" and seed["failed"] == ["u07"]
     assert seed["done"] == 100                                # 99 users and the shared one
     assert "seed incomplete: 1 failed (u07)" in env.link("replica3")["reason"]
-    assert [n for _, names in env.ran for n in names].count("u07") == 1 + 3  # batch, 3 alone
+    assert [names for _, names in env.ran].count(["u07"]) == 3   # halved down to it, 3 alone
     assert env.state("replica3") is LinkState.CATCHING_UP      # not live: not a full copy
     assert env.ids("seed-finished")[-1]["SYNCWARDEN_RESULT"] == "incomplete"
     env.fail = {}
@@ -448,3 +448,20 @@ def test_freeze_refusals(tmp_path):
             raise AssertionError(f"not refused: {args}")
         except ValueError as exc:
             assert words in str(exc)
+
+
+def test_the_daemon_ticks_faster_while_seed_batches_run(tmp_path):
+    from types import SimpleNamespace
+
+    from supervisor.daemon import TICK, TICK_SEEDING, Daemon
+
+    daemon = Daemon(tmp_path / "x.yaml", journal=FakeJournal())
+    sup = SimpleNamespace(links={}, draining=False, lifecycle=SimpleNamespace(busy=False))
+    assert daemon._timeout(sup) == TICK
+    sup.lifecycle.busy = True
+    assert daemon._timeout(sup) == TICK_SEEDING < TICK
+    env = seed_ready(tmp_path)
+    env.systemd.oneshot.pop("syncwarden-user@replica3.seed1.service")     # keeps running
+    env.sup.lifecycle.seed("replica3", 1)
+    env.tick(10)
+    assert env.sup.lifecycle.busy

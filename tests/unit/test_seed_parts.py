@@ -12,7 +12,7 @@ from supervisor.commands.cli import main
 from supervisor.control_schema import Refused, validate
 from supervisor.cyrus import mailboxes, writers
 from supervisor.cyrus.imapdconf import ImapdConf, parse
-from supervisor.link.seed import BATCH_MAX, plan_batches
+from supervisor.link.seed import BATCH_SECONDS, BATCH_SECONDS_MIN, FIRST_BATCH, Progress, Seed
 from supervisor.systemd.units import LinkUnits, belongs_to, parse_slot, slot_unit
 
 from .fakeproc import BIN, FakeProc
@@ -121,13 +121,22 @@ def test_ctl_mboxlist_is_found_beside_sync_client():
         "/usr/lib/cyrus/bin/ctl_mboxlist", "-C", "/etc/imapd.conf", "-d"]
 
 
-def test_batches_are_small_enough_to_balance_slots_and_capped():
-    inv = mailboxes.Inventory([f"u{i}" for i in range(1000)], ["s1", "s2"])
-    batches = plan_batches(inv, 4)
-    assert {len(names) for kind, names in batches if kind == "users"} == {25}
-    assert batches[-2:] == [["mailboxes", ["s1"]], ["mailboxes", ["s2"]]]
-    big = plan_batches(mailboxes.Inventory([f"u{i}" for i in range(100_000)], []), 4)
-    assert max(len(n) for _, n in big) == BATCH_MAX
+def test_batches_are_sized_by_the_rate_so_far_and_share_the_tail():
+    plan = {"users": [f"u{i}" for i in range(1000)], "shared": ["s1", "s2"]}
+    seed = Seed(LinkUnits.of("r"), None, Progress("r", 0.0, parallel=4, phase="syncing",
+                                                  users=1000, shared=2), plan)
+    assert seed._next() == [0, FIRST_BATCH]                   # to learn the rate
+    seed.p.seconds_per_item = BATCH_SECONDS / 100              # 100 users take BATCH_SECONDS
+    assert seed._next() == [FIRST_BATCH, FIRST_BATCH + 100]
+    seed.p.seconds_per_item = 0.01                            # fast: an even share of the rest
+    a, b = seed._next()
+    assert b - a == -(-(1002 - a) // 4)
+    seed.p.seconds_per_item, seed.p.cursor = BATCH_SECONDS_MIN / 50, 900
+    assert seed._next() == [900, 950]                         # the tail: never below 2 s' worth
+    while seed.p.cursor < 1000:
+        assert seed._next()[1] <= 1000                        # never users and shared at once
+    assert seed._work(seed._next()) == ("mailboxes", ["s1", "s2"])
+    assert seed._work([0, 3]) == ("users", ["u0", "u1", "u2"])
 
 
 # --- units and the worker's command line ------------------------------------------------------
