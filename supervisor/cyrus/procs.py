@@ -380,6 +380,71 @@ def listeners(root: Path, imapd: ImapdConf) -> list[tuple[str, int]]:
     return out
 
 
+# --- every process of an instance, also without /proc/PID/exe ---------------------------------
+
+def program_of(proc: Proc) -> str:
+    """The Cyrus program of a process, also when /proc/PID/exe could not be read (the daemon
+    has no CAP_SYS_PTRACE) and setproctitle left one string: "imapd: host [1.2.3.4] bob ..."."""
+    if proc.argv and _retitled(proc.argv) and proc.exe == proc.argv[0]:
+        return os.path.basename(proc.argv[0].split(":", 1)[0])
+    return proc.program
+
+
+def instance_processes(imapd: ImapdConf, proc_root="/proc") -> list[tuple[Proc, str]]:
+    """(process, how it was tied to the instance) for every process of the instance, by pid:
+    its command line names the imapd.conf, it descends from a master of the instance, or it
+    has a session file in proc_path. Unlike service_processes this needs no readable
+    /proc/PID/exe (the children of master are found by their parent, whatever they are)."""
+    root = Path(proc_root)
+    everyone = processes(root, lambda exe: True)
+    found: dict[int, str] = {}
+    masters = []
+    for p in everyone.values():
+        conf = config_of(root, p)
+        if conf and same_file(conf, imapd.path):
+            if program_of(p) in MASTERS:
+                masters.append(p.pid)
+            found.setdefault(p.pid, _why_conf(p, conf))
+    children: dict[int, list[int]] = {}
+    for p in everyone.values():
+        children.setdefault(p.ppid, []).append(p.pid)
+    for master in masters:
+        todo, seen = list(children.get(master, [])), {master}
+        while todo:
+            pid = todo.pop()
+            if pid not in seen:
+                seen.add(pid)
+                found.setdefault(pid, f"started by master pid {master}")
+                todo += children.get(pid, [])
+    folder = _proc_dir(imapd)
+    for name in _names(folder) if folder else []:
+        if name.isascii() and name.isdigit() and int(name) in everyone:
+            found.setdefault(int(name), f"serves a client: {folder}/{name}")
+    return [(everyone[pid], why) for pid, why in sorted(found.items())]
+
+
+def boot_time(proc_root="/proc") -> float | None:
+    """When the machine booted (/proc/stat's btime, seconds since the epoch)."""
+    for line in (_read(Path(proc_root) / "stat", 1 << 20) or b"").splitlines():
+        if line.startswith(b"btime "):
+            try:
+                return float(line.split()[1])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def start_time(pid: int, btime: float, hz: int, proc_root="/proc") -> float | None:
+    """When a process started (wall clock), from /proc/PID/stat's field 22 (clock ticks after
+    boot); None when it is gone."""
+    raw = _read(Path(proc_root) / str(pid) / "stat", 4096)
+    fields = raw[raw.rfind(b")") + 1:].split() if raw else []    # fields[0] is field 3
+    try:
+        return btime + int(fields[19]) / hz
+    except (IndexError, ValueError):
+        return None
+
+
 # --- sync_clients syncwarden did not start ---------------------------------------------------
 
 def rival_sync_clients(imapd_conf_path, links, proc_root="/proc") -> list[Rival]:

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
-
 from . import procs
 from .imapdconf import ImapdConf
 
@@ -51,77 +49,20 @@ class OldWriter:
         return f"{self.program} pid {self.pid}"
 
 
-def program(proc: procs.Proc) -> str:
-    """The Cyrus program of a process, also when /proc/PID/exe could not be read and its
-    command line was retitled: "imapd: host [1.2.3.4] bob user.bob Select" -> imapd."""
-    if proc.argv and procs._retitled(proc.argv) and proc.exe == proc.argv[0]:
-        return os.path.basename(proc.argv[0].split(":", 1)[0])
-    return proc.program
-
-
-def boot_time(root: Path) -> float | None:
-    raw = procs._read(root / "stat", 1 << 20) or b""
-    for line in raw.splitlines():
-        if line.startswith(b"btime "):
-            try:
-                return float(line.split()[1])
-            except (IndexError, ValueError):
-                return None
-    return None
-
-
-def start_time(root: Path, pid: int, btime: float, hz: int) -> float | None:
-    """When a process started (wall clock), from its stat file; None if it is gone."""
-    raw = procs._read(root / str(pid) / "stat", 4096)
-    if not raw:
-        return None
-    fields = raw[raw.rfind(b")") + 1:].split()     # fields[0] is field 3 (state)
-    try:
-        return btime + int(fields[19]) / hz
-    except (IndexError, ValueError):
-        return None
-
-
 def old_writers(imapd: ImapdConf, changed: float, proc_root="/proc",
                 hz: int | None = None) -> list[OldWriter]:
     """The instance's writers that started before ``changed`` (imapd.conf's mtime), by pid."""
-    root = Path(proc_root)
-    btime = boot_time(root)
+    btime = procs.boot_time(proc_root)
     if btime is None:
         return []
     hz = hz or os.sysconf("SC_CLK_TCK")
     writers = set(WRITERS) | ({"sync_server"} if imapd.flag("sync_log_chain", False) else set())
-    everyone = procs.processes(root, lambda exe: True)
-    found: dict[int, str] = {}
-    masters = []
-    for p in everyone.values():
-        conf = procs.config_of(root, p)
-        if not conf or not procs.same_file(conf, imapd.path):
-            continue
-        if program(p) in procs.MASTERS:
-            masters.append(p.pid)
-        else:
-            found.setdefault(p.pid, procs._why_conf(p, conf))
-    children: dict[int, list[int]] = {}
-    for p in everyone.values():
-        children.setdefault(p.ppid, []).append(p.pid)
-    for master in masters:
-        todo = list(children.get(master, []))
-        while todo:
-            pid = todo.pop()
-            found.setdefault(pid, f"started by master pid {master}")
-            todo += children.get(pid, [])
-    folder = procs._proc_dir(imapd)
-    for name in procs._names(folder) if folder else []:
-        if name.isascii() and name.isdigit() and int(name) in everyone:
-            found.setdefault(int(name), f"serves a client: {folder}/{name}")
     out = []
-    for pid, why in sorted(found.items()):
-        p = everyone[pid]
-        name = program(p)
-        started = start_time(root, pid, btime, hz)
+    for proc, why in procs.instance_processes(imapd, proc_root):
+        name = procs.program_of(proc)
+        started = procs.start_time(proc.pid, btime, hz, proc_root)
         if name in writers and started is not None and started < changed + START_SLACK:
-            out.append(OldWriter(pid, name, started, why))
+            out.append(OldWriter(proc.pid, name, started, why))
     return out
 
 
