@@ -77,6 +77,7 @@ class Progress:
     done_items: int = 0
     pending: list[list] = field(default_factory=list)        # [a, b) ranges to run (again)
     running: dict[str, list] = field(default_factory=dict)   # slot -> [a, b)
+    stopping: list[str] = field(default_factory=list)        # slots we stopped: run again
     attempts: dict[str, int] = field(default_factory=dict)   # item -> failed runs alone
     failed: dict[str, list] = field(default_factory=dict)    # name -> [kind, why]
     seconds_per_item: float | None = None                    # sizes the next range
@@ -132,8 +133,8 @@ class Seed:
         self.units, self.e, self.p = units, edges, progress
         self.link = progress.link
         self.plan = plan or {}
-        self.launched: dict[str, float] = {}   # slot -> when this daemon started it
-        self.stopping: set[str] = set()
+        # slot -> when this daemon started it (None: found running after a restart)
+        self.launched: dict[str, float | None] = {}
         self.next_check = 0.0
         self.last_mono: float | None = None
         self.next_list = 0.0
@@ -244,23 +245,29 @@ class Seed:
             unit = self._slot_unit(slot)
             status = units.get(unit)
             if status is not None and status.running:
-                if not can_sync and slot not in self.stopping:
+                if slot not in self.launched and slot not in p.stopping:
+                    self.launched[slot] = None      # started before a daemon restart: ours
+                if not can_sync and slot not in p.stopping:
+                    p.stopping.append(slot)         # saved first: its exit is no success
+                    self._save()
                     self.e.systemd.stop(unit)       # the replica left, a hold, a freeze ...
-                    self.stopping.add(slot)
                 continue
             del p.running[slot]
             changed = True
-            started = self.launched.pop(slot, None)
-            if started is not None and slot not in self.stopping:
+            if slot in self.launched and slot not in p.stopping:
+                started = self.launched.pop(slot)
                 info = self.e.systemd.exit_info(unit)
                 if info.result == "success" and info.status == 0:
-                    self._done(ref, mono - started)
+                    self._done(ref, None if started is None else mono - started)
                 else:
                     self._failed(ref, f"sync_client exited ({info.result}, status"
                                  f" {info.status}): journalctl -u {unit}")
             else:
-                p.pending.insert(0, ref)            # stopped by us, or ran before a restart
-            self.stopping.discard(slot)
+                # stopped by us, or it ended while no daemon watched: its outcome is unknown
+                self.launched.pop(slot, None)
+                p.pending.insert(0, ref)
+            if slot in p.stopping:
+                p.stopping.remove(slot)
         if can_sync:
             changed |= self._launch(units, mono)
         if not p.running and not p.pending and p.cursor >= p.items:
@@ -322,7 +329,7 @@ class Seed:
 
     def _free_slot(self, units: dict) -> str | None:
         """A slot number no batch of either kind runs in (as far as we or systemd know)."""
-        taken = {_split(s)[1] for s in (*self.p.running, *self.stopping)}
+        taken = {_split(s)[1] for s in (*self.p.running, *self.p.stopping)}
         for n in range(1, self.p.parallel + 1):
             busy = any((units.get(self.units.slot(kind, n)) or _IDLE).running
                        for kind in ("seed", "shared"))
@@ -337,10 +344,10 @@ class Seed:
             return "users", users[a:b]
         return "mailboxes", shared[a - len(users):b - len(users)]
 
-    def _done(self, ref: list, took: float) -> None:
+    def _done(self, ref: list, took: float | None) -> None:
         n = ref[1] - ref[0]
         self.p.done_items += n
-        if n >= 1 and took > 0:
+        if took:
             rate = took / n
             old = self.p.seconds_per_item
             self.p.seconds_per_item = rate if not old else (old + rate) / 2
@@ -418,13 +425,17 @@ class Seed:
 
     def stop_all(self, kill=False) -> None:
         """Stop every running batch (daemon stopping, link retired): they run again later."""
+        self.p.stopping = sorted(set(self.p.stopping) | set(self.p.running))
+        try:
+            self._save()
+        except OSError as exc:
+            log.error("cannot save the seed of %s: %s", self.link, exc, extra={"link": self.link})
         for slot in list(self.p.running):
             unit = self._slot_unit(slot)
             try:
                 (self.e.systemd.kill if kill else self.e.systemd.stop)(unit)
             except Exception as exc:
                 log.warning("cannot stop %s: %s", unit, exc, extra={"link": self.link})
-            self.stopping.add(slot)
 
     # -- how it is shown ---------------------------------------------------------------------
     def view(self) -> dict:

@@ -465,3 +465,34 @@ def test_the_daemon_ticks_faster_while_seed_batches_run(tmp_path):
     env.sup.lifecycle.seed("replica3", 1)
     env.tick(10)
     assert env.sup.lifecycle.busy
+
+
+def test_a_batch_running_across_a_restart_is_adopted_and_one_stopped_before_is_run_again(
+        tmp_path):
+    env = seed_ready(tmp_path)
+    env.inventory = dump(users=[f"u{i:02}" for i in range(40)])
+    for n in (1, 2):
+        env.systemd.oneshot.pop(f"syncwarden-user@replica3.seed{n}.service")   # keep running
+    env.sup.lifecycle.seed("replica3", 2)
+    env.tick(8)
+    s1, s2 = (f"syncwarden-user@replica3.seed{n}.service" for n in (1, 2))
+    assert env.systemd.running(s1) and env.systemd.running(s2)
+    batch1 = (tmp_path / "users" / "replica3.seed1").read_text().split()
+    env.restart()
+    env.tick(2)
+    env.systemd.exit(s1, 0)                      # ended well while the new daemon watched
+    env.tick(2)
+    assert env.link("replica3")["seed"]["done"] == len(batch1)
+    env.prober.reachable["replica3"] = False     # the replica goes: seed2's batch is stopped
+    env.tick(6)
+    assert ("stop", s2) in env.systemd.calls and not env.systemd.running(s2)
+    for n in (1, 2):
+        unit = f"syncwarden-user@replica3.seed{n}.service"
+        env.systemd.oneshot[unit] = env._batch(unit, f"replica3.seed{n}")
+    env.prober.reachable["replica3"] = True
+    env.tick(30)
+    seed = env.link("replica3")["seed"]
+    assert seed["state"] == "done" and seed["done"] == 40
+    rerun = [n for _, names in env.ran for n in names]
+    assert not set(batch1) & set(rerun)          # the adopted batch was not run again
+    assert sorted(rerun + batch1) == [f"u{i:02}" for i in range(40)]
