@@ -11,7 +11,7 @@ as its client. A SIGHUP to master recycles every child (``send_sighup``, master/
 idle ones exit at once, busy ones after their current client. Master itself writes no sync log.
 
 So a writer "with the old list" is a process of the instance that changes mailboxes and
-started before imapd.conf was last changed. That is conservative (any later edit counts), and
+started before imapd.conf (or a file it @includes) was last changed. That is conservative (any later edit counts), and
 it can be done without reading a process's memory: start times from /proc/PID/stat (field 22,
 clock ticks after boot) and /proc/stat's ``btime``.
 
@@ -67,11 +67,15 @@ def old_writers(imapd: ImapdConf, changed: float, proc_root="/proc",
 
 
 def conf_changed(imapd: ImapdConf) -> float:
-    """When imapd.conf was last changed (its mtime), 0 when it cannot be read."""
-    try:
-        return os.stat(imapd.path).st_mtime
-    except OSError:
-        return 0.0
+    """When imapd.conf, or a file it @includes, was last changed (the newest mtime); 0 when
+    none can be read."""
+    times = []
+    for path in imapd.files or (imapd.path,):
+        try:
+            times.append(os.stat(path).st_mtime)
+        except OSError:
+            pass
+    return max(times, default=0.0)
 
 
 def advice(writers: list[OldWriter], imapd: ImapdConf, channel: str, limit: int = 5) -> str:

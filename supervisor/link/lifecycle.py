@@ -326,7 +326,7 @@ class Lifecycle:
     def instructions(self, name: str) -> str:
         imapd = self.e.imapd()
         keys = sorted(k for k in imapd.options if k.startswith(f"{name}_"))
-        rest = [c for c in imapd.channels if c != name]
+        rest = ['""' if c is None else c for c in imapd.channels if c != name]
         channels = (f"'sync_log_channels: {' '.join(rest)}'" if rest
                     else "no sync_log_channels line")
         return (f"To finish: in {imapd.path} set {channels}"

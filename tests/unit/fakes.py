@@ -58,7 +58,7 @@ class FakeSystemd:
         self.invocations: dict[str, str] = {}
         self.log = FakeWorkerLog()
         self.says: dict[str, list[str]] = {}
-        self.transient: dict[str, dict] = {}
+        self.runs: dict[str, dict] = {}       # run calls (seed listing, freeze hook), by unit
         self._runs = itertools.count(1)
         # the job systemd runs on the daemon's own unit while it stops ("restart", "stop")
         self.own_job: str | Exception = ""
@@ -114,7 +114,7 @@ class FakeSystemd:
 
     def run(self, unit, argv, **props):
         """A transient unit (systemd.units.Systemd.run): like start, remembering how."""
-        self.transient[unit] = {"argv": list(argv), **props}
+        self.runs[unit] = {"argv": list(argv), **props}
         self.start(unit)
 
     def reset_failed(self, unit):

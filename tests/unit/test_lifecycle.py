@@ -16,7 +16,8 @@ from supervisor.link.runtime import Blocker
 from supervisor.link.states import LinkState
 from supervisor.state import Holds
 
-from .fakes import FakeClock, FakeJournal, FakeProber, FakeSystemd
+from .fakes import FakeClock, FakeJournal, FakeProber, FakeSystemd, SyncExecutor
+
 
 LINKS = {"replica1": 11005, "replica2": 12005, "replica3": 13005}
 LISTING = "syncwarden-list@replica3.service"
@@ -72,7 +73,7 @@ probe: {{interval: 1s, timeout: 1s}}
         sup = Reconciler(
             self.config(links), self.imapd(links),
             Edges(self.systemd, self.prober, self.journal, self.clock, self.systemd.log,
-                  None, lambda imapd, changed: list(self.writers)),
+                  None, SyncExecutor, old_writers=lambda imapd, changed: list(self.writers)),
             LocalState(Holds(state / "holds.json"), RoleStore(state / "role.json"),
                        QuarantineStore(state / "quarantine"), self.tmp / "users",
                        lifecycle=store, listing_dir=self.tmp / "listing",
@@ -169,7 +170,7 @@ def test_seed_waits_for_old_writers_then_syncs_users_and_shared_mailboxes_in_par
     assert not any(u == LISTING for _, u in env.systemd.calls)
     env.writers = []
     env.tick(7)                                 # looked at again within WRITER_CHECK (5 s)
-    listing = env.systemd.transient[LISTING]
+    listing = env.systemd.runs[LISTING]
     assert listing["argv"] == ["/usr/lib/cyrus/bin/ctl_mboxlist", "-C",
                                f"{tmp_path}/imapd.conf", "-d"]
     assert listing["user"] == "cyrus"
@@ -385,7 +386,7 @@ def test_freeze_drains_holds_runs_the_hook_and_thaws_at_the_deadline(tmp_path):
     link = env.link("replica1")
     assert link["state"] == "down" and link["freeze"]["state"] == "frozen"
     assert "frozen until" in link["reason"] and "frozen until" in env.sup.summary
-    run = env.systemd.transient[hook]
+    run = env.systemd.runs[hook]
     assert run["argv"] == ["/bin/sh", "-c", "snapshot --now"]
     assert run["dynamic_user"] is True and run["user"] is None
     assert 50 < run["runtime_max"] <= 60
@@ -432,7 +433,7 @@ def test_a_freeze_whose_drain_fails_ends_at_once(tmp_path):
     env.tick(45)
     assert env.link("replica1")["freeze"] is None
     assert "no known point" in env.ids("link-thawed")[-1]["SYNCWARDEN_REASON"]
-    assert "syncwarden-freeze@replica1.service" not in env.systemd.transient
+    assert "syncwarden-freeze@replica1.service" not in env.systemd.runs
 
 
 def test_freeze_refusals(tmp_path):

@@ -11,6 +11,7 @@ from supervisor.commands import worker
 from supervisor.commands.cli import main
 from supervisor.control_schema import Refused, validate
 from supervisor.cyrus import mailboxes, writers
+from supervisor.cyrus.commands import SyncClient
 from supervisor.cyrus.imapdconf import ImapdConf, parse
 from supervisor.link.seed import BATCH_SECONDS, BATCH_SECONDS_MIN, FIRST_BATCH, Progress, Seed
 from supervisor.systemd.units import LinkUnits, belongs_to, parse_slot, slot_unit
@@ -161,10 +162,11 @@ def test_seed_slots_are_user_units_of_their_own():
 
 def test_worker_command_lines_for_seed_slots():
     cfg = configmod.parse("links: {replica3: {host: h, port: 1}}\n")
+    client = SyncClient.from_config(cfg)
     base = ["/usr/lib/cyrus/bin/sync_client", "-C", "/etc/imapd.conf"]
-    assert worker.argv(cfg, "replica3", None, "mailboxes", "/run/u/replica3.shared1") == \
+    assert worker.argv(client, "replica3", None, "mailboxes", "/run/u/replica3.shared1") == \
         base + ["-n", "replica3", "-m", "-f", "/run/u/replica3.shared1"]
-    assert worker.argv(cfg, "replica3", None, "users", "/run/u/replica3.seed1") == \
+    assert worker.argv(client, "replica3", None, "users", "/run/u/replica3.seed1") == \
         base + ["-n", "replica3", "-u", "-f", "/run/u/replica3.seed1"]
 
 
