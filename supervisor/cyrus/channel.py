@@ -186,6 +186,31 @@ class Channel:
         except FileNotFoundError:
             return False
 
+    def remove(self) -> list[str]:
+        """Delete the channel's files (a retired link's: nothing will send them) and then the
+        directory if it is empty; returns the names removed. unlink never follows a link and
+        the directory is reached the safe way (open_dir); Cyrus makes it again if it logs."""
+        removed = []
+        try:
+            with self.opened() as d:
+                for name in (LOG_RUN, LOG, SHUTDOWN):
+                    try:
+                        os.unlink(name, dir_fd=d)
+                        removed.append(name)
+                    except FileNotFoundError:
+                        pass
+            fd = open_dir(self.dir.parent)
+            try:
+                os.rmdir(self.dir.name, dir_fd=fd)
+            finally:
+                os.close(fd)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:   # Cyrus logged meanwhile: the directory stays
+                raise
+        return removed
+
     def lines(self, name: str):
         """The lines of one file, streamed in chunks (an absent file has none)."""
         try:

@@ -11,9 +11,9 @@ as its client. A SIGHUP to master recycles every child (``send_sighup``, master/
 idle ones exit at once, busy ones after their current client. Master itself writes no sync log.
 
 So a writer "with the old list" is a process of the instance that changes mailboxes and
-started before imapd.conf (or a file it @includes) was last changed. That is conservative (any later edit counts), and
-it can be done without reading a process's memory: start times from /proc/PID/stat (field 22,
-clock ticks after boot) and /proc/stat's ``btime``.
+started before imapd.conf (or a file it @includes) was last changed. That is conservative (any
+later edit counts), and it needs no look into a process's memory: start times from
+/proc/PID/stat (field 22, clock ticks after boot) and /proc/stat's ``btime``.
 
 The daemon has no CAP_SYS_PTRACE, so /proc/PID/exe of Cyrus's processes cannot be read; a
 process is tied to the instance by its command line (``-C``), by descending from a master of

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..cyrus import writers
+from ..cyrus.channel import Channel
 from .freeze import DEFAULT_UNTIL, MAX_UNTIL, Freeze, FreezeEdges
 from .report import iso
 from .runtime import Blocker, LinkRuntime
@@ -300,13 +301,7 @@ class Lifecycle:
                 self.e.systemd.reset_failed(unit)
         snap = rt.backlog.read(self.e.clock.monotonic(), self.e.clock.wall())
         dropped = snap.entries
-        sync_dir = Path(rt.backlog.log_path).parent
-        for leftover in ("log", "log-run", "shutdown"):
-            (sync_dir / leftover).unlink(missing_ok=True)
-        try:
-            sync_dir.rmdir()
-        except OSError:
-            pass           # not there, or Cyrus wrote meanwhile: said below
+        Channel(rt.backlog.sync_dir).remove()
         for user in sorted(rt.quarantine.quarantined()):
             rt.quarantine.drop(user)
         del self.retiring[name]
