@@ -45,7 +45,8 @@ METRICS: Mapping[str, tuple[str, tuple[str, ...], str]] = MappingProxyType({
                               "1 for the state the link is in, 0 for the four others."),
     "syncwarden_link_should_be_live": (
         "gauge", LINK, "1 when the link should be live: this host is the master and the link"
-        " is enabled and not held (status exits 0 only when all these are live)."),
+        " is enabled, not held, not frozen and not retired (status exits 0 only when all these"
+        " are live)."),
     "syncwarden_link_enabled": ("gauge", LINK, "1 when links.NAME.enabled is true."),
     "syncwarden_link_held": ("gauge", LINK, "1 when an operator holds the link."),
     "syncwarden_link_replica_reachable": (

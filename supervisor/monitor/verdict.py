@@ -3,8 +3,9 @@
 Both judge the document the daemon answered with (docs/CONTRACT.md "Status JSON"), link by
 link, the same way, so that ``status --nagios`` is OK exactly when ``status`` exits 0:
 
-- a link *should be live* when the host is the master and the link is enabled and not held
-  (a held or disabled link, and every link of a replica, is down on purpose);
+- a link *should be live* when the host is the master and the link is enabled, not held, not
+  frozen for a backup and not retired (those, and every link of a replica, are down on
+  purpose; a freeze ends by itself at its deadline);
 - CRITICAL: a link that should be live is ``down``, or any link is ``quarantined`` (it waits
   for an operator);
 - WARNING: a link that should be live is ``catching-up`` or ``draining`` (replication runs but
@@ -23,7 +24,8 @@ from ..exits import (NAGIOS_CRITICAL, NAGIOS_NAMES, NAGIOS_OK, NAGIOS_UNKNOWN,
 
 
 def should_be_live(link: dict, role: str | None) -> bool:
-    return role == "master" and link.get("enabled", True) and not link.get("held", False)
+    return (role == "master" and link.get("enabled", True) and not link.get("held", False)
+            and not link.get("freeze") and not link.get("retired"))
 
 
 @dataclass(frozen=True)

@@ -497,3 +497,20 @@ def test_a_batch_running_across_a_restart_is_adopted_and_one_stopped_before_is_r
     rerun = [n for _, names in env.ran for n in names]
     assert not set(batch1) & set(rerun)          # the adopted batch was not run again
     assert sorted(rerun + batch1) == [f"u{i:02}" for i in range(40)]
+
+
+def test_monitoring_takes_a_frozen_or_retired_link_for_down_on_purpose():
+    from supervisor.exits import NAGIOS_CRITICAL, NAGIOS_OK, NAGIOS_WARNING
+    from supervisor.monitor import verdict
+
+    def link(name, state, **kw):
+        return {"name": name, "state": state, "reason": "r", "held": False, "enabled": True,
+                "quarantined": 0, "backlog": {"entries": 9, "oldest_age_seconds": 5.0}, **kw}
+    live = link("replica1", "live")
+    frozen = link("replica2", "down", freeze={"state": "frozen", "until": "..."})
+    retired = link("replica3", "down", retired={"state": "retired"})
+    never = link("replica4", "catching-up", seeded=False)
+    assert verdict.level({"role": "master", "links": [live, frozen, retired]}) == NAGIOS_OK
+    assert verdict.level({"role": "master", "links": [live, never]}) == NAGIOS_WARNING
+    assert verdict.level({"role": "master",
+                          "links": [live, link("replica2", "down")]}) == NAGIOS_CRITICAL
