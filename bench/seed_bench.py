@@ -194,32 +194,31 @@ def end_old_writers(sb, sw, timeout=120) -> float:
 
 
 def timeline(sb, listing: float, finished: float) -> dict:
-    """Where the seed's time went: each batch's start (the daemon's line) and end (systemd's
-    "Deactivated"/"Failed" line for its unit), per slot."""
-    starts = []
-    for e in sb.journal(unit="syncwarden.service", fields=True):
-        m = re.match(r"seed of replica2: (\d+) \S+ .* in (syncwarden-user@\S+)",
-                     str(e.get("MESSAGE", "")))
-        if m:
-            starts.append((realtime(e), m.group(2), int(m.group(1))))
-    ends: dict[str, list[float]] = {}
+    """Where the seed's time went, from systemd's lines about the batch units: each batch from
+    "Starting" to "Deactivated" (or "Failed"), per slot, and the slots' idle time between the
+    listing and the end (waiting for a tick, or for the last batches to end)."""
+    runs: dict[str, list] = {}
     for e in sb.journal(unit="syncwarden-user@replica2.*", fields=True):
-        msg = str(e.get("MESSAGE", ""))
-        if e.get("_PID") == "1" and ("Deactivated" in msg or "Failed with" in msg):
-            ends.setdefault(e.get("UNIT", ""), []).append(realtime(e))
-    batches, idle = [], 0.0
-    last_end: dict[str, float] = {}
-    for t, unit, n in sorted(starts):
-        end = next((x for x in ends.get(unit, []) if x >= t), None)
-        if end is None:
+        msg, unit = str(e.get("MESSAGE", "")), e.get("UNIT", "")
+        if e.get("_PID") != "1" or not unit:
             continue
+        if msg.startswith("Starting "):
+            runs.setdefault(unit, []).append([realtime(e), None])
+        elif ("Deactivated" in msg or "Failed with" in msg) and runs.get(unit) \
+                and runs[unit][-1][1] is None:
+            runs[unit][-1][1] = realtime(e)
+    seconds, idle = [], 0.0
+    last_end: dict[str, float] = {}
+    for unit, spans in runs.items():
         slot = unit.split(".")[1].lstrip("seedhar")
-        idle += t - last_end.get(slot, listing)
-        last_end[slot] = end
-        batches.append((n, end - t))
+        for start, end in spans:
+            if end is None:
+                continue
+            seconds.append(round(end - start, 2))
+            idle += start - last_end.get(slot, listing)
+            last_end[slot] = end
     idle += sum(finished - x for x in last_end.values())
-    return {"batches": len(batches), "sizes": [n for n, _ in batches],
-            "seconds": [round(d, 2) for _, d in batches], "slot_idle_s": idle}
+    return {"batches": len(seconds), "seconds": sorted(seconds), "slot_idle_s": idle}
 
 
 def main() -> int:
@@ -314,9 +313,8 @@ def main() -> int:
           f" `seed` to done {finished - started:.1f} s); state {seed.get('state')},"
           f" {seed.get('done')}/{seed.get('total')}, failed {len(seed.get('failed', []))};"
           f" users differing afterwards: {len(check['replica2'])}; live afterwards: {live}")
-    print(f"  the seed's {where['batches']} batches: users {where['sizes']}; seconds"
-          f" {where['seconds']}; slots idle {where['slot_idle_s']:.1f} s of"
-          f" {a.parallel} x {seeded:.1f} s")
+    print(f"  the seed's {where['batches']} batches took {where['seconds']} s; slots idle"
+          f" {where['slot_idle_s']:.1f} s of {a.parallel} x {seeded:.1f} s")
     for name, s in (("A: no seed", lag_a), ("B: during bare -A", lag_b),
                     ("C: during the seed", lag_c)):
         print(f"  replica1 lag, {name:<19} p50 {s['p50']:.3f} s  p95 {s['p95']:.3f} s"

@@ -322,8 +322,6 @@ class Seed:
                 self.p.pending.insert(0, ref)
                 return launched
             self.launched[slot] = mono
-            log.info("seed of %s: %d %s (%s .. %s) in %s", self.link, len(names), kind,
-                     names[0], names[-1], self._slot_unit(slot), extra={"link": self.link})
             launched = True
         return launched
 
