@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                  " the link go live")
     link(sd)
     sd.add_argument("--parallel", type=int, default=None, metavar="N",
-                    help="user syncs at a time (1-32; default 4, or the last seed's)")
+                    help="user syncs at a time (1-32; default: the last seed's, else 4 or"
+                    " the number of CPUs if fewer)")
     sd.add_argument("--no-wait", action="store_true", help="start it and return")
     rt = command("retire", "drain a link, then remove its worker and backlog for good")
     link(rt)

@@ -26,7 +26,7 @@ from ..cyrus.channel import Channel
 from .freeze import DEFAULT_UNTIL, MAX_UNTIL, Freeze, FreezeEdges
 from .report import iso
 from .runtime import Blocker, LinkRuntime
-from .seed import MAX_PARALLEL, Phase, Progress, Seed, SeedEdges
+from .seed import MAX_PARALLEL, Phase, Progress, Seed, SeedEdges, default_parallel
 from .states import LinkState, WORKER_STATES
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,9 @@ class Lifecycle:
         except (TypeError, ValueError, KeyError) as exc:
             self.problems.append(f"the seed of {name} could not be resumed ({exc}): it"
                                  " starts over")
-            p = Progress(name, self.e.clock.wall(), progress.get("parallel", 4)
-                         if isinstance(progress.get("parallel"), int) else 4)
+            parallel = progress.get("parallel")
+            p = Progress(name, self.e.clock.wall(), parallel if isinstance(parallel, int)
+                         and 1 <= parallel <= MAX_PARALLEL else default_parallel())
             plan = None
         self.seeds[name] = Seed(rt.units, self._seed_edges, p, plan)
 
@@ -182,7 +183,7 @@ class Lifecycle:
         old = self.seeds.get(name)
         if old is not None and old.active:
             return f"{name}: already seeding: {old.note()}"
-        parallel = parallel or (old.p.parallel if old else 4)
+        parallel = parallel or (old.p.parallel if old else default_parallel())
         if not 1 <= parallel <= MAX_PARALLEL:
             raise ValueError(f"--parallel must be 1-{MAX_PARALLEL}, got {parallel}")
         wall = self.e.clock.wall()

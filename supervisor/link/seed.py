@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -39,7 +40,14 @@ from .report import human_duration, iso
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PARALLEL, MAX_PARALLEL = 4, 32
+MAX_PARALLEL = 32
+
+
+def default_parallel() -> int:
+    """User syncs at a time unless told: 4, or one per CPU where there are fewer (a batch's
+    sync_client and the replica's sync_server keep about one CPU busy between them; more
+    batches than CPUs only take turns, each paying its start: bench/seed_bench.py)."""
+    return max(1, min(4, os.cpu_count() or 1))
 WRITER_CHECK = 5.0          # seconds between looks for processes with the old channel list
 LIST_ATTEMPTS = 3
 ITEM_ATTEMPTS = 3
@@ -69,7 +77,7 @@ class Progress:
     """What lifecycle_store keeps in seed/LINK.json."""
     link: str
     started: float                       # wall clock
-    parallel: int = DEFAULT_PARALLEL
+    parallel: int = 4
     phase: str = Phase.WRITERS.value
     users: int = 0                       # the plan: its users, then its shared mailboxes
     shared: int = 0
