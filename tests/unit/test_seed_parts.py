@@ -209,3 +209,11 @@ def test_freeze_until_is_a_bounded_duration(capsys):
     assert main(["freeze", "replica1", "--until", "8d"]) == 2
     assert "--until: expected a duration 1s-7d" in capsys.readouterr().err
     assert main(["freeze", "replica1", "--until", "soon"]) == 2
+
+
+@pytest.mark.parametrize("cpus,expected", [(1, 1), (2, 2), (3, 3), (16, 4), (None, 1)])
+def test_a_seed_runs_one_user_sync_per_cpu_at_most_four(monkeypatch, cpus, expected):
+    from supervisor.link import seed as seedmod
+
+    monkeypatch.setattr(seedmod.os, "cpu_count", lambda: cpus)
+    assert seedmod.default_parallel() == expected
