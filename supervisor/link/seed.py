@@ -59,7 +59,8 @@ ITEM_ATTEMPTS = 3
 # (bench/seed_bench.py prints where the time went).
 BATCH_SECONDS = 10.0
 BATCH_SECONDS_MIN = 2.0
-FIRST_BATCH = 20
+FIRST_SHARE = 4             # before there is a rate: a quarter of each slot's share
+FIRST_BATCH = 20            # ... but at least this many
 BATCH_MAX = 5000
 PROGRESS_STEP = 10          # a seed-progress journal entry every 10 %
 
@@ -287,18 +288,19 @@ class Seed:
 
     def _next(self) -> list | None:
         """The next range of the plan to sync: one handed out before and not done, else the
-        next one, sized to take about BATCH_SECONDS by the rate so far (FIRST_BATCH before
-        there is one), and no larger than an even share of what is left (but BATCH_SECONDS_MIN
-        at least), so that the last ones end together. A range never mixes users with shared
-        mailboxes."""
+        next one, sized to take about BATCH_SECONDS by the rate so far (before there is one,
+        a quarter of each slot's share, FIRST_BATCH at least), and no larger than an even
+        share of what is left (but BATCH_SECONDS_MIN at least), so that the last ones end
+        together. A range never mixes users with shared mailboxes."""
         p = self.p
         if p.pending:
             return p.pending.pop(0)
         if p.cursor >= p.items:
             return None
         left, spi = p.items - p.cursor, p.seconds_per_item
-        size = round(BATCH_SECONDS / spi) if spi else FIRST_BATCH
-        floor = math.ceil(BATCH_SECONDS_MIN / spi) if spi else FIRST_BATCH
+        first = max(FIRST_BATCH, math.ceil(left / (p.parallel * FIRST_SHARE)))
+        size = round(BATCH_SECONDS / spi) if spi else first
+        floor = math.ceil(BATCH_SECONDS_MIN / spi) if spi else first
         size = max(1, min(size, BATCH_MAX, max(floor, math.ceil(left / p.parallel))))
         end = min(p.cursor + size, p.users if p.cursor < p.users else p.items)
         ref, p.cursor = [p.cursor, end], end

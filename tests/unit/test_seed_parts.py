@@ -13,7 +13,7 @@ from supervisor.control_schema import Refused, validate
 from supervisor.cyrus import mailboxes, writers
 from supervisor.cyrus.commands import SyncClient
 from supervisor.cyrus.imapdconf import ImapdConf, parse
-from supervisor.link.seed import BATCH_SECONDS, BATCH_SECONDS_MIN, FIRST_BATCH, Progress, Seed
+from supervisor.link.seed import BATCH_SECONDS, BATCH_SECONDS_MIN, Progress, Seed
 from supervisor.systemd.units import LinkUnits, belongs_to, parse_slot, slot_unit
 
 from .fakeproc import BIN, FakeProc
@@ -126,9 +126,9 @@ def test_batches_are_sized_by_the_rate_so_far_and_share_the_tail():
     plan = {"users": [f"u{i}" for i in range(1000)], "shared": ["s1", "s2"]}
     seed = Seed(LinkUnits.of("r"), None, Progress("r", 0.0, parallel=4, phase="syncing",
                                                   users=1000, shared=2), plan)
-    assert seed._next() == [0, FIRST_BATCH]                   # to learn the rate
+    assert seed._next() == [0, 63]              # to learn the rate: a quarter of a share
     seed.p.seconds_per_item = BATCH_SECONDS / 100              # 100 users take BATCH_SECONDS
-    assert seed._next() == [FIRST_BATCH, FIRST_BATCH + 100]
+    assert seed._next() == [63, 163]
     seed.p.seconds_per_item = 0.01                            # fast: an even share of the rest
     a, b = seed._next()
     assert b - a == -(-(1002 - a) // 4)
