@@ -203,11 +203,14 @@ class Systemd:
             group: str | None = None, dynamic_user: bool = False,
             runtime_max: float | None = None, stdout_file: str | None = None,
             env: dict[str, str] | None = None, description: str = "") -> None:
-        """Start ``argv`` as a transient service unit (``systemd-run``); a failed unit of the
-        same name left from before is reset first, so that the name can be used again."""
+        """Start ``argv`` as a transient service unit (``systemd-run``), without new
+        privileges. Unlike start_transient the unit is left loaded when it fails, so that its
+        exit status can be read (exit_info); a failed unit of the same name left from before
+        is reset first, so that the name can be used again."""
         self.reset_failed(unit)
         props = {b"Description": (description or unit).encode(), b"Type": b"exec",
-                 b"ExecStart": [(argv[0].encode(), [a.encode() for a in argv], False)]}
+                 b"ExecStart": [(argv[0].encode(), [a.encode() for a in argv], False)],
+                 b"NoNewPrivileges": True}
         if dynamic_user:
             props[b"DynamicUser"] = True
         if user:
