@@ -153,6 +153,9 @@ class Lifecycle:
         except OSError as exc:      # a state file could not be written: try again next tick
             log.error("link %s: cannot write its lifecycle state: %s", name, exc,
                       extra={"link": name})
+        except Exception as exc:    # D-Bus refused: what was saved stands; again next tick
+            log.error("link %s: seed, freeze or retirement step failed: %s: %s", name,
+                      type(exc).__name__, exc, extra={"link": name})
 
     def stop_all(self) -> None:
         """The daemon stops: running seed batches are ended; they run again at the next start."""

@@ -514,3 +514,19 @@ def test_monitoring_takes_a_frozen_or_retired_link_for_down_on_purpose():
     assert verdict.level({"role": "master", "links": [live, never]}) == NAGIOS_WARNING
     assert verdict.level({"role": "master",
                           "links": [live, link("replica2", "down")]}) == NAGIOS_CRITICAL
+
+
+def test_a_d_bus_refusal_during_a_seed_step_is_logged_and_tried_again(tmp_path):
+    env = seed_ready(tmp_path)
+    env.sup.lifecycle.seed("replica3", 1)
+    real = env.systemd.run
+    calls = []
+
+    def refuse(unit, argv, **kw):
+        calls.append(unit)
+        if len(calls) == 1:
+            raise RuntimeError("org.freedesktop.DBus.Error.NoReply")
+        return real(unit, argv, **kw)
+    env.systemd.run = refuse
+    env.tick(30)
+    assert len(calls) >= 2 and env.link("replica3")["seed"]["state"] == "done"
