@@ -161,7 +161,8 @@ def test_seed_slots_are_user_units_of_their_own():
 
 
 def test_worker_command_lines_for_seed_slots():
-    cfg = configmod.parse("links: {replica3: {host: h, port: 1}}\n")
+    cfg = configmod.parse("cyrus: {sync_client: /usr/lib/cyrus/bin/sync_client}\n"
+                          "links: {replica3: {host: h, port: 1}}\n")
     client = SyncClient.from_config(cfg)
     base = ["/usr/lib/cyrus/bin/sync_client", "-C", "/etc/imapd.conf"]
     assert worker.argv(client, "replica3", None, "mailboxes", "/run/u/replica3.shared1") == \
