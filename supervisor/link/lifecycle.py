@@ -26,7 +26,8 @@ from ..cyrus.channel import Channel
 from .freeze import DEFAULT_UNTIL, MAX_UNTIL, Freeze, FreezeEdges
 from .report import iso
 from .runtime import Blocker, LinkRuntime
-from .seed import MAX_PARALLEL, Phase, Progress, Seed, SeedEdges, default_parallel
+from .seed import MAX_PARALLEL, Seed, SeedEdges, default_parallel
+from .seed_plan import Phase, Progress
 from .states import LinkState, WORKER_STATES
 
 log = logging.getLogger(__name__)

@@ -18,18 +18,17 @@ get everything else once. A seed:
 
 Batches run only while the link's rolling worker does (the replica answers, the link is not
 held, frozen, draining or quarantined); a batch stopped for that is run again later. The plan
-is written once and the progress whenever a batch ends (lifecycle_store.py), so a seed resumes
-after a daemon restart, redoing at most the batches that were running. The link does not go
-``live`` before the seed finished.
+(seed_plan.py: what to sync next, what is done) is written once and the progress whenever a
+batch ends (lifecycle_store.py), so a seed resumes after a daemon restart: a batch found
+running is adopted, one that ended unwatched is run again. The link does not go ``live``
+before the seed finished.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
-import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +36,7 @@ from ..cyrus import CYRUS_USER, mailboxes, writers
 from ..state import atomic_write, cyrus_gid, ensure_dir
 from ..systemd.units import LinkUnits, UnitStatus
 from .report import human_duration, iso
+from .seed_plan import Phase, Progress, work
 
 log = logging.getLogger(__name__)
 
@@ -48,69 +48,11 @@ def default_parallel() -> int:
     sync_client and the replica's sync_server keep about one CPU busy between them; more
     batches than CPUs only take turns, each paying its start: bench/seed_bench.py)."""
     return max(1, min(4, os.cpu_count() or 1))
+
+
 WRITER_CHECK = 5.0          # seconds between looks for processes with the old channel list
 LIST_ATTEMPTS = 3
-ITEM_ATTEMPTS = 3
-# A batch (one sync_client run) is sized to take about BATCH_SECONDS at the rate seen so far:
-# long enough that starting a unit and sync_client's login cost little, short enough that a
-# restart redoes little. The first ones are small, to learn the rate.
-# Near the end the batches shrink to an even share of what is left, so that the slots end
-# together; never below BATCH_SECONDS_MIN, since each costs about 0.2 s to start
-# (bench/seed_bench.py prints where the time went).
-BATCH_SECONDS = 10.0
-BATCH_SECONDS_MIN = 2.0
-FIRST_SHARE = 4             # before there is a rate: a quarter of each slot's share
-FIRST_BATCH = 20            # ... but at least this many
-BATCH_MAX = 5000
 PROGRESS_STEP = 10          # a seed-progress journal entry every 10 %
-
-
-class Phase(enum.Enum):
-    WRITERS = "waiting-for-writers"
-    LISTING = "listing"
-    SYNCING = "syncing"
-    DONE = "done"
-    INCOMPLETE = "incomplete"
-
-
-@dataclass
-class Progress:
-    """What lifecycle_store keeps in seed/LINK.json."""
-    link: str
-    started: float                       # wall clock
-    parallel: int = 4
-    phase: str = Phase.WRITERS.value
-    users: int = 0                       # the plan: its users, then its shared mailboxes
-    shared: int = 0
-    cursor: int = 0                      # items before it were handed out at least once
-    done_items: int = 0
-    pending: list[list] = field(default_factory=list)        # [a, b) ranges to run (again)
-    running: dict[str, list] = field(default_factory=dict)   # slot -> [a, b)
-    stopping: list[str] = field(default_factory=list)        # slots we stopped: run again
-    attempts: dict[str, int] = field(default_factory=dict)   # item -> failed runs alone
-    failed: dict[str, list] = field(default_factory=dict)    # name -> [kind, why]
-    seconds_per_item: float | None = None                    # sizes the next range
-    sync_seconds: float = 0.0
-    finished: float | None = None
-    reported: int = 0                    # the last PROGRESS_STEP journaled
-    detail: str = ""                     # what the seed waits for, or why it stopped
-    list_attempts: int = 0
-
-    @classmethod
-    def load(cls, doc: dict) -> "Progress":
-        p = cls(**doc)
-        Phase(p.phase)
-        ranges = [*p.pending, *p.running.values()]
-        if not (isinstance(p.running, dict) and isinstance(p.pending, list)
-                and isinstance(p.failed, dict) and isinstance(p.attempts, dict)
-                and all(isinstance(r, list) and len(r) == 2 and 0 <= r[0] < r[1] <= p.items
-                        for r in ranges) and 0 <= p.cursor <= p.items):
-            raise ValueError("malformed progress")
-        return p
-
-    @property
-    def items(self) -> int:
-        return self.users + self.shared
 
 
 @dataclass(frozen=True)
@@ -267,7 +209,7 @@ class Seed:
                 started = self.launched.pop(slot)
                 info = self.e.systemd.exit_info(unit)
                 if info.result == "success" and info.status == 0:
-                    self._done(ref, None if started is None else mono - started)
+                    p.done(ref, None if started is None else mono - started)
                 else:
                     self._failed(ref, f"sync_client exited ({info.result}, status"
                                  f" {info.status}): journalctl -u {unit}")
@@ -279,32 +221,12 @@ class Seed:
                 p.stopping.remove(slot)
         if can_sync:
             changed |= self._launch(units, mono)
-        if not p.running and not p.pending and p.cursor >= p.items:
+        if p.all_handed_out:
             self._finish()
             return
         if changed:
             self._save()
         self._report_progress()
-
-    def _next(self) -> list | None:
-        """The next range of the plan to sync: one handed out before and not done, else the
-        next one, sized to take about BATCH_SECONDS by the rate so far (before there is one,
-        a quarter of each slot's share, FIRST_BATCH at least), and no larger than an even
-        share of what is left (but BATCH_SECONDS_MIN at least), so that the last ones end
-        together. A range never mixes users with shared mailboxes."""
-        p = self.p
-        if p.pending:
-            return p.pending.pop(0)
-        if p.cursor >= p.items:
-            return None
-        left, spi = p.items - p.cursor, p.seconds_per_item
-        first = max(FIRST_BATCH, math.ceil(left / (p.parallel * FIRST_SHARE)))
-        size = round(BATCH_SECONDS / spi) if spi else first
-        floor = math.ceil(BATCH_SECONDS_MIN / spi) if spi else first
-        size = max(1, min(size, BATCH_MAX, max(floor, math.ceil(left / p.parallel))))
-        end = min(p.cursor + size, p.users if p.cursor < p.users else p.items)
-        ref, p.cursor = [p.cursor, end], end
-        return ref
 
     def _launch(self, units: dict, mono: float) -> bool:
         launched = False
@@ -312,10 +234,10 @@ class Seed:
             slot = self._free_slot(units)
             if slot is None:
                 return launched
-            ref = self._next()
+            ref = self.p.next_range()
             if ref is None:
                 return launched
-            kind, names = self._work(ref)
+            kind, names = work(self.plan, ref)
             slot = ("seed" if kind == "users" else "shared") + slot
             self.p.running[slot] = ref
             self._save()               # recorded before it starts: a restart finds it
@@ -345,53 +267,19 @@ class Seed:
                 return str(n)
         return None
 
-    def _work(self, ref: list) -> tuple[str, list[str]]:
-        a, b = ref
-        users, shared = self.plan.get("users", []), self.plan.get("shared", [])
-        if a < len(users):
-            return "users", users[a:b]
-        return "mailboxes", shared[a - len(users):b - len(users)]
-
-    def _done(self, ref: list, took: float | None) -> None:
-        n = ref[1] - ref[0]
-        self.p.done_items += n
-        if took:
-            rate = took / n
-            old = self.p.seconds_per_item
-            self.p.seconds_per_item = rate if not old else (old + rate) / 2
-
     def _failed(self, ref: list, why: str) -> None:
-        """A range with a failure is halved until the failing user is alone; alone, it is
-        tried ITEM_ATTEMPTS times before it is given up."""
-        a, b = ref
-        if b - a > 1:
-            mid = (a + b) // 2
-            self.p.pending[:0] = [[a, mid], [mid, b]]
-            return
-        kind, names = self._work(ref)
-        attempts = self.p.attempts.get(str(a), 0) + 1
-        self.p.attempts[str(a)] = attempts
-        if attempts >= ITEM_ATTEMPTS:
-            self.p.failed[names[0]] = [kind, why]
+        kind, names = work(self.plan, ref)
+        if self.p.failed_range(ref, kind, names[0] if len(names) == 1 else None, why):
             log.warning("seed of %s: %s %s failed %d times: %s", self.link, kind, names[0],
-                        attempts, why, extra={"link": self.link})
-        else:
-            self.p.pending.append(ref)
+                        self.p.attempts[str(ref[0])], why, extra={"link": self.link})
 
-    # -- progress and the end ----------------------------------------------------------------
     def percent(self) -> int:
-        p = self.p
-        if self.phase is Phase.DONE:
-            return 100
-        return int(100 * p.done_items / p.items) if p.items else 0
+        return self.p.percent()
 
     def eta(self) -> float | None:
-        p = self.p
-        left = p.items - p.done_items - len(p.failed)
-        if self.phase is not Phase.SYNCING or p.done_items == 0 or p.sync_seconds <= 0:
-            return None
-        return left * p.sync_seconds / p.done_items
+        return self.p.eta()
 
+    # -- progress and the end ----------------------------------------------------------------
     def _report_progress(self) -> None:
         step = self.percent() // PROGRESS_STEP * PROGRESS_STEP
         if step > self.p.reported and step < 100:

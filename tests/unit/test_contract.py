@@ -19,7 +19,8 @@ from supervisor.commands.offline import offline_status
 from supervisor.daemon import Daemon
 from supervisor.link import hooks
 from supervisor.link.freeze import Freeze
-from supervisor.link.seed import Progress, Seed
+from supervisor.link.seed import Seed
+from supervisor.link.seed_plan import Progress
 from supervisor.link.states import TRANSITIONS, Link, LinkState
 from supervisor.pair import check, compare, failover
 from supervisor import paths as pathsmod

@@ -13,7 +13,8 @@ from supervisor.control_schema import Refused, validate
 from supervisor.cyrus import mailboxes, writers
 from supervisor.cyrus.commands import SyncClient
 from supervisor.cyrus.imapdconf import ImapdConf, parse
-from supervisor.link.seed import BATCH_SECONDS, BATCH_SECONDS_MIN, Progress, Seed
+from supervisor.link.seed import Seed
+from supervisor.link.seed_plan import BATCH_SECONDS, BATCH_SECONDS_MIN, Progress, work
 from supervisor.systemd.units import LinkUnits, belongs_to, parse_slot, slot_unit
 
 from .fakeproc import BIN, FakeProc
@@ -126,18 +127,18 @@ def test_batches_are_sized_by_the_rate_so_far_and_share_the_tail():
     plan = {"users": [f"u{i}" for i in range(1000)], "shared": ["s1", "s2"]}
     seed = Seed(LinkUnits.of("r"), None, Progress("r", 0.0, parallel=4, phase="syncing",
                                                   users=1000, shared=2), plan)
-    assert seed._next() == [0, 63]              # to learn the rate: a quarter of a share
+    assert seed.p.next_range() == [0, 63]              # to learn the rate: a quarter of a share
     seed.p.seconds_per_item = BATCH_SECONDS / 100              # 100 users take BATCH_SECONDS
-    assert seed._next() == [63, 163]
+    assert seed.p.next_range() == [63, 163]
     seed.p.seconds_per_item = 0.01                            # fast: an even share of the rest
-    a, b = seed._next()
+    a, b = seed.p.next_range()
     assert b - a == -(-(1002 - a) // 4)
     seed.p.seconds_per_item, seed.p.cursor = BATCH_SECONDS_MIN / 50, 900
-    assert seed._next() == [900, 950]                         # the tail: never below 2 s' worth
+    assert seed.p.next_range() == [900, 950]                         # the tail: never below 2 s' worth
     while seed.p.cursor < 1000:
-        assert seed._next()[1] <= 1000                        # never users and shared at once
-    assert seed._work(seed._next()) == ("mailboxes", ["s1", "s2"])
-    assert seed._work([0, 3]) == ("users", ["u0", "u1", "u2"])
+        assert seed.p.next_range()[1] <= 1000                        # never users and shared at once
+    assert work(seed.plan, seed.p.next_range()) == ("mailboxes", ["s1", "s2"])
+    assert work(seed.plan, [0, 3]) == ("users", ["u0", "u1", "u2"])
 
 
 # --- units and the worker's command line ------------------------------------------------------
