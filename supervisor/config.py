@@ -19,6 +19,9 @@ from typing import Any, Mapping
 
 import yaml
 
+from .coord.settings import CoordinationSettings
+from .coord.settings import read as read_coordination
+
 DEFAULT_PATH = Path("/etc/syncwarden/syncwarden.yaml")
 
 # A link name is a Cyrus channel name (imapd.conf lowercases option keys, so `<link>_sync_host`
@@ -146,6 +149,8 @@ class Config:
     check: CheckSettings = CheckSettings()
     hooks: HookSettings = HookSettings()
     metrics: MetricsSettings = MetricsSettings()
+    # None: this host decides alone (no etcd); coord/settings.py
+    coordination: CoordinationSettings | None = None
     source: str = str(DEFAULT_PATH)
 
 
@@ -380,7 +385,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 TOP_KEYS = ("cyrus", "role", "links", "probe", "live", "drain", "quarantine", "control",
-            "check", "hooks", "metrics")
+            "check", "hooks", "metrics", "coordination")
 
 
 def _yaml(text: str, source: str) -> Any:
@@ -427,6 +432,7 @@ def parse(text: str, source: str = str(DEFAULT_PATH)) -> Config:
                   " is yours): name an unprivileged user, e.g. nobody")
     values["metrics"] = flat("metrics", MetricsSettings, {"listen": r.listen,
                                                           "textfile": r.textfile})
+    values["coordination"] = read_coordination(r, top.get("coordination"))
     links = _links(r, top)
     values["check"] = _check(r, top.get("check"), links)
     if r.problems:

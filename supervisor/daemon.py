@@ -81,7 +81,7 @@ class Daemon:
                  systemd_factory=None, journal: Journal | None = None,
                  notifier: Notifier | None = None, clock=SystemClock(),
                  journal_reader=None, rival_scan=cyrus_procs.rival_sync_clients,
-                 proc_root="/proc", log_handler: JournalHandler | None = None):
+                 proc_root="/proc", log_handler: JournalHandler | None = None, etcd=None):
         self.instance = instance
         self.config_path = Path(config_path or instance.config)
         self.systemd_factory = systemd_factory
@@ -103,6 +103,9 @@ class Daemon:
         self.strays = StrayChannels()
         self.control: ControlServer | None = None
         self.metrics = None                  # monitor/exporter.py, once metrics are configured
+        self.etcd = etcd                     # tests pass a fake etcd (coord/etcd.py's calls)
+        self.coordination = None             # coord/service.py, with coordination: only
+        self.switchover = None               # coord/switchover.py, likewise
         self._status_body, self._status_written = "", float("-inf")
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
@@ -148,9 +151,11 @@ class Daemon:
         follower = self.follower = JournalFollower(
             None, selector, self.clock.monotonic, inst.journal_cursor,
             **({"reader_factory": self.journal_reader} if self.journal_reader else {}))
+        coord = self.coordination = self._coordination(cfg)
         sup = Reconciler(cfg, imapd, Edges(systemd, prober, self.journal, self.clock, follower,
                                            self.rival_scan,
-                                           hooks=Hooks(systemd, inst.name, self.clock)),
+                                           hooks=Hooks(systemd, inst.name, self.clock),
+                                           authority=coord),
                          LocalState(holds, roles, store, inst.users_dir, inst.name,
                                     crash_points(inst.crash_flag), *self._lifecycle_state()))
         for problem in sup.lifecycle.problems:      # found while the links were configured
@@ -186,8 +191,12 @@ class Daemon:
                     except ValueError:
                         pass          # said in the journal; SIGHUP has nobody to answer
                 follower.pump()
+                if coord is not None:
+                    self._coordinate(coord, sup, systemd)
                 summary = sup.tick()
                 follower.save()       # after the tick that acted on what was read
+                if coord is not None:
+                    coord.entry = registry_entry(sup)
                 if sup.ready and not ready_sent:
                     self.notifier.ready()
                     ready_sent = True
@@ -215,8 +224,45 @@ class Daemon:
                 self.metrics.close()
             prober.close()
             follower.close()
+            if coord is not None:
+                coord.close(release=not self.restarting)
             self.journal.send(self._stopped_message(stopping, sup), "info", "daemon-stopped")
         return 0
+
+    def _coordination(self, cfg: configmod.Config):
+        """The etcd side (coord/), made only when configured: without ``coordination:``
+        nothing of it is imported, and the daemon decides alone as it always did."""
+        if cfg.coordination is None:
+            return None
+        from .coord.service import Coordination
+
+        coord = Coordination(cfg.coordination, self.instance.name, self.journal, self.clock,
+                             self.wake, **({"etcd": self.etcd} if self.etcd else {}))
+        coord.start()
+        return coord
+
+    def _coordinate(self, coord, sup: Reconciler, systemd) -> None:
+        """Before each tick: tell the etcd thread what the role wants, and carry a switchover
+        one step further (coord/switchover.py)."""
+        if self.switchover is None:
+            from .coord.switchover import SwitchoverDriver
+
+            def mail_running() -> str:
+                found = cyrus_procs.service_processes(
+                    sup.imapd, cyrus_procs.bin_dirs(sup.config.cyrus.master), self.proc_root)
+                return "; ".join(p.describe() for p in found)
+
+            def stop_mail() -> None:
+                unit = sup.config.cyrus.service
+                if not unit:
+                    raise ValueError("no cyrus.service in the configuration")
+                systemd.stop(unit)
+
+            self.switchover = SwitchoverDriver(coord.settings.name, coord, mail_running,
+                                               stop_mail)
+        coord.want_master = sup.role.is_master and not self.stop_requests
+        if not self.stop_requests:
+            self.switchover.step(sup)
 
     def _first_stop(self, sup: Reconciler, systemd) -> None:
         """SPEC Guarantee 2, refined: a stop that is the first half of a restart (``systemctl
@@ -325,6 +371,10 @@ class Daemon:
                               + "; ".join(lines), "err", "config-rejected")
             raise ValueError(f"reload rejected, the running configuration stays: {exc}"
                              ) from None
+        if cfg.coordination != sup.config.coordination:
+            log.warning("coordination: changed in %s: it takes effect when syncwarden"
+                        " restarts", cfg.source)
+            cfg = configmod.replace(cfg, coordination=sup.config.coordination)
         changes = sup.reconfigure(cfg, imapd)
         self.status_gid = configmod.control_gid(cfg)
         if self.control is not None:
@@ -371,9 +421,12 @@ class Daemon:
         raise ValueError(f"unknown command {cmd!r}")
 
     def _status(self, sup: Reconciler) -> dict:
-        return {**sup.status(), "problems": list(self.problems),
-                "unsupervised_channels": self.strays.as_json(self.clock.monotonic(),
-                                                             self.clock.wall())}
+        doc = {**sup.status(), "problems": list(self.problems),
+               "unsupervised_channels": self.strays.as_json(self.clock.monotonic(),
+                                                            self.clock.wall())}
+        if self.coordination is not None:
+            doc["coordination"] = self.coordination.status(self.clock.monotonic())
+        return doc
 
     def _write_status(self, sup: Reconciler) -> dict:
         """The status file, when it changed, and at least every STATUS_REFRESH seconds so
@@ -392,6 +445,13 @@ class Daemon:
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
         return doc
+
+
+def registry_entry(sup: Reconciler) -> dict:
+    """What this daemon publishes about itself for `syncwarden fleet status`."""
+    return {"instance": sup.local.instance, "role": sup.role.role,
+            "links": {v.name: {"state": v.state.value, "host": v.host,
+                               "entries": v.backlog.entries} for v in sup.views}}
 
 
 def main(config_path: Path | None, instance: Instance) -> int:

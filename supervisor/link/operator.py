@@ -23,7 +23,8 @@ class QuarantineAction(enum.Enum):
 
 class Operator:
     def __init__(self, links: Callable[[], dict[str, LinkRuntime]], drains: Drains, holds,
-                 role: RoleControl, clock, drain_timeout: Callable[[], float], sync_dir):
+                 role: RoleControl, clock, drain_timeout: Callable[[], float], sync_dir,
+                 authorized: Callable[[], bool] = lambda: True):
         self._links = links
         self.drains = drains
         self.holds = holds
@@ -31,6 +32,7 @@ class Operator:
         self.clock = clock
         self._drain_timeout = drain_timeout
         self._sync_dir = sync_dir
+        self._authorized = authorized      # holds the pair's master key, with coordination
 
     def _get(self, name: str) -> LinkRuntime:
         links = self._links()
@@ -58,6 +60,9 @@ class Operator:
             return f"{name}: already draining"
         if not self.role.is_master:
             raise ValueError(f"{name}: role is {self.role.role}: this host sends nothing")
+        if not self._authorized():
+            raise ValueError(f"{name}: this host does not hold its pair's master key (etcd):"
+                             " it sends nothing")
         if not rt.link.fire("drain", f"drain {why}"):
             raise ValueError(f"{name} is {rt.link.state.value}: release it first")
         return self.drains.start(rt, self._sync_dir(name), self._drain_timeout(), hold_after, why)

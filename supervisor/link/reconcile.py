@@ -60,6 +60,9 @@ class Edges:
     hooks: object = None
     # ``old_writers(imapd, changed)``: Cyrus processes with an old channel list (cyrus/writers.py)
     old_writers: object = None
+    # With coordination: ``may_push(monotonic)``, whether this daemon holds its pair's master
+    # key under a lease that has not run out (coord/service.py); None: no etcd, role decides.
+    authority: object = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,8 @@ class Reconciler:
                              self._rival_now)
         self.operator = Operator(lambda: self.links, self.drains, local.holds, self.role,
                                  edges.clock, lambda: self.config.drain.timeout,
-                                 lambda name: self.imapd.sync_dir(name))
+                                 lambda name: self.imapd.sync_dir(name),
+                                 authorized=lambda: not self._unauthorized())
         self.links: dict[str, LinkRuntime] = {}
         self.lifecycle = self._lifecycle(local)
         self.views: list[LinkView] = []
@@ -240,16 +244,26 @@ class Reconciler:
             return Blocker.STOPPING
         if not self.role.is_master:
             return Blocker.ROLE
+        if self._unauthorized():
+            return Blocker.AUTHORITY
         if not rt.settings.enabled:
             return Blocker.DISABLED
         if rt.name in self.local.holds:
             return Blocker.HELD
         return self.lifecycle.blocker(rt.name)
 
+    def _unauthorized(self) -> bool:
+        """Coordination is on and this daemon may not push now (no key, or its lease may
+        have run out): even a drain must not send."""
+        authority = self.edges.authority
+        return authority is not None and not authority.may_push(self.clock.monotonic())
+
     def _reconcile(self, rt: LinkRuntime, mono: float, units: dict | None) -> None:
         state = rt.link.state
         units_known = units is not None
         if state is LinkState.DRAINING:
+            if rt.name in self.drains and self._unauthorized():
+                self.drains.jobs[rt.name].abort("this host no longer holds the master key")
             if units_known:
                 self.drains.step(rt, units)
             return
@@ -450,7 +464,7 @@ class Reconciler:
         self.stopping = True
         self.lifecycle.stop_all()
         for name, rt in self.links.items():
-            if (self.role.is_master and rt.settings.enabled
+            if (self.role.is_master and rt.settings.enabled and not self._unauthorized()
                     and rt.link.state is not LinkState.QUARANTINED
                     and not self.lifecycle.keeps_backlog(name)):
                 self.operator.drain(name, hold_after=False, why=why)

@@ -27,6 +27,7 @@ class Blocker(enum.Enum):
 
     STOPPING = "daemon stopping"
     ROLE = "role"
+    AUTHORITY = "not the master key's holder"    # coordination (coord/authority.py)
     DISABLED = "disabled in the configuration"
     HELD = "held by operator"
     RETIRED = "retired"
@@ -40,6 +41,9 @@ class Blocker(enum.Enum):
     def reason(self, role: str) -> str:
         if self is Blocker.ROLE:
             return f"role is {role}: this host never starts workers"
+        if self is Blocker.AUTHORITY:
+            return (f"role is {role} but this host does not hold its pair's master key in"
+                    " etcd (syncwarden fleet status): it starts no worker")
         return self.value
 
     def short(self, role: str) -> str:

@@ -1,0 +1,85 @@
+"""The daemon's coordination: ``Authority`` rounds in a thread, the loop reading their view.
+
+The thread does all etcd I/O (a partitioned etcd can take a request timeout per endpoint) and
+pokes the loop when the view changes; the loop never waits on etcd. What the loop tells the
+thread (whether the local role wants the key, the registry entry, a switchover action) is
+plain attributes it replaces whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .authority import Authority, View
+from .etcd import Etcd
+from .keys import Keys
+from .settings import CoordinationSettings
+
+log = logging.getLogger(__name__)
+
+ROUND = 1.0   # seconds between rounds: how soon a key change or a switchover is noticed
+
+
+class Coordination:
+    def __init__(self, settings: CoordinationSettings, instance: str, journal, clock, wake,
+                 etcd=None):
+        self.settings = settings
+        self.authority = Authority(etcd or Etcd(settings.etcd),
+                                   Keys(settings.etcd.prefix, settings.pair), settings.name,
+                                   instance, settings.ttl, journal, clock)
+        self.wake = wake
+        self.want_master = False
+        self.entry: dict | None = None
+        self._stop = threading.Event()
+        self._poke = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="syncwarden-etcd", daemon=True)
+
+    @property
+    def view(self) -> View:
+        return self.authority.view
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def may_push(self, mono: float) -> bool:
+        return self.view.may_push(mono, self.authority.guard)
+
+    def ask(self, action: tuple) -> None:
+        """A switchover action for the next round (switchover.py), done at once."""
+        self.authority.action = action
+        self._poke.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            before = self.authority.view
+            try:
+                after = self.authority.step(self.want_master, self.entry)
+            except Exception:    # a bug must not end the thread silently: the loop would
+                log.exception("coordination round failed")    # keep a stale view
+                after = before
+            if after != before:
+                self.wake()
+            self._poke.wait(ROUND)
+            self._poke.clear()
+
+    def close(self, release: bool) -> None:
+        """Stop the thread; ``release``: give the key and the registry entry up now (a stop
+        that drained), else leave them to the lease (a restart whose workers keep running:
+        the next daemon takes its own key over)."""
+        self._stop.set()
+        self._poke.set()
+        self._thread.join(timeout=self.settings.etcd.timeout * 2 + 1)
+        if release:
+            self.authority.close()
+
+    def status(self, mono: float) -> dict:
+        """The ``coordination`` part of the status document."""
+        v = self.view
+        return {"pair": self.settings.pair, "name": self.settings.name,
+                "holder": v.holder, "holds_key": v.held,
+                "may_push": self.may_push(mono),
+                "lease_left_seconds": (round(v.deadline - mono, 1) if v.held else None),
+                "error": v.error,
+                "switchover": ({k: v.request.get(k) for k in ("from", "to", "phase", "detail")}
+                               if v.request else None)}
