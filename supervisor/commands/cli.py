@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import lifecycle, render
+from . import fleet, lifecycle, render
 from .ask import confirm, on_terminal
 from .parser import GLOBAL_DEFAULTS, JSON_COMMANDS, build_parser  # noqa: F401 (tests use it)
 from .. import config as configmod
@@ -472,5 +472,5 @@ COMMANDS = {
     "status": cmd_status, "hold": _link_command, "resume": _link_command,
     "release": _link_command,
     "check": cmd_check, "repair": cmd_repair, "failover": cmd_failover, "reload": cmd_reload,
-    **lifecycle.COMMANDS,
+    **lifecycle.COMMANDS, **fleet.COMMANDS,
 }

@@ -20,7 +20,8 @@ from ..paths import DEFAULT
 GLOBAL_DEFAULTS = {"instance": DEFAULT, "config": None, "socket": None,
                    "proc_root": Path("/proc"), "json": False}
 # Where --json means something (a document instead of a table).
-JSON_COMMANDS = {("status", None), ("check", None), ("quarantine", "list")}
+JSON_COMMANDS = {("status", None), ("check", None), ("quarantine", "list"),
+                 ("fleet", "status")}
 
 
 def _global_options(json_option: bool) -> argparse.ArgumentParser:
@@ -142,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run CMD as this account (default: a systemd dynamic user)")
     fz.add_argument("--no-wait", action="store_true", help="start it and return")
     link(command("thaw", "end a freeze now"))
+    fl = command("fleet", "the pairs and hosts coordinated through etcd (coordination:)")
+    fsub = fl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command("status", "every pair, its master key's holder and each host's links, from etcd;"
+            " stale entries marked", json_output=True, parent=fsub)
+    so = command("switchover", "hand this pair's master role to another host through etcd:"
+                 " drain, release the key, the other host takes it and promotes")
+    so.add_argument("--to", metavar="HOST", help="the new master (default: the pair's other"
+                    " registered host)")
+    so.add_argument("--stop-cyrus", action="store_true",
+                    help="stop the master's cyrus.service first (else refuse while it runs)")
     command("reload", "apply the configuration file now (what systemctl reload runs); exit 1"
             " with every problem when it is rejected")
     # Internal: the units' ExecStart=. Not in the command list.

@@ -43,6 +43,7 @@ MESSAGE_IDS = {
     "link-frozen": "889d82197bc7464d92e8ad443703df1a",
     "link-thawed": "f44f93ae247e41f3a175251e9aaa28ea",       # deadline, operator, or failed
     "freeze-hook": "864c64c2b9914c98868adb8ac7d54d2c",       # the --exec command ended
+    "master-key": "74b52afcc5564388b252fb4226878557",        # the pair's key (etcd) changed holder
 }
 
 PRIORITY = {"err": 3, "warning": 4, "notice": 5, "info": 6, "debug": 7}

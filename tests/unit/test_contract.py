@@ -307,6 +307,7 @@ def known_keys(prefix: str, snippet: str) -> set[str]:
 def test_every_config_key_is_documented():
     places = {"": "zzzz: 1\n", "links.NAME.": "links: {r1: {zzzz: 1}}\n",
               "check.master.": "check: {master: {zzzz: 1}}\n",
+              "coordination.etcd.": "coordination: {etcd: {zzzz: 1}}\n",
               "check.replicas.LINK.": "links: {r1: {host: h, port: 1}}\n"
                                       "check: {replicas: {r1: {host: h, zzzz: 1}}}\n"}
     for key in configmod.TOP_KEYS:

@@ -1,0 +1,369 @@
+"""Coordination through etcd (issue 16): config, the master key as role authority, the
+reconcile tick honouring it, the registry, and a switchover, against an in-memory etcd."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from supervisor import config as configmod
+from supervisor.config import ConfigError
+from supervisor.coord import fleet
+from supervisor.coord.authority import Authority
+from supervisor.coord.etcd import EtcdError
+from supervisor.coord.keys import Keys, decode
+from supervisor.coord.switchover import SwitchoverDriver
+from supervisor.cyrus import imapdconf
+from supervisor.link.reconcile import Edges, LocalState, Reconciler
+from supervisor.link.quarantine_store import QuarantineStore
+from supervisor.link.roles import RoleStore
+from supervisor.link.runtime import Blocker
+from supervisor.state import Holds
+
+from .fakeetcd import FakeEtcdStore
+from .fakes import FakeClock, FakeJournal, FakeProber, FakeSystemd, SyncExecutor
+
+REPO = Path(__file__).resolve().parents[2]
+LINKS = "links: {r1: {host: h, port: 1}}\n"
+KEYS = Keys("/syncwarden", "mail1")
+
+
+# --- config ---------------------------------------------------------------------------------
+def test_without_coordination_nothing_of_it_is_loaded():
+    """Without ``coordination:`` the daemon decides alone, as before: no setting, and neither
+    the etcd client nor the coordination thread is even imported."""
+    assert configmod.parse(LINKS).coordination is None
+    code = ("import sys; from supervisor import daemon, config;"
+            f" config.parse({LINKS!r});"
+            " print(sorted(m for m in sys.modules if m.startswith('supervisor.coord')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "['supervisor.coord', 'supervisor.coord.settings']"
+
+
+def test_coordination_parses_into_settings():
+    c = configmod.parse(LINKS + "coordination: {etcd: {endpoints: ['https://10.0.0.5:2379/'],"
+                        " prefix: /sw/, ca: /etc/ssl/ca.pem, cert: /c.pem, key: /k.pem},"
+                        " pair: mail1, name: imap-a, ttl: 20s}").coordination
+    assert c.etcd.endpoints == ("https://10.0.0.5:2379",) and c.etcd.prefix == "/sw"
+    assert c.etcd.ca == Path("/etc/ssl/ca.pem") and c.pair == "mail1" and c.name == "imap-a"
+    assert c.ttl == 20.0
+
+
+def test_coordination_problems_all_at_once_with_paths():
+    with pytest.raises(ConfigError) as info:
+        configmod.parse(LINKS + "coordination: {etcd: {endpoints: [ftp://x], prefix: x,"
+                        " cert: /c, timeout: 1h, endpointz: 1}, pair: Mail, name: 'a b',"
+                        " ttl: 1s, tll: 3}")
+    found = info.value.problems
+    assert "coordination.tll: unknown key (did you mean 'ttl'?)" in found
+    assert "coordination.etcd.endpointz: unknown key (did you mean 'endpoints'?)" in found
+    assert any(p.startswith("coordination.etcd.endpoints[0]: expected http://") for p in found)
+    assert any(p.startswith("coordination.etcd.prefix: expected a key prefix") for p in found)
+    assert any(p.startswith("coordination.etcd.key: required with the other") for p in found)
+    assert any(p.startswith("coordination.etcd.timeout: expected a duration") for p in found)
+    assert any(p.startswith("coordination.pair: expected 1-64") for p in found)
+    assert any(p.startswith("coordination.name: expected a host name") for p in found)
+    assert "coordination.ttl: expected a duration from 5s to 10m, got '1s'" in found
+    assert len(found) == 9
+    with pytest.raises(ConfigError) as info:
+        configmod.parse(LINKS + "coordination: {}")
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "coordination.etcd.endpoints", "coordination.pair"]
+
+
+# --- the master key ---------------------------------------------------------------------------
+def authority(store, name, ttl=10):
+    return Authority(store.client(), KEYS, name, "default", ttl, FakeJournal(), store.clock)
+
+
+def key_entries(a):
+    return [e for e in a.journal.entries if e["ID"] == "master-key"]
+
+
+def test_one_of_two_configured_masters_holds_the_key_the_other_never_pushes():
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    a, b = authority(store, "a"), authority(store, "b")
+    assert a.step(True).held and a.view.may_push(clock.monotonic(), a.guard)
+    vb = b.step(True)
+    assert not vb.held and vb.holder == "a" and not vb.may_push(clock.monotonic(), b.guard)
+    assert decode(store.value(KEYS.master))["host"] == "a"
+    e = key_entries(a)[0]
+    assert (e["SYNCWARDEN_PAIR"], e["SYNCWARDEN_HOLDER"], e["SYNCWARDEN_OLD_HOLDER"]) == (
+        "mail1", "a", "")
+    for _ in range(30):                 # a keeps its lease; b keeps reading it held
+        clock.advance(1)
+        assert a.step(True).held and not b.step(True).held
+    assert len(key_entries(a)) == 1 and len(key_entries(b)) == 1
+
+
+def test_a_replica_never_takes_the_key_and_a_demoted_master_lets_it_go():
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    r, m = authority(store, "r"), authority(store, "m")
+    assert not r.step(False).held and store.value(KEYS.master) is None
+    assert m.step(True).held
+    assert not m.step(False).held and store.value(KEYS.master) is None     # demoted
+    assert [e["SYNCWARDEN_HOLDER"] for e in key_entries(m)] == ["m", ""]
+
+
+def test_etcd_lost_keeps_the_master_until_its_lease_could_run_out_never_later():
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    a = authority(store, "a", ttl=30)
+    granted_at = clock.monotonic()
+    assert a.step(True).held
+    store.down = True
+    while a.step(True).may_push(clock.monotonic(), a.guard):
+        assert a.view.error and clock.monotonic() < granted_at + 30
+        clock.advance(0.5)
+    assert clock.monotonic() >= granted_at + 30 - a.guard - 0.5
+    store.down = False                  # etcd back before the lease ran out there: kept
+    assert a.step(True).may_push(clock.monotonic(), a.guard)
+
+
+def test_a_master_cut_off_past_its_lease_finds_the_key_taken_and_stays_off():
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    cut: set[str] = set()
+    a, b = cuttable(store, "a", cut), cuttable(store, "b", cut)
+    a.step(True)
+    cut.add("a")
+    clock.advance(11)                   # a's lease ran out in etcd
+    assert b.step(True).held            # b (configured master too) takes the key
+    assert not a.step(True).may_push(clock.monotonic(), a.guard)
+    cut.clear()
+    assert not a.step(True).held and a.view.holder == "b"
+
+
+def cuttable(store, name, cut, ttl=10):
+    """A daemon whose own way to etcd can be cut (a partition), etcd itself still up."""
+    a = authority(store, name, ttl)
+
+    def call(path, body):
+        if name in cut:
+            raise EtcdError(f"{name}: cut off from etcd")
+        return store.call(path, body)
+
+    a.etcd.call = call
+    return a
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "tick", "down", "up", "cut-a", "heal-a",
+                                           "cut-b", "heal-b", "demote-a", "promote-a"]),
+                          st.floats(0.1, 12)), max_size=60))
+def test_never_two_daemons_may_push_at_once(script):
+    """Whatever happens to etcd and to each daemon's way to it, at no moment may two daemons
+    push; and one that may push holds the key in etcd under a live lease."""
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    cut: set[str] = set()
+    daemons = {n: cuttable(store, n, cut) for n in "ab"}
+    want = {"a": True, "b": True}
+    for what, dt in script:
+        if what in daemons:
+            daemons[what].step(want[what])
+        elif what == "tick":
+            clock.advance(dt)
+        elif what in ("down", "up"):
+            store.down = what == "down"
+        elif what.startswith(("cut-", "heal-")):
+            (cut.add if what.startswith("cut-") else cut.discard)(what[-1])
+        else:
+            want["a"] = what == "promote-a"
+        now = clock.monotonic()
+        pushing = [n for n, d in daemons.items() if d.view.may_push(now, d.guard)]
+        assert len(pushing) <= 1, pushing
+        for n in pushing:
+            held = store.value(KEYS.master)
+            assert held is not None and decode(held)["host"] == n
+
+
+# --- the tick -------------------------------------------------------------------------------
+class Switch:
+    def __init__(self, allowed):
+        self.allowed = allowed
+
+    def may_push(self, mono):
+        return self.allowed
+
+
+def make_sup(tmp_path, authority):
+    cfg = configmod.parse(f"cyrus: {{imapd_conf: {tmp_path}/imapd.conf}}\n"
+                          "links: {replica1: {host: 127.0.0.1, port: 11005}}\n")
+    imapd = imapdconf.ImapdConf(tmp_path / "imapd.conf", {"configdirectory": str(tmp_path)})
+    clock = FakeClock()
+    env = dict(clock=clock, systemd=FakeSystemd(), prober=FakeProber(clock),
+               journal=FakeJournal())
+    env["prober"].reachable["replica1"] = True
+    sup = Reconciler(cfg, imapd, Edges(env["systemd"], env["prober"], env["journal"], clock,
+                                       env["systemd"].log, None, SyncExecutor,
+                                       authority=authority),
+                     LocalState(Holds(tmp_path / "holds.json"), RoleStore(tmp_path / "role"),
+                                QuarantineStore(tmp_path / "q"), tmp_path / "users"))
+    return sup, env
+
+
+def test_a_master_without_the_key_starts_no_worker_and_stops_it_when_the_key_goes(tmp_path):
+    switch = Switch(False)
+    sup, env = make_sup(tmp_path, switch)
+    for _ in range(3):
+        sup.tick()
+        env["clock"].advance(1)
+    assert not any(c[0] == "start" for c in env["systemd"].calls)
+    assert sup.views[0].blocker is Blocker.AUTHORITY
+    assert "not the master key's holder" in sup.summary
+    with pytest.raises(ValueError, match="master key"):
+        sup.operator.drain("replica1")
+    switch.allowed = True
+    for _ in range(2):
+        sup.tick()
+        env["clock"].advance(1)
+    assert ("start", "syncwarden-sync@replica1.service") in env["systemd"].calls
+    switch.allowed = False
+    sup.tick()
+    assert env["systemd"].calls[-1] == ("stop", "syncwarden-sync@replica1.service")
+
+
+# --- registry and fleet status ---------------------------------------------------------------
+def test_fleet_status_shows_every_pair_and_marks_stale_entries():
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    for pair, hosts in (("mail1", "ab"), ("mail2", "cd")):
+        for i, host in enumerate(hosts):
+            a = Authority(store.client(), Keys("/syncwarden", pair), host, "default", 10,
+                          FakeJournal(), clock)
+            a.step(i == 0, {"instance": "default", "role": "master" if i == 0 else "replica",
+                            "links": {"r1": {"state": "live", "host": "x", "entries": 0}}})
+    store.kv[Keys("/syncwarden", "mail2").member("d")]["value"] = (
+        b'{"role": "replica", "links": {}, "written_at": 1, "ttl": 10}')
+    doc = fleet.read(store.client(), "/syncwarden", clock.wall())
+    assert sorted(doc["pairs"]) == ["mail1", "mail2"]
+    assert doc["pairs"]["mail1"]["master"] == "a" and doc["pairs"]["mail2"]["master"] == "c"
+    members = doc["pairs"]["mail2"]["members"]
+    assert members["c"]["stale"] is False and members["d"]["stale"] is True
+    text = fleet.render(doc)
+    assert "mail1" in text and "stale" in text and "r1 live" in text
+
+
+# --- switchover -------------------------------------------------------------------------------
+class FakeOperator:
+    def __init__(self, sup):
+        self.sup = sup
+
+    def change_role(self, role, by):
+        if self.sup.draining:
+            raise ValueError("a drain is running")
+        self.sup.role.role = role
+        self.sup.role.is_master = role == "master"
+
+    def drain(self, name, hold_after=True, why=""):
+        self.sup.draining = True
+
+
+class FakeDrains:
+    def __init__(self):
+        self.last = {}
+
+    def abort_all(self, why):
+        pass
+
+
+class FakeSup:
+    def __init__(self, role):
+        self.role = type("Role", (), {"role": role, "is_master": role == "master"})()
+        self.operator, self.drains = FakeOperator(self), FakeDrains()
+        self.links, self.draining = {"r1": None}, False
+
+
+class Node:
+    """One daemon: its authority (run by hand, as the thread would) and its driver."""
+
+    def __init__(self, store, name, role, mail=""):
+        self.authority = authority(store, name)
+        self.sup = FakeSup(role)
+        self.mail = mail
+        self.stopped = []
+        self.driver = SwitchoverDriver(name, self, lambda: self.mail, self._stop)
+
+    def _stop(self):
+        self.stopped.append("cyrus")
+        self.mail = ""
+
+    @property
+    def view(self):
+        return self.authority.view
+
+    def ask(self, action):
+        self.authority.action = action
+
+    def round(self):
+        self.authority.step(self.sup.role.is_master)
+        self.driver.step(self.sup)
+
+
+def request(store, frm, to, stop_cyrus=False):
+    from supervisor.coord import commands
+    return commands.write_request(store.client(), KEYS, frm, to, stop_cyrus, "id-1")
+
+
+def run(nodes, rounds=8, drained=True):
+    for _ in range(rounds):
+        for n in nodes:
+            n.round()
+            if n.sup.draining:             # the drain is over by the next round
+                n.sup.draining = False
+                n.sup.drains.last = {"r1": {"drained": drained, "entries_left": 0,
+                                            "at": "t", "message": "sent"}}
+
+
+def test_switchover_swaps_the_roles_through_the_key(tmp_path):
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    a, b = Node(store, "a", "master"), Node(store, "b", "replica")
+    run([a, b], 2)
+    assert a.view.held and not b.view.held
+    request(store, "a", "b")
+    run([a, b])
+    assert b.view.held and b.sup.role.role == "master"
+    assert not a.view.held and a.sup.role.role == "replica" and a.view.holder == "b"
+    assert decode(store.value(KEYS.switchover))["phase"] == "done"
+    assert store.value(KEYS.handover) is None
+
+
+def test_switchover_refused_while_cyrus_accepts_mail_unless_told_to_stop_it():
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    a, b = Node(store, "a", "master", mail="master[1234]"), Node(store, "b", "replica")
+    run([a, b], 2)
+    request(store, "a", "b")
+    run([a, b])
+    doc = decode(store.value(KEYS.switchover))
+    assert doc["phase"] == "refused" and "Cyrus accepts mail" in doc["detail"]
+    assert a.view.held and a.sup.role.role == "master" and b.sup.role.role == "replica"
+    request(store, "a", "b", stop_cyrus=True)
+    run([a, b])
+    assert a.stopped == ["cyrus"] and b.view.held and a.sup.role.role == "replica"
+
+
+def test_switchover_interrupted_after_the_release_ends_with_one_master():
+    """The old master dies right after the release; the target takes over alone. Or the
+    target dies: nobody pushes until it (or another named by switchover --to) takes it."""
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    a, b = Node(store, "a", "master"), Node(store, "b", "replica")
+    run([a, b], 2)
+    request(store, "a", "b")
+    run([a], 4)                           # b is down meanwhile: a drains and releases
+    assert decode(store.value(KEYS.switchover))["phase"] == "released"
+    assert a.sup.role.role == "replica" and not a.view.held
+    a2 = Node(store, "a", "replica")      # a restarted: it stays a replica
+    run([a2], 3)
+    assert store.value(KEYS.master) is None and not a2.view.held
+    run([b, a2], 3)                        # b back: it takes the key
+    assert b.view.held and b.sup.role.role == "master" and a2.view.holder == "b"
