@@ -110,19 +110,20 @@ class Authority:
             mine = self._value()
             if self.etcd.txn([E.absent(k.master), E.absent(k.handover)],
                              [E.put(k.master, mine, self.lease)]):
-                self._changed(self.me, "took the master key")
+                self._changed(self.me, "took the master key", made=True)
                 return True
             holder = None
         elif master is not None and holder == self.me:
             if not want_master:   # demoted by an operator: the key goes with the role
                 if self.etcd.txn([E.unchanged(k.master, master.mod_revision)],
                                  [E.delete(k.master)]):
-                    self._changed(None, "released the master key: this host is a replica")
+                    self._changed(None, "released the master key: this host is a replica",
+                                  made=True)
                 return False
             if master.lease != self.lease:   # our previous lease (a restart, an expiry)
                 return self.etcd.txn([E.unchanged(k.master, master.mod_revision)],
                                      [E.put(k.master, self._value(), self.lease)]) \
-                    and self._changed(self.me, "kept the master key under a new lease")
+                    and self._changed(self.me, "kept the master key under a new lease", made=True)
             self._changed(self.me, "holds the master key")
             return True
         self._changed(holder, "read the master key")
@@ -132,11 +133,15 @@ class Authority:
         return encode({"host": self.me, "instance": self.instance,
                        "since": self.clock.wall()})
 
-    def _changed(self, holder: str | None, what: str) -> bool:
-        """One journal entry for every change of the key's holder this daemon sees."""
+    def _changed(self, holder: str | None, what: str, made: bool = False) -> bool:
+        """One journal entry for every change of the key's holder this daemon sees (or
+        ``made`` itself); the first reading after the start is no change, and says nothing."""
+        first = self._last_holder == "?"
         if holder != self._last_holder:
-            old = None if self._last_holder == "?" else self._last_holder
+            old = None if first else self._last_holder
             self._last_holder = holder
+            if first and not made:
+                return True
             self.journal.send(
                 f"pair {self.keys.pair}: master key {old or 'free'} -> {holder or 'free'}"
                 f" ({self.me} {what})", "notice", "master-key",
@@ -163,7 +168,7 @@ class Authority:
                                 E.put(k.switchover, encode({**doc, "phase": "released",
                                                             "released_at": at}))])
             if ok:
-                self._changed(None, f"released the master key to {doc.get('to')}")
+                self._changed(None, f"released the master key to {doc.get('to')}", made=True)
             return ok
         if what == "take":              # ("take", handover rev)
             hand = kvs.get(k.handover)
@@ -175,7 +180,7 @@ class Authority:
                                                        "done_at": self.clock.wall()})))
             ok = self.etcd.txn([E.absent(k.master), E.unchanged(k.handover, action[1])], ops)
             if ok:
-                self._changed(self.me, "took the master key from a switchover")
+                self._changed(self.me, "took the master key from a switchover", made=True)
             return ok
         if what == "refuse":            # ("refuse", request rev, why)
             if req is None or req.mod_revision != action[1]:

@@ -42,6 +42,8 @@ MASKED = (
     "postgresql.service", "postgresql@.service",
     # the tests that need a Prometheus run their own (tests/system/promlab.py)
     "prometheus.service", "prometheus-node-exporter.service",
+    # likewise etcd (tests/system/etcdlab.py)
+    "etcd.service",
     # timers only add noise to the journal (apt-daily would even try the network)
     "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
     "exim4-base.timer", "fstrim.timer", "man-db.timer",

@@ -98,7 +98,11 @@ def test_one_of_two_configured_masters_holds_the_key_the_other_never_pushes():
     for _ in range(30):                 # a keeps its lease; b keeps reading it held
         clock.advance(1)
         assert a.step(True).held and not b.step(True).held
-    assert len(key_entries(a)) == 1 and len(key_entries(b)) == 1
+    assert len(key_entries(a)) == 1 and key_entries(b) == []    # b's first reading: no change
+    clock.advance(11)                   # a is gone (its lease ran out): b takes the key
+    assert b.step(True).held
+    assert [(e["SYNCWARDEN_OLD_HOLDER"], e["SYNCWARDEN_HOLDER"]) for e in key_entries(b)] == [
+        ("a", "b")]
 
 
 def test_a_replica_never_takes_the_key_and_a_demoted_master_lets_it_go():

@@ -1,0 +1,123 @@
+"""Coordination through a real etcd (issue 16): one container for the module, the two-host lab
+plus an etcd node in a namespace of its own (etcdlab.py). The scenarios run in order and each
+leaves the pair healthy with host-a the master, except the switchover, which runs last.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from .etcdlab import ETCD_UNIT, NAMES, PAIR, R1_UNITS, CoordLab, wait
+from .sandbox import Sandbox, cleanup_stale
+
+pytestmark = [pytest.mark.system,
+              pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server not"
+                                 " installed (scripts/setup)")]
+A, B = NAMES["master"], NAMES["replica1"]
+R1_DAEMON = R1_UNITS[0]
+
+
+@pytest.fixture(scope="module")
+def lab():
+    cleanup_stale()
+    lab = CoordLab(Sandbox(f"etcd-{os.getpid()}"))
+    try:
+        lab.setup()
+        yield lab
+    finally:
+        lab.sb.stop()
+
+
+@pytest.fixture(autouse=True)
+def dump_on_failure(lab, request):
+    yield
+    if getattr(getattr(request.node, "report_call", None), "failed", False):
+        lab.dump()
+
+
+def test_one_master_holds_the_key_and_fleet_status_shows_the_pair(lab):
+    assert wait(lambda: lab.link("master").get("state") == "live", 60), lab.status("master")
+    assert lab.holder() == A
+    c = lab.coordination("master")
+    assert c["holds_key"] and c["may_push"] and c["pair"] == PAIR
+    assert lab.coordination("replica1")["holder"] == A
+    assert lab.link("replica1")["state"] == "down" and not lab.sync_clients("back")
+    doc = wait(lambda: _fleet(lab), 20)
+    pair = doc["pairs"][PAIR]
+    assert pair["master"] == A and set(pair["members"]) == {A, B}
+    assert pair["members"][A]["role"] == "master" and pair["members"][B]["role"] == "replica"
+    assert pair["members"][A]["links"]["replica1"]["state"] == "live"
+    assert not any(m["stale"] for m in pair["members"].values())
+    text = lab.cli("replica1", "fleet", "status").stdout      # from the other host too
+    assert PAIR in text and A in text and B in text
+    assert [e["SYNCWARDEN_HOLDER"] for e in lab.key_entries("syncwarden.service")] == [A]
+
+
+def _fleet(lab):
+    import json
+
+    doc = json.loads(lab.cli("master", "fleet", "status", "--json").stdout)
+    members = doc["pairs"].get(PAIR, {}).get("members", {})
+    return doc if len(members) == 2 and members[A].get("links", {}).get(
+        "replica1", {}).get("state") == "live" else None
+
+
+def test_both_configured_master_never_push_at_once(lab):
+    """host-b told it is master too (promote): it wants the key, does not get it, and never
+    starts a worker; host-a replicates on."""
+    lab.cli("replica1", "promote", "--yes")
+    try:
+        wait(lambda: lab.status("replica1").get("role") == "master", 10)
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            assert not lab.sync_clients("back")
+            assert lab.link("replica1").get("state") == "down"
+            time.sleep(0.3)
+        assert "master key" in lab.link("replica1")["reason"], lab.link("replica1")
+        assert lab.holder() == A and lab.sync_clients("replica1")
+        lab.lab.deliver("bob", 2, "two-masters")
+        lab.lab.wait_messages("replica1", "bob", len(lab.lab.messages("master", "bob")))
+    finally:
+        lab.cli("replica1", "demote", "--yes")
+
+
+def test_a_host_cut_from_etcd_and_peer_does_not_become_master(lab):
+    net = lab.net
+    net.partition("replica1", "etcd")
+    net.partition("replica1", "master")
+    try:
+        lab.cli("replica1", "promote", "--yes")
+        wait(lambda: lab.status("replica1").get("role") == "master", 10)
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            c = lab.coordination("replica1")
+            assert not c.get("holds_key") and not lab.sync_clients("back")
+            time.sleep(0.3)
+        assert lab.coordination("replica1")["error"]          # it says why
+        assert lab.holder() == A
+    finally:
+        lab.cli("replica1", "demote", "--yes")
+        net.heal("replica1", "master")
+        net.heal("replica1", "etcd")
+
+
+def test_etcd_down_does_not_stop_the_masters_replication(lab):
+    """Within the lease (15 s here) the master pushes on without etcd."""
+    lab.sb.systemctl("stop", ETCD_UNIT)
+    stopped = time.monotonic()
+    try:
+        wait(lambda: lab.coordination("master").get("error"), 10)
+        lab.lab.deliver("alice", 3, "etcd-down")
+        want = len(lab.lab.messages("master", "alice"))
+        lab.lab.wait_messages("replica1", "alice", want, timeout=10)
+        assert time.monotonic() - stopped < 15 - 3        # shown inside the lease
+        assert lab.coordination("master")["may_push"] and lab.sync_clients("replica1")
+    finally:
+        lab.sb.systemctl("start", ETCD_UNIT)
+        lab.wait_etcd()
+    wait(lambda: not lab.coordination("master").get("error"), 20)
+    assert lab.holder() == A and lab.link("master")["state"] in ("live", "catching-up")
