@@ -121,3 +121,50 @@ def test_etcd_down_does_not_stop_the_masters_replication(lab):
         lab.wait_etcd()
     wait(lambda: not lab.coordination("master").get("error"), 20)
     assert lab.holder() == A and lab.link("master")["state"] in ("live", "catching-up")
+
+
+def test_switchover_under_delivery_loses_nothing_and_swaps_the_roles(lab):
+    """Last: host-b ends as the master. Mail flows to host-a all along until the switchover
+    stops its Cyrus; every message it accepted is on host-b, and host-b replicates back."""
+    cy = lab.lab
+    accepted = "/var/lib/etcdlab/accepted.txt"
+    lab.sb.run("mkdir", "-p", "/var/lib/etcdlab")
+    unit = cy.stream(("bob", "alice", "carol"), rate=20, accepted=accepted,
+                     unit="lab-deliver-switchover")
+    path = lab.sb.host_path(accepted)
+    try:
+        wait(lambda: path.exists() and len(path.read_text().split()) >= 20, 30)
+        refused = lab.cli("replica1", "switchover", check=False, timeout=60)
+        assert refused.returncode == 1 and "Cyrus accepts mail" in refused.stdout, refused
+        assert lab.holder() == A and lab.status("master")["role"] == "master"
+        t0 = time.monotonic()
+        r = lab.cli("replica1", "switchover", "--stop-cyrus", check=False, timeout=120)
+        took = time.monotonic() - t0
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        lab.sb.systemctl("stop", unit, check=False)
+    print(f"SWITCHOVER seconds={took:.1f}")
+    ids = path.read_text().split()
+    assert lab.holder() == B
+    assert lab.status("master")["role"] == "replica"
+    assert lab.status("replica1")["role"] == "master"
+    got = cy._client("arrived", cy.endpoint("replica1"), accepted, len(ids), "--timeout", 30,
+                     timeout=90)
+    assert got["ok"], f"{got['missing']} of {got['wanted']} accepted messages lost"
+    entries = lab.key_entries(R1_DAEMON)
+    assert entries[-1]["SYNCWARDEN_HOLDER"] == B, entries
+    # host-a's Cyrus back, as the replica now: host-b replicates to it
+    cy.start("master")
+    assert wait(lambda: lab.link("replica1").get("state") == "live", 30), lab.link("replica1")
+    assert lab.link("master")["state"] == "down" and not lab.sync_clients("replica1")
+    cy.deliver("carol", 3, "after-switchover", instance="replica1")
+    cy.wait_messages("master", "carol", len(cy.messages("replica1", "carol")), timeout=20)
+    doc = _fleet_any(lab)
+    assert doc["pairs"][PAIR]["master"] == B
+    assert doc["pairs"][PAIR]["switchover"]["phase"] == "done"
+
+
+def _fleet_any(lab):
+    import json
+
+    return json.loads(lab.cli("master", "fleet", "status", "--json").stdout)
