@@ -158,6 +158,12 @@ class Daemon:
                                            authority=coord),
                          LocalState(holds, roles, store, inst.users_dir, inst.name,
                                     crash_points(inst.crash_flag), *self._lifecycle_state()))
+        if coord is not None:
+            # What the role wants, before the first round: a restarted master must keep its
+            # key (not let it go as a replica would), and its first tick must know whether it
+            # holds it, or it would stop the workers the last daemon left running.
+            coord.want_master = sup.role.is_master
+            coord.start()
         for problem in sup.lifecycle.problems:      # found while the links were configured
             self.problems.append(problem)
             self.journal.send(f"damaged state: {problem}", "err", "state-damaged")
@@ -236,10 +242,8 @@ class Daemon:
             return None
         from .coord.service import Coordination
 
-        coord = Coordination(cfg.coordination, self.instance.name, self.journal, self.clock,
-                             self.wake, **({"etcd": self.etcd} if self.etcd else {}))
-        coord.start()
-        return coord
+        return Coordination(cfg.coordination, self.instance.name, self.journal, self.clock,
+                            self.wake, **({"etcd": self.etcd} if self.etcd else {}))
 
     def _coordinate(self, coord, sup: Reconciler, systemd) -> None:
         """Before each tick: tell the etcd thread what the role wants, and carry a switchover
@@ -260,7 +264,7 @@ class Daemon:
 
             self.switchover = SwitchoverDriver(coord.settings.name, coord, mail_running,
                                                stop_mail)
-        coord.want_master = sup.role.is_master and not self.stop_requests
+        coord.want_master = sup.role.is_master     # also while stopping: the drain pushes
         if not self.stop_requests:
             self.switchover.step(sup)
 

@@ -33,6 +33,7 @@ class Coordination:
         self.entry: dict | None = None
         self._stop = threading.Event()
         self._poke = threading.Event()
+        self._first = threading.Event()
         self._thread = threading.Thread(target=self._run, name="syncwarden-etcd", daemon=True)
 
     @property
@@ -40,7 +41,11 @@ class Coordination:
         return self.authority.view
 
     def start(self) -> None:
+        """Start the rounds; returns after the first (or, etcd not answering, after the time
+        it may take), so that the first tick knows whether this daemon holds the key."""
         self._thread.start()
+        self._first.wait(self.settings.etcd.timeout * (2 * len(self.settings.etcd.endpoints)
+                                                        + 2))
 
     def may_push(self, mono: float) -> bool:
         return self.view.may_push(mono, self.authority.guard)
@@ -58,6 +63,7 @@ class Coordination:
             except Exception:    # a bug must not end the thread silently: the loop would
                 log.exception("coordination round failed")    # keep a stale view
                 after = before
+            self._first.set()
             if after != before:
                 self.wake()
             self._poke.wait(ROUND)

@@ -371,3 +371,86 @@ def test_switchover_interrupted_after_the_release_ends_with_one_master():
     assert store.value(KEYS.master) is None and not a2.view.held
     run([b, a2], 3)                        # b back: it takes the key
     assert b.view.held and b.sup.role.role == "master" and a2.view.holder == "b"
+
+
+# --- the daemon ---------------------------------------------------------------------------------
+class RealClock:
+    import time as _t
+    monotonic = staticmethod(_t.monotonic)
+    wall = staticmethod(_t.time)
+
+
+def run_daemon(tmp_path, store, role="master", own_job=""):
+    import socket
+    import threading
+
+    from supervisor.daemon import Daemon
+    from supervisor.paths import Instance
+    from supervisor.systemd.journal import Journal
+    from supervisor.systemd.notify import Notifier
+
+    from .fakes import FakeJournalFiles
+
+    (tmp_path / "imapd.conf").write_text(
+        f"configdirectory: {tmp_path}\nsync_log: on\nsync_log_channels: replica1\n"
+        "sync_try_imap: no\nreplica1_sync_host: 127.0.0.1\nreplica1_sync_port: 1\n")
+    cfg = tmp_path / "syncwarden.yaml"
+    cfg.write_text(f"role: {role}\ncyrus: {{imapd_conf: {tmp_path}/imapd.conf}}\n"
+                   "links: {replica1: {host: 127.0.0.1, port: 1}}\n"
+                   "probe: {interval: 100ms, timeout: 100ms}\n"
+                   "coordination: {etcd: {endpoints: ['http://etcd:2379']}, pair: mail1,"
+                   " name: a, ttl: 10s}\n")
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(str(tmp_path / "journal"))
+    systemd = FakeSystemd()
+    systemd.own_job = own_job
+    d = Daemon(cfg, systemd_factory=lambda: systemd, journal=Journal(str(tmp_path / "journal")),
+               notifier=Notifier(), instance=Instance(root=tmp_path), clock=RealClock(),
+               journal_reader=FakeJournalFiles().reader, rival_scan=lambda conf, links: [],
+               etcd=store.client())
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("rc", d.run()), daemon=True)
+    t.start()
+    return d, t, result
+
+
+def wait_until(predicate, timeout=5.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_the_daemon_takes_the_key_shows_it_and_gives_it_up_when_it_stops(tmp_path):
+    store = FakeEtcdStore(RealClock())
+    d, t, result = run_daemon(tmp_path, store)
+    try:
+        wait_until(lambda: store.value(KEYS.master) is not None)
+        assert decode(store.value(KEYS.master))["host"] == "a"
+        wait_until(lambda: store.value(KEYS.member("a")) is not None)
+        entry = decode(store.value(KEYS.member("a")))
+        assert entry["role"] == "master" and "replica1" in entry["links"]
+        wait_until(lambda: (d._status_body or "").find('"holds_key": true') > 0)
+    finally:
+        d.request_stop()
+        t.join(10)
+    assert result["rc"] == 0
+    assert store.value(KEYS.master) is None and store.value(KEYS.member("a")) is None
+
+
+def test_a_restarted_master_keeps_its_key_from_the_first_tick(tmp_path):
+    """The key under the last daemon's lease, still alive: the new daemon takes it over (never
+    deleting it, so nobody else could take it between), and a restart leaves it in place."""
+    store = FakeEtcdStore(RealClock())
+    old = authority(store, "a", ttl=10)
+    old.step(True)
+    created = store.kv[KEYS.master]["create"]
+    d, t, result = run_daemon(tmp_path, store, own_job="restart")
+    try:
+        wait_until(lambda: store.kv.get(KEYS.master, {}).get("lease") not in (None, old.lease))
+        assert store.kv[KEYS.master]["create"] == created      # never deleted
+    finally:
+        d.request_stop()
+        t.join(10)
+    assert store.kv[KEYS.master]["create"] == created            # a restart keeps it
