@@ -350,7 +350,9 @@ class Daemon:
     def _timeout(self, sup: Reconciler) -> float:
         now = self.clock.monotonic()
         due = [rt.next_probe - now for rt in sup.links.values() if rt.next_probe > now]
-        tick = TICK_DRAINING if sup.draining else TICK_SEEDING if sup.lifecycle.busy else TICK
+        switching = self.coordination is not None and self.coordination.busy
+        tick = (TICK_DRAINING if sup.draining or switching
+                else TICK_SEEDING if sup.lifecycle.busy else TICK)
         return max(0.05, min([tick] + due))
 
     def _drain_wake(self) -> None:

@@ -53,11 +53,21 @@ class SwitchoverDriver:
         if req is None:
             return
         if req.get("from") == self.me and v.holder != self.me and role.is_master \
-                and req.get("phase") in ("released", "done"):
+                and req.get("phase") in ("released", "done") and self._before(role, req):
+            # released, but not yet recorded here (killed in between): a replica now
             self._change(sup, "replica", f"syncwarden switchover to {req.get('to')}")
             return
         if req.get("phase") == "requested" and req.get("from") == self.me and v.held:
             self._master_side(sup, req)
+
+    @staticmethod
+    def _before(role, req: dict) -> bool:
+        """Whether this host's role was recorded before the key was released: a later record
+        (an operator's promote since) is not undone by an old switchover."""
+        record = role.store.load()
+        released = req.get("released_at")
+        return record is None or not isinstance(released, (int, float)) \
+            or record.since < released
 
     def _change(self, sup, role: str, by: str) -> None:
         try:

@@ -31,7 +31,8 @@ NAMES = {"master": "host-a", "replica1": "host-b"}
 TTL = "15s"
 R1 = "r1"                                   # the replica host's syncwarden instance
 MASTER_UNITS = ("cyrus-imapd.service", "syncwarden.service", "syncwarden-sync@.service",
-                "syncwarden-drain@.service", "syncwarden-user@.service")
+                "syncwarden-drain@.service", "syncwarden-user@.service",
+                "syncwarden-verify-imap.service")     # failover's IMAP-only Cyrus (bench)
 R1_UNITS = (f"syncwarden@{R1}.service", f"syncwarden-sync@{R1}:back.service",
             f"syncwarden-drain@{R1}:back.service", f"syncwarden-user@{R1}:back.service")
 MASTER_KEY = "74b52afcc5564388b252fb4226878557"     # the master-key journal entry
@@ -75,8 +76,12 @@ class CoordLab:
 
     # --- building ----------------------------------------------------------------------------
     def setup(self) -> None:
+        self.sb.start()
+        self.setup_started()
+
+    def setup_started(self) -> None:
+        """setup() in a container already booted (the benchmark's)."""
         sb, lab, net = self.sb, self.lab, self.net
-        sb.start()
         net.create()
         sb.write_file(f"/etc/systemd/system/{ETCD_UNIT}", ETCD_SERVICE)
         net.join("etcd", (ETCD_UNIT,), boot=(ETCD_UNIT,))
@@ -95,7 +100,12 @@ class CoordLab:
         self.sw.install()
         sb.write_file("/etc/syncwarden/syncwarden.yaml", config(
             "master", lab.conf("master"), "cyrus-imapd.service", "replica1",
-            lab.addr("replica1"), lab.port("replica1", "sync")) + check_config(lab, ("replica1",)))
+            lab.addr("replica1"), lab.port("replica1", "sync"))
+            # failover (the benchmark's by-hand path) reads host-a over IMAP on its loopback:
+            # with Cyrus stopped it starts an IMAP-only Cyrus there, on host-a's network
+            + check_config(lab, ("replica1",)).replace(
+                f"host: {lab.addr('master')}, port: {lab.port('master', 'imap')}",
+                f"host: 127.0.0.1, port: {lab.port('master', 'imap')}"))
         sb.write_file(f"/etc/syncwarden/{R1}.yaml", config(
             "replica", lab.conf("replica1"), lab.unit("replica1"), "back", lab.addr("master"),
             MASTER_SYNC_PORT))

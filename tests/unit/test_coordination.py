@@ -265,6 +265,7 @@ class FakeOperator:
             raise ValueError("a drain is running")
         self.sup.role.role = role
         self.sup.role.is_master = role == "master"
+        self.sup.role.since = self.sup.clock.wall()
 
     def drain(self, name, hold_after=True, why=""):
         self.sup.draining = True
@@ -278,9 +279,19 @@ class FakeDrains:
         pass
 
 
-class FakeSup:
+class FakeRole:
     def __init__(self, role):
-        self.role = type("Role", (), {"role": role, "is_master": role == "master"})()
+        self.role, self.is_master, self.since = role, role == "master", 0.0
+        self.store = self
+
+    def load(self):
+        from supervisor.link.roles import RoleRecord
+        return RoleRecord(self.role, self.since, "test")
+
+
+class FakeSup:
+    def __init__(self, role, clock):
+        self.role, self.clock = FakeRole(role), clock
         self.operator, self.drains = FakeOperator(self), FakeDrains()
         self.links, self.draining = {"r1": None}, False
 
@@ -290,7 +301,7 @@ class Node:
 
     def __init__(self, store, name, role, mail=""):
         self.authority = authority(store, name)
-        self.sup = FakeSup(role)
+        self.sup = FakeSup(role, store.clock)
         self.mail = mail
         self.stopped = []
         self.driver = SwitchoverDriver(name, self, lambda: self.mail, self._stop)
@@ -371,6 +382,25 @@ def test_switchover_interrupted_after_the_release_ends_with_one_master():
     assert store.value(KEYS.master) is None and not a2.view.held
     run([b, a2], 3)                        # b back: it takes the key
     assert b.view.held and b.sup.role.role == "master" and a2.view.holder == "b"
+
+
+def test_an_old_switchover_does_not_undo_a_later_promote():
+    """a handed over to b; later b is demoted and a promoted by hand: the done request that
+    names a as its old master must not demote a again."""
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    a, b = Node(store, "a", "master"), Node(store, "b", "replica")
+    run([a, b], 2)
+    request(store, "a", "b")
+    run([a, b])
+    assert b.view.held
+    clock.advance(5)
+    b.sup.operator.change_role("replica", "demote")
+    run([b, a], 2)
+    clock.advance(5)
+    a.sup.operator.change_role("master", "promote")
+    run([a, b], 4)
+    assert a.view.held and a.sup.role.role == "master" and b.sup.role.role == "replica"
 
 
 # --- the daemon ---------------------------------------------------------------------------------
