@@ -137,6 +137,11 @@ class CoordLab:
         out = self.etcdctl("get", "--print-value-only", f"/syncwarden/pairs/{PAIR}/master").stdout
         return json.loads(out)["host"] if out.strip() else None
 
+    def etcd_doc(self, name: str) -> dict:
+        """The pair's switchover request or handover (keys.py), {} when there is none."""
+        out = self.etcdctl("get", "--print-value-only", f"/syncwarden/pairs/{PAIR}/{name}").stdout
+        return json.loads(out) if out.strip() else {}
+
     # --- the two daemons ---------------------------------------------------------------------
     def cli(self, host: str, *args, check=True, timeout=120):
         inst = ["-i", R1] if host == "replica1" else []

@@ -168,3 +168,41 @@ def _fleet_any(lab):
     import json
 
     return json.loads(lab.cli("master", "fleet", "status", "--json").stdout)
+
+
+def test_switchover_back_with_the_target_daemon_hung_ends_with_one_master(lab):
+    """host-b (master since the last test) hands back to host-a while host-a's daemon is
+    stopped (SIGSTOP): host-b drains and releases the key; nobody holds it and nothing pushes
+    until host-a's daemon runs again and takes it. Nothing is lost either way."""
+    cy, sb = lab.lab, lab.sb
+    assert lab.holder() == B
+    cy.deliver("alice", 4, "before-switch-back", instance="replica1")
+    want = len(cy.messages("replica1", "alice"))
+    cy.wait_messages("master", "alice", want, timeout=20)
+    sb.systemctl("kill", "-s", "STOP", "syncwarden.service")
+    try:
+        sb.run("systemd-run", "--unit=lab-switch-back", "--quiet",
+               "-p", "NetworkNamespacePath=/run/netns/replica1",
+               "syncwarden", "-i", "r1", "switchover", "--to", A, "--stop-cyrus")
+        wait(lambda: lab.etcd_doc("switchover").get("phase") == "released", 30)
+        assert lab.etcd_doc("handover")["to"] == A
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:           # no master: nobody pushes
+            assert lab.holder() is None
+            assert not lab.sync_clients("back") and not lab.sync_clients("replica1")
+            time.sleep(0.3)
+        assert lab.status("replica1")["role"] == "replica"
+    finally:
+        sb.systemctl("kill", "-s", "CONT", "syncwarden.service")
+    wait(lambda: lab.holder() == A, 30)
+    wait(lambda: sb.run("systemctl", "is-active", "lab-switch-back", check=False)
+         .stdout.strip() != "active", 30)
+    result = sb.run("systemctl", "show", "-p", "Result", "--value", "lab-switch-back",
+                    check=False).stdout.strip()
+    assert result in ("success", ""), result
+    assert lab.status("master")["role"] == "master"
+    assert len(cy.messages("master", "alice")) == want          # nothing lost
+    cy.start("replica1")
+    assert wait(lambda: lab.link("master").get("state") == "live", 30), lab.link("master")
+    cy.deliver("bob", 2, "after-switch-back")
+    cy.wait_messages("replica1", "bob", len(cy.messages("master", "bob")), timeout=20)
