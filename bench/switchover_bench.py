@@ -83,8 +83,9 @@ def main() -> int:
             sw.append(switchover(lab))
             settled(lab, "master", "replica1")
             print(f"round {r + 1}: switchover {sw[-1]:.2f} s", flush=True)
-    print(f"failover + promote by hand: median {median(hand):.2f} s ({', '.join(f'{x:.2f}' for x in hand)})")
-    print(f"switchover:                 median {median(sw):.2f} s ({', '.join(f'{x:.2f}' for x in sw)})")
+    for what, xs in (("failover + promote by hand", hand), ("switchover", sw)):
+        print(f"{what + ':':28} median {median(xs):.2f} s"
+              f" ({', '.join(f'{x:.2f}' for x in xs)})")
     print(machine_note())
     print(result_line(bench="switchover", rounds=args.rounds, messages=args.messages,
                       by_hand_s=median(hand), switchover_s=median(sw),

@@ -43,6 +43,13 @@ def status_table(doc: dict, now: float) -> str:
                      " syncwarden check-config)")
     head = f"syncwarden {doc.get('version', '?')}, instance {doc.get('instance')}," \
            f" role {doc.get('role', '?')}"
+    c = doc.get("coordination")
+    if c:       # coordination through etcd (coord/service.py)
+        key = ("held here" if c.get("holds_key") else f"held by {c['holder']}"
+               if c.get("holder") else "held by nobody")
+        head += f"; pair {c.get('pair')} as {c.get('name')}, master key {key}"
+        if c.get("error"):
+            head += f" (etcd: {c['error']})"
     return "\n".join([head] + lines)
 
 

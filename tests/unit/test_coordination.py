@@ -484,3 +484,17 @@ def test_a_restarted_master_keeps_its_key_from_the_first_tick(tmp_path):
         d.request_stop()
         t.join(10)
     assert store.kv[KEYS.master]["create"] == created            # a restart keeps it
+
+
+def test_the_status_table_says_who_holds_the_key():
+    from supervisor.commands import render
+
+    doc = {"version": "x", "instance": "default", "role": "master", "links": [],
+           "coordination": {"pair": "mail1", "name": "a", "holder": "b", "holds_key": False,
+                            "error": None}}
+    assert "pair mail1 as a, master key held by b" in render.status_table(doc, now=0)
+    doc["coordination"].update(holds_key=True, error="http://etcd:2379: timed out")
+    head = render.status_table(doc, now=0).splitlines()[0]
+    assert "master key held here (etcd: http://etcd:2379: timed out)" in head
+    del doc["coordination"]
+    assert "pair" not in render.status_table(doc, now=0)
