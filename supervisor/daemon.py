@@ -202,7 +202,7 @@ class Daemon:
                 summary = sup.tick()
                 follower.save()       # after the tick that acted on what was read
                 if coord is not None:
-                    coord.entry = registry_entry(sup)
+                    coord.publish(registry_entry(sup), self.clock.monotonic())
                 if sup.ready and not ready_sent:
                     self.notifier.ready()
                     ready_sent = True
@@ -249,21 +249,10 @@ class Daemon:
         """Before each tick: tell the etcd thread what the role wants, and carry a switchover
         one step further (coord/switchover.py)."""
         if self.switchover is None:
-            from .coord.switchover import SwitchoverDriver
+            from .coord.switchover import SwitchoverDriver, cyrus_edges
 
-            def mail_running() -> str:
-                found = cyrus_procs.service_processes(
-                    sup.imapd, cyrus_procs.bin_dirs(sup.config.cyrus.master), self.proc_root)
-                return "; ".join(p.describe() for p in found)
-
-            def stop_mail() -> None:
-                unit = sup.config.cyrus.service
-                if not unit:
-                    raise ValueError("no cyrus.service in the configuration")
-                systemd.stop(unit)
-
-            self.switchover = SwitchoverDriver(coord.settings.name, coord, mail_running,
-                                               stop_mail)
+            self.switchover = SwitchoverDriver(coord.settings.name, coord,
+                                               *cyrus_edges(sup, systemd, self.proc_root))
         coord.want_master = sup.role.is_master     # also while stopping: the drain pushes
         if not self.stop_requests:
             self.switchover.step(sup)

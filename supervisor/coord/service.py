@@ -32,6 +32,7 @@ class Coordination:
         self.wake = wake
         self.want_master = False
         self.entry: dict | None = None
+        self.entry_at = 0.0          # monotonic: the loop's last tick (set with entry)
         self._stop = threading.Event()
         self._poke = threading.Event()
         self._first = threading.Event()
@@ -67,7 +68,7 @@ class Coordination:
         while not self._stop.is_set():
             before = self.authority.view
             try:
-                after = self.authority.step(self.want_master, self.entry)
+                after = self.authority.step(self.want_master, self._fresh_entry())
             except Exception:    # a bug must not end the thread silently: the loop would
                 log.exception("coordination round failed")    # keep a stale view
                 after = before
@@ -76,6 +77,16 @@ class Coordination:
                 self.wake()
             self._poke.wait(FAST if self.busy else ROUND)
             self._poke.clear()
+
+    def publish(self, entry: dict, mono: float) -> None:
+        """The loop's registry entry after a tick (registry_entry in daemon.py)."""
+        self.entry, self.entry_at = entry, mono
+
+    def _fresh_entry(self) -> dict | None:
+        """The entry while the loop ticks; a hung loop's is not rewritten, so that fleet
+        status shows it stale (written_at ages) before the watchdog ends the daemon."""
+        mono = self.authority.clock.monotonic()
+        return self.entry if mono - self.entry_at < self.settings.ttl / 3 else None
 
     def close(self, release: bool) -> None:
         """Stop the thread; ``release``: give the key and the registry entry up now (a stop

@@ -19,7 +19,27 @@ from __future__ import annotations
 
 import logging
 
+from ..cyrus import procs as cyrus_procs
+
 log = logging.getLogger(__name__)
+
+
+def cyrus_edges(sup, systemd, proc_root="/proc") -> tuple:
+    """(mail_running, stop_mail) for this instance: its Cyrus processes as one line ("" when
+    none), found from the instance itself as failover finds them (cyrus/procs.py); and a stop
+    of the configured ``cyrus.service``."""
+    def mail_running() -> str:
+        found = cyrus_procs.service_processes(
+            sup.imapd, cyrus_procs.bin_dirs(sup.config.cyrus.master), proc_root)
+        return "; ".join(p.describe() for p in found)
+
+    def stop_mail() -> None:
+        unit = sup.config.cyrus.service
+        if not unit:
+            raise ValueError("no cyrus.service in the configuration")
+        systemd.stop(unit)
+
+    return mail_running, stop_mail
 
 
 class SwitchoverDriver:

@@ -498,3 +498,28 @@ def test_the_status_table_says_who_holds_the_key():
     assert "master key held here (etcd: http://etcd:2379: timed out)" in head
     del doc["coordination"]
     assert "pair" not in render.status_table(doc, now=0)
+
+
+def test_a_hung_loop_s_registry_entry_is_not_rewritten_so_it_goes_stale():
+    from supervisor.coord.service import Coordination
+    from supervisor.coord.settings import CoordinationSettings, EtcdSettings
+
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    c = Coordination(CoordinationSettings(EtcdSettings(("http://etcd:2379",)), "mail1", "a",
+                                          ttl=15), "default", FakeJournal(), clock, lambda: None,
+                     etcd=store.client())
+    c.publish({"role": "master", "links": {}}, clock.monotonic())
+    c.authority.step(True, c._fresh_entry())
+    first = decode(store.value(KEYS.member("a")))["written_at"]
+    clock.advance(6)                       # the loop ticks no more: the thread goes on
+    c.authority.step(True, c._fresh_entry())
+    assert decode(store.value(KEYS.member("a")))["written_at"] == first
+    clock.advance(10)
+    c.authority.step(True, c._fresh_entry())
+    doc = fleet.read(store.client(), "/syncwarden", clock.wall())
+    assert doc["pairs"]["mail1"]["members"]["a"]["stale"] is True
+    c.publish({"role": "master", "links": {}}, clock.monotonic())   # it ticks again
+    c.authority.step(True, c._fresh_entry())
+    doc = fleet.read(store.client(), "/syncwarden", clock.wall())
+    assert doc["pairs"]["mail1"]["members"]["a"]["stale"] is False
