@@ -6,7 +6,9 @@
                           its imapd.conf logs to channel "back" (10.77.0.1:10005), so that it can
                           replicate back once it is the master
     etcd      10.77.0.9   one etcd node (Debian's etcd-server), client port 23791, as the
-                          transient-free unit etcd-lab.service
+                          unit etcd-lab.service
+    (no host) syncwarden -i c and -i d: pair "mail2" (host-c master, host-d replica), whose
+                          links lead nowhere: there for `fleet status` to list two pairs
 
 Both daemons have ``coordination: {etcd: {endpoints: [http://10.77.0.9:23791]}, pair: mail1}``.
 The workers of r1 run on replica1 too (instance drop-ins), so a partition cuts them as well.
@@ -30,6 +32,7 @@ PAIR = "mail1"
 NAMES = {"master": "host-a", "replica1": "host-b"}
 TTL = "15s"
 R1 = "r1"                                   # the replica host's syncwarden instance
+SECOND_PAIR = {"c": ("host-c", "master"), "d": ("host-d", "replica")}   # instance: name, role
 MASTER_UNITS = ("cyrus-imapd.service", "syncwarden.service", "syncwarden-sync@.service",
                 "syncwarden-drain@.service", "syncwarden-user@.service",
                 "syncwarden-verify-imap.service")     # failover's IMAP-only Cyrus (bench)
@@ -109,7 +112,24 @@ class CoordLab:
         sb.write_file(f"/etc/syncwarden/{R1}.yaml", config(
             "replica", lab.conf("replica1"), lab.unit("replica1"), "back", lab.addr("master"),
             MASTER_SYNC_PORT))
-        sb.systemctl("start", "syncwarden.service", R1_UNITS[0])
+        self._second_pair()
+        sb.systemctl("start", "syncwarden.service", R1_UNITS[0], *(
+            f"syncwarden@{i}.service" for i in SECOND_PAIR))
+
+    def _second_pair(self) -> None:
+        """Pair mail2 for `fleet status`: two more daemons (host-c master, host-d replica),
+        each with a Cyrus config of its own whose one channel leads nowhere (its link stays
+        down). Nothing else runs for them: they are there to be listed."""
+        for inst, (name, role) in SECOND_PAIR.items():
+            d = f"/srv/fleet/{inst}"
+            self.sb.run("mkdir", "-p", f"{d}/conf/sync")
+            self.sb.write_file(f"{d}/imapd.conf", (
+                f"configdirectory: {d}/conf\nsync_log: on\nsync_log_channels: peer\n"
+                "sync_try_imap: no\npeer_sync_host: 10.77.0.200\npeer_sync_port: 12005\n"))
+            self.sb.write_file(f"/etc/syncwarden/{inst}.yaml", (
+                f"role: {role}\ncyrus: {{imapd_conf: {d}/imapd.conf}}\n"
+                "links: {peer: {host: 10.77.0.200, port: 12005}}\n"
+                + COORDINATION.replace("NAME", name).replace(f"pair: {PAIR}", "pair: mail2")))
 
     def _both_ways(self) -> None:
         """The master's Cyrus gets a sync_server, the replica's a channel back to it."""

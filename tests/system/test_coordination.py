@@ -39,7 +39,7 @@ def dump_on_failure(lab, request):
         lab.dump()
 
 
-def test_one_master_holds_the_key_and_fleet_status_shows_the_pair(lab):
+def test_one_master_holds_the_key_and_fleet_status_shows_two_pairs_on_four_hosts(lab):
     assert wait(lambda: lab.link("master").get("state") == "live", 60), lab.status("master")
     assert lab.holder() == A
     c = lab.coordination("master")
@@ -52,8 +52,11 @@ def test_one_master_holds_the_key_and_fleet_status_shows_the_pair(lab):
     assert pair["members"][A]["role"] == "master" and pair["members"][B]["role"] == "replica"
     assert pair["members"][A]["links"]["replica1"]["state"] == "live"
     assert not any(m["stale"] for m in pair["members"].values())
+    other = wait(lambda: len(_fleet_any(lab)["pairs"].get("mail2", {}).get("members", {}))
+                 == 2 and _fleet_any(lab)["pairs"]["mail2"], 20)
+    assert other["master"] == "host-c" and set(other["members"]) == {"host-c", "host-d"}
     text = lab.cli("replica1", "fleet", "status").stdout      # from the other host too
-    assert PAIR in text and A in text and B in text
+    assert all(w in text for w in (PAIR, "mail2", A, B, "host-c", "host-d")), text
     assert [e["SYNCWARDEN_HOLDER"] for e in lab.key_entries("syncwarden.service")] == [A]
 
 
