@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 
 from . import etcd as E
-from .etcd import EtcdError
+from .etcd import EtcdError, LeaseGone
 from .keys import Keys, decode, encode
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,11 @@ class Authority:
             if entry is not None:
                 self._publish(entry)
             self.view = self._view(kvs, held, None)
+        except LeaseGone as exc:        # etcd says so: nothing is ours any more
+            log.warning("etcd lease %x is gone: taking a new one (%s)", self.lease or 0, exc)
+            self.lease, self.deadline, self.published = None, -math.inf, None
+            self.view = View(False, self.deadline, self.view.holder, self.view.request,
+                             self.view.handover, self.view.members, str(exc))
         except (EtcdError, ValueError) as exc:
             # Keep what we knew: the key is ours until the lease we know of runs out.
             self.view = View(self.view.held and self.lease is not None, self.deadline,

@@ -25,6 +25,10 @@ class EtcdError(Exception):
     """No endpoint answered, or one answered with an error."""
 
 
+class LeaseGone(EtcdError):
+    """etcd says the lease named in a request does not exist (any more)."""
+
+
 @dataclass(frozen=True)
 class KeyValue:
     key: str
@@ -85,6 +89,8 @@ class Etcd:
             url = self.settings.endpoints[idx]
             try:
                 answer = self._post(url, path, body)
+            except LeaseGone:
+                raise                     # an answer, not a failed endpoint
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 errors.append(f"{url}: {exc}")
                 continue
@@ -108,6 +114,8 @@ class Etcd:
             conn.close()
         doc = json.loads(data or b"{}")
         if resp.status != 200 or "error" in doc and "result" not in doc:
+            if "lease not found" in str(doc.get("message") or doc.get("error")):
+                raise LeaseGone(f"{url}{path}: {doc.get('message') or doc.get('error')}")
             raise EtcdError(f"{url}{path}: HTTP {resp.status}: "
                             f"{doc.get('message') or doc.get('error') or data[:200]!r}")
         return doc

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import itertools
 
-from supervisor.coord.etcd import Etcd, EtcdError
+from supervisor.coord.etcd import Etcd, EtcdError, LeaseGone
 from supervisor.coord.settings import EtcdSettings
 
 
@@ -72,7 +72,7 @@ class FakeEtcdStore:
     def _put(self, op: dict) -> None:
         lease = int(op.get("lease", 0))
         if lease and lease not in self.leases:
-            raise EtcdError("HTTP 400: etcdserver: requested lease not found")
+            raise LeaseGone("HTTP 400: etcdserver: requested lease not found")
         key = _d(op["key"])
         self.rev += 1
         old = self.kv.get(key)

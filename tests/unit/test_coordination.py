@@ -523,3 +523,19 @@ def test_a_hung_loop_s_registry_entry_is_not_rewritten_so_it_goes_stale():
     c.authority.step(True, c._fresh_entry())
     doc = fleet.read(store.client(), "/syncwarden", clock.wall())
     assert doc["pairs"]["mail1"]["members"]["a"]["stale"] is False
+
+
+def test_a_lease_etcd_no_longer_knows_stops_the_pushing_at_once():
+    """etcd lost the lease (revoked by hand, say) while this daemon thinks it has time left:
+    the first write under it is refused, and the daemon stops pushing then, not at its own
+    deadline; the next round takes a new lease and the key again."""
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    a = authority(store, "a")
+    a.step(True, {"role": "master"})
+    store.lease_revoke({"ID": str(a.lease)})          # the key and the entry go with it
+    clock.advance(1)
+    v = a.step(True, {"role": "master", "changed": 1})
+    assert not v.held and not v.may_push(clock.monotonic(), a.guard)
+    assert a.step(True, {"role": "master", "changed": 1}).held
+    assert decode(store.value(KEYS.master))["host"] == "a"
