@@ -214,3 +214,35 @@ def test_switchover_back_with_the_target_daemon_hung_ends_with_one_master(lab):
     assert wait(lambda: lab.link("master").get("state") == "live", 30), lab.link("master")
     cy.deliver("bob", 2, "after-switch-back")
     cy.wait_messages("replica1", "bob", len(cy.messages("master", "bob")), timeout=20)
+
+
+def test_switchover_with_the_masters_daemon_killed_on_the_way_ends_with_one_master(lab):
+    """host-a's daemon is frozen when the request comes, then SIGKILLed: systemd starts a new
+    one, which takes its own key over (the old lease still runs) and carries the switchover
+    out. One master at every moment, nothing lost."""
+    cy, sb = lab.lab, lab.sb
+    assert lab.holder() == A
+    cy.deliver("carol", 4, "before-kill")
+    want = len(cy.messages("master", "carol"))
+    sb.systemctl("kill", "-s", "STOP", "syncwarden.service")
+    sb.run("systemd-run", "--unit=lab-switch-kill", "--quiet",
+           "-p", "NetworkNamespacePath=/run/netns/replica1",
+           "syncwarden", "-i", "r1", "switchover", "--to", B, "--stop-cyrus")
+    wait(lambda: lab.etcd_doc("switchover").get("phase") == "requested"
+         and lab.etcd_doc("switchover").get("to") == B, 10)
+    sb.systemctl("kill", "-s", "KILL", "syncwarden.service")
+    holders = []
+    deadline = time.monotonic() + 40
+    while not holders or holders[-1] != B:
+        assert time.monotonic() < deadline, lab.etcd_doc("switchover")
+        holders.append(lab.holder())
+        assert not (lab.sync_clients("replica1") and lab.sync_clients("back"))
+        time.sleep(0.2)
+    order = [{A: 0, None: 1, B: 2}[h] for h in holders]
+    assert order == sorted(order), holders      # host-a, then nobody, then host-b: never back
+    assert lab.status("master")["role"] == "replica"
+    assert lab.status("replica1")["role"] == "master"
+    assert len(cy.messages("replica1", "carol")) >= want               # nothing lost
+    kept = [e for e in lab.key_entries("syncwarden.service")
+            if "kept the master key under a new lease" in e["MESSAGE"]]
+    assert kept, "the new daemon did not take its own key over"
