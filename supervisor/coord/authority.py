@@ -126,9 +126,11 @@ class Authority:
                                   made=True)
                 return False
             if master.lease != self.lease:   # our previous lease (a restart, an expiry)
-                return self.etcd.txn([E.unchanged(k.master, master.mod_revision)],
-                                     [E.put(k.master, self._value(), self.lease)]) \
-                    and self._changed(self.me, "kept the master key under a new lease", made=True)
+                kept = self.etcd.txn([E.unchanged(k.master, master.mod_revision)],
+                                     [E.put(k.master, self._value(), self.lease)])
+                if kept:
+                    self._changed(self.me, "kept the master key under a new lease", made=True)
+                return kept
             self._changed(self.me, "holds the master key")
             return True
         self._changed(holder, "read the master key")
@@ -147,9 +149,11 @@ class Authority:
             self._last_holder = holder
             if first and not made:
                 return True
+            change = (f"{holder or 'free'}" if first   # a takeover of our own key at start
+                      else f"{old or 'free'} -> {holder or 'free'}")
             self.journal.send(
-                f"pair {self.keys.pair}: master key {old or 'free'} -> {holder or 'free'}"
-                f" ({self.me} {what})", "notice", "master-key",
+                f"pair {self.keys.pair}: master key {change} ({self.me} {what})", "notice",
+                "master-key",
                 SYNCWARDEN_PAIR=self.keys.pair, SYNCWARDEN_HOLDER=holder or "",
                 SYNCWARDEN_OLD_HOLDER=old or "")
         return True
@@ -218,8 +222,9 @@ class Authority:
 
         members = {key[len(k.member("")):]: decode(kv.value) for key, kv in kvs.items()
                    if key.startswith(k.member(""))}
-        return View(held, self.deadline, decode(master.value).get("host") if master else None,
-                    doc(k.switchover), doc(k.handover), members, error)
+        holder = self.me if held else decode(master.value).get("host") if master else None
+        return View(held, self.deadline, holder, doc(k.switchover), doc(k.handover), members,
+                    error)
 
     def close(self) -> None:
         """The daemon stops: give the key and the registry entry up now, not at expiry."""
