@@ -15,9 +15,6 @@ from . import fleet
 from .etcd import Etcd, EtcdError
 from .keys import Keys, decode, encode
 
-IN_PROGRESS = ("requested", "released")
-
-
 class Refused(Exception):
     """The switchover cannot be asked for as given; the message says why."""
 
@@ -38,8 +35,10 @@ def fleet_status(cfg, as_json: bool, out) -> int:
 def write_request(etcd, keys: Keys, frm: str, to: str, stop_cyrus: bool, rid: str) -> dict:
     """Write a switchover request, unless one is in progress; the request written."""
     old = etcd.get(keys.switchover)
-    if old is not None and decode(old.value).get("phase") in IN_PROGRESS:
-        d = decode(old.value)
+    d = decode(old.value) if old is not None else {}
+    # in progress: asked of the key's holder. One asked of a host that no longer holds it
+    # (the key expired meanwhile, or went by hand) is dead, and replaced.
+    if d.get("phase") == "requested" and d.get("from") == frm:
         raise Refused(f"a switchover from {d.get('from')} to {d.get('to')} is in progress"
                       f" ({d.get('phase')})")
     doc = {"id": rid, "from": frm, "to": to, "stop_cyrus": stop_cyrus, "phase": "requested",

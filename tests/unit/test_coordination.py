@@ -539,3 +539,15 @@ def test_a_lease_etcd_no_longer_knows_stops_the_pushing_at_once():
     assert not v.held and not v.may_push(clock.monotonic(), a.guard)
     assert a.step(True, {"role": "master", "changed": 1}).held
     assert decode(store.value(KEYS.master))["host"] == "a"
+
+
+def test_one_switchover_at_a_time_but_a_dead_request_is_replaced():
+    from supervisor.coord import commands
+
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    request(store, "a", "b")
+    with pytest.raises(commands.Refused, match="in progress"):
+        request(store, "a", "b")
+    doc = commands.write_request(store.client(), KEYS, "b", "a", False, "id-2")  # b holds it now
+    assert decode(store.value(KEYS.switchover))["id"] == doc["id"] == "id-2"
