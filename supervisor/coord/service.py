@@ -33,6 +33,7 @@ class Coordination:
         self.want_master = False
         self.entry: dict | None = None
         self.entry_at = 0.0          # monotonic: the loop's last tick (set with entry)
+        self.quiet = False           # a switchover asked for the release: push no more
         self._stop = threading.Event()
         self._poke = threading.Event()
         self._first = threading.Event()
@@ -57,7 +58,7 @@ class Coordination:
                                               and v.request.get("phase") == "requested")
 
     def may_push(self, mono: float) -> bool:
-        return self.view.may_push(mono, self.authority.guard)
+        return not self.quiet and self.view.may_push(mono, self.authority.guard)
 
     def ask(self, action: tuple) -> None:
         """A switchover action for the next round (switchover.py), done at once."""

@@ -50,6 +50,7 @@ class SwitchoverDriver:
         self.mail_running, self.stop_mail = mail_running, stop_mail
         self.working: dict[int, str] = {}       # request revision -> stage
         self.asked: tuple | None = None
+        self.release: tuple | None = None       # the release asked for, until it is done
 
     def _ask(self, action: tuple) -> None:
         if action != self.asked:                # once per action; a new view may ask again
@@ -64,6 +65,12 @@ class SwitchoverDriver:
     def step(self, sup) -> None:
         v = self.coord.view
         req, hand, role = v.request, v.handover, sup.role
+        # Drained and asking for the release: no worker starts again (it would find nothing
+        # to send, but would still be running when the target takes the key).
+        self.coord.quiet = bool(req and self.working.get(req.get("rev")) == "releasing"
+                                and req.get("phase") == "requested")
+        if self.coord.quiet and self.release is not None:
+            self.coord.ask(self.release)      # again each tick until etcd shows it done
         if hand is not None and hand.get("to") == self.me:
             if not role.is_master:
                 self._change(sup, "master", f"syncwarden switchover from {hand.get('from')}")
@@ -132,4 +139,6 @@ class SwitchoverDriver:
             position = {n: {"at": d.get("at"), "entries_left": d.get("entries_left", 0)}
                         for n, d in last.items()}
             self.working[rev] = "releasing"
-            self._ask(("release", rev, position))
+            self.coord.quiet = True
+            self.release = ("release", rev, position)
+            self.coord.ask(self.release)

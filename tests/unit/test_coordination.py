@@ -304,6 +304,7 @@ class Node:
         self.sup = FakeSup(role, store.clock)
         self.mail = mail
         self.stopped = []
+        self.quiet = False
         self.driver = SwitchoverDriver(name, self, lambda: self.mail, self._stop)
 
     def _stop(self):
@@ -551,3 +552,25 @@ def test_one_switchover_at_a_time_but_a_dead_request_is_replaced():
         request(store, "a", "b")
     doc = commands.write_request(store.client(), KEYS, "b", "a", False, "id-2")  # b holds it now
     assert decode(store.value(KEYS.switchover))["id"] == doc["id"] == "id-2"
+
+
+def test_once_drained_for_a_switchover_the_master_pushes_no_more():
+    """Between the drains' end and the release no worker starts again (it would still run when
+    the target takes the key); a release that cannot be made (etcd down) keeps it so."""
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    a, b = Node(store, "a", "master"), Node(store, "b", "replica")
+    run([a, b], 2)
+    request(store, "a", "b")
+    a.round()                                  # stops Cyrus (none runs), starts the drains
+    a.round()
+    a.sup.draining = False
+    a.sup.drains.last = {"r1": {"drained": True, "entries_left": 0, "at": "t"}}
+    store.down = True
+    a.driver.step(a.sup)                       # drained: asks for the release
+    assert a.quiet and a.view.held              # still the holder, but quiet
+    a.round()
+    assert a.quiet
+    store.down = False
+    run([a, b])
+    assert b.view.held and not a.quiet and a.sup.role.role == "replica"
