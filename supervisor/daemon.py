@@ -71,6 +71,10 @@ def load_checked(path: Path) -> tuple[configmod.Config, imapdconf.ImapdConf]:
         raise ConfigProblem(configmod.ConfigError(cfg.source, [f"cyrus.imapd_conf: {exc}"])
                             .report()) from None
     problems = imapdconf.cross_check(cfg, imapd)
+    if cfg.coordination is not None:
+        from .coord.settings import file_problems
+
+        problems += file_problems(cfg.coordination)
     if problems:
         raise ConfigProblem(configmod.ConfigError(cfg.source, problems).report())
     return cfg, imapd

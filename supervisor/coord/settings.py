@@ -127,6 +127,36 @@ def read(r, data: Any, path: str = "coordination") -> CoordinationSettings | Non
     return CoordinationSettings(etcd=EtcdSettings(**values), **settings)
 
 
+def file_problems(c: CoordinationSettings, path: str = "coordination.etcd") -> list[str]:
+    """The TLS files as the daemon will load them: missing, unreadable or not PEM. Checked at
+    start (a problem refuses the start, as a config error does) and by check-config."""
+    import ssl
+
+    out = []
+    e = c.etcd
+    for key in ("ca", "cert", "key"):
+        f = getattr(e, key)
+        if f is not None and not (f.is_file() and _readable(f)):
+            out.append(f"{path}.{key}: {f} is not a readable file")
+    if out or not any(u.startswith("https:") for u in e.endpoints):
+        return out
+    try:
+        ctx = ssl.create_default_context(cafile=str(e.ca) if e.ca else None)
+        if e.cert:
+            ctx.load_cert_chain(str(e.cert), str(e.key))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        out.append(f"{path}: the TLS files do not load: {exc}")
+    return out
+
+
+def _readable(f: Path) -> bool:
+    try:
+        with open(f, "rb"):
+            return True
+    except OSError:
+        return False
+
+
 def _duration(r, path: str, value: Any, bounds: tuple[float, float]):
     from ..config import parse_duration, show_duration    # config imports this module
 

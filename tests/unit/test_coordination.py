@@ -574,3 +574,27 @@ def test_once_drained_for_a_switchover_the_master_pushes_no_more():
     store.down = False
     run([a, b])
     assert b.view.held and not a.quiet and a.sup.role.role == "replica"
+
+
+def test_tls_files_that_do_not_load_refuse_the_start(tmp_path):
+    from supervisor.daemon import ConfigProblem, load_checked
+
+    (tmp_path / "imapd.conf").write_text(
+        f"configdirectory: {tmp_path}\nsync_log: on\nsync_log_channels: r1\nsync_try_imap: no\n"
+        "r1_sync_host: h\nr1_sync_port: 1\n")
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"cyrus: {{imapd_conf: {tmp_path}/imapd.conf, sync_client: /bin/true}}\n"
+                   "links: {r1: {host: h, port: 1}}\n"
+                   "coordination: {etcd: {endpoints: ['https://e:2379'], ca: "
+                   f"{tmp_path}/ca.pem, cert: {tmp_path}/none.pem, key: {tmp_path}/k.pem}},"
+                   " pair: p}\n")
+    with pytest.raises(ConfigProblem) as info:
+        load_checked(cfg)
+    text = str(info.value)
+    assert f"coordination.etcd.cert: {tmp_path}/none.pem is not a readable file" in text
+    assert f"coordination.etcd.key: {tmp_path}/k.pem is not a readable file" in text
+    (tmp_path / "none.pem").write_text("x")
+    (tmp_path / "k.pem").write_text("x")
+    with pytest.raises(ConfigProblem, match="coordination.etcd: the TLS files do not load"):
+        load_checked(cfg)
