@@ -23,6 +23,7 @@ from ..paths import DEFAULT
 from ..systemd.units import LinkUnits, UnitStatus, belongs_to, daemon_patterns
 from .drain import Drains
 from .operator import Operator
+from .probing import knock_period, probe_period
 from .quarantine import Quarantine, no_crash
 from .quarantine_store import QuarantineStore
 from .report import quarantine_json, status, summary
@@ -33,9 +34,6 @@ from .runtime import (RESTART_BACKOFF_MAX, RESTART_BACKOFF_MIN, Blocker, LinkRun
 from .states import Link, LinkState, Transition, WORKER_STATES
 
 log = logging.getLogger(__name__)
-
-# Live links are probed every LIVE_PROBE_FACTOR intervals, at most every LIVE_PROBE_MAX seconds.
-LIVE_PROBE_FACTOR, LIVE_PROBE_MAX = 5, 10.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +124,7 @@ class Reconciler:
                     rt.backlog = Backlog(imapd.sync_dir(name))
             self.links[name] = rt
         for name, rt in old.items():  # removed from the config: stop replicating it
+            self.prober.unwatch(name)
             rt.quarantine.close()
             if name in self.drains:
                 self.drains.drop(name, "the link was removed from the configuration",
@@ -189,20 +188,20 @@ class Reconciler:
         return {name: st for name, st in listed.items() if belongs_to(name, instance)}
 
     def _schedule_probe(self, rt: LinkRuntime, mono: float) -> None:
-        if not self._wants_probe(rt) or mono < rt.next_probe:
+        s, probe = rt.settings, self.config.probe
+        wanted = self._wants_probe(rt)
+        # knocks between probes (probing.py); the prober ends a watch whose port accepted
+        every = knock_period(rt, mono, probe.interval) if (
+            wanted and self.blocker(rt) is None) else None
+        if every is not None:
+            self.prober.watch(s.name, s.host, s.port, every, probe.timeout)
+        elif rt.knocking:
+            self.prober.unwatch(s.name)
+        rt.knocking = every is not None
+        if not wanted or mono < rt.next_probe:
             return
-        s = rt.settings
-        if self.prober.request(s.name, s.host, s.port, self.config.probe.timeout):
-            rt.next_probe = mono + self._probe_period(rt)
-
-    def _probe_period(self, rt: LinkRuntime) -> float:
-        """Every interval while a link waits for its replica. A live link's worker talks to
-        the replica anyway and exits when it loses it, so it is probed less often, and at
-        the full rate again as soon as one probe fails."""
-        interval = self.config.probe.interval
-        if rt.link.state is LinkState.LIVE and rt.probe_failures == 0:
-            return min(interval * LIVE_PROBE_FACTOR, max(interval, LIVE_PROBE_MAX))
-        return interval
+        if self.prober.request(s.name, s.host, s.port, probe.timeout):
+            rt.next_probe = mono + probe_period(rt, probe.interval)
 
     def _wants_probe(self, rt: LinkRuntime) -> bool:
         return self.role.is_master and rt.settings.enabled

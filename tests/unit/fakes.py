@@ -123,13 +123,28 @@ class FakeSystemd:
 
 
 class FakeProber:
-    """Answers each requested probe from ``reachable[link]`` on the next ``results()``."""
+    """Answers each requested probe from ``reachable[link]`` on the next ``results()``; an
+    unreachable replica refuses the connection unless ``silent[link]``. ``watched`` holds the
+    links knocked on now, with their period; ``accept(link)`` is a knock that connected."""
 
     def __init__(self, clock):
         self.clock = clock
         self.reachable: dict[str, bool] = {}
+        self.silent: dict[str, bool] = {}
         self.pending: set[str] = set()
         self.requests: list[str] = []
+        self.watched: dict[str, float] = {}
+
+    def watch(self, link, host, port, every, timeout):
+        self.watched[link] = every
+
+    def unwatch(self, link):
+        self.watched.pop(link, None)
+
+    def accept(self, link):
+        """The watched port took a connection: the watch ends, a probe starts."""
+        del self.watched[link]
+        self.pending.add(link)
 
     def request(self, link, host, port, timeout):
         if link in self.pending:
@@ -142,8 +157,10 @@ class FakeProber:
         out = {}
         for link in self.pending:
             ok = self.reachable.get(link, False)
-            out[link] = ProbeResult(ok, "lab Cyrus sync server 3.6.1" if ok
-                                    else f"{link}: Connection refused", self.clock.monotonic())
+            refused = not ok and not self.silent.get(link, False)
+            detail = ("lab Cyrus sync server 3.6.1" if ok else f"{link}: Connection refused"
+                      if refused else f"{link} did not answer within 1s")
+            out[link] = ProbeResult(ok, detail, self.clock.monotonic(), refused)
         self.pending = set()
         return out
 

@@ -20,7 +20,7 @@ W1 = "syncwarden-sync@replica1.service"
 W2 = "syncwarden-sync@replica2.service"
 
 
-def make(tmp_path: Path, role="master", extra="", rivals=None):
+def make(tmp_path: Path, role="master", extra="", rivals=None, interval="2s"):
     cfg = configmod.parse(f"""
 role: {role}
 cyrus: {{imapd_conf: {tmp_path}/imapd.conf}}
@@ -28,7 +28,7 @@ links:
   replica1: {{host: 127.0.0.1, port: 11005}}
   replica2: {{host: 127.0.0.1, port: 12005}}
 live: {{max_backlog: 10, max_lag: 30s}}
-probe: {{interval: 2s, timeout: 1s}}
+probe: {{interval: {interval}, timeout: 1s}}
 {extra}""")
     imapd = imapdconf.ImapdConf(tmp_path / "imapd.conf", {"configdirectory": str(tmp_path)})
     clock = FakeClock()

@@ -1,0 +1,73 @@
+"""Probe and knock scheduling in the tick, with a fake clock (probing.py)."""
+
+import dataclasses
+
+from supervisor.cyrus.probe import LOST_AFTER
+from supervisor.link.probing import KNOCK_EVERY, KNOCK_FAST_FOR, KNOCK_SLOW
+from supervisor.link.states import LinkState
+
+from .test_core import W1, make, state, step
+
+
+def test_refused_replica_is_knocked_on_and_resumes_when_the_port_accepts(tmp_path):
+    sup, env = make(tmp_path)
+    prober = env["prober"]
+    step(sup, env, seconds=0.1, n=2)                   # first probe: refused
+    assert state(sup) is LinkState.DOWN
+    assert prober.watched == {"replica1": KNOCK_EVERY, "replica2": KNOCK_EVERY}
+    requests = len(prober.requests)
+    prober.reachable["replica1"] = True
+    prober.accept("replica1")                          # a knock connected: probe at once
+    step(sup, env, seconds=0.1)
+    assert state(sup) is LinkState.CATCHING_UP and ("start", W1) in env["systemd"].calls
+    assert len(prober.requests) == requests            # no wait for the next interval
+    assert prober.watched == {"replica2": KNOCK_EVERY}
+
+
+def test_silent_replica_is_only_probed(tmp_path):
+    sup, env = make(tmp_path)
+    env["prober"].silent.update(replica1=True, replica2=True)   # no answer, not refused
+    step(sup, env, n=3)
+    assert env["prober"].watched == {}
+
+
+def test_knocking_backs_off_after_a_long_outage(tmp_path):
+    sup, env = make(tmp_path)                          # probe.interval 2s
+    step(sup, env, n=2)
+    assert env["prober"].watched["replica1"] == KNOCK_EVERY
+    env["clock"].advance(KNOCK_FAST_FOR)
+    step(sup, env)
+    assert env["prober"].watched["replica1"] == KNOCK_SLOW
+
+
+def test_long_outage_with_a_short_interval_is_only_probed(tmp_path):
+    sup, env = make(tmp_path, interval="500ms")
+    step(sup, env, n=2)
+    assert env["prober"].watched["replica1"] == KNOCK_EVERY
+    env["clock"].advance(KNOCK_FAST_FOR)
+    step(sup, env)
+    assert "replica1" not in env["prober"].watched     # knocks would be no quicker
+
+
+def test_live_link_is_never_knocked_and_lost_as_before(tmp_path):
+    sup, env = make(tmp_path)
+    env["prober"].reachable["replica1"] = True
+    step(sup, env, n=3)
+    assert state(sup) is LinkState.LIVE
+    env["prober"].reachable["replica1"] = False
+    step(sup, env, seconds=2.0, n=LOST_AFTER)          # refused, but its worker runs
+    assert state(sup) is LinkState.LIVE and "replica1" not in env["prober"].watched
+    step(sup, env, seconds=2.0)
+    assert state(sup) is LinkState.DOWN
+    assert env["prober"].watched["replica1"] == KNOCK_EVERY
+
+
+def test_held_or_removed_links_are_not_knocked_on(tmp_path):
+    sup, env = make(tmp_path)
+    step(sup, env, n=2)
+    sup.operator.hold("replica1", True)
+    step(sup, env)
+    assert "replica1" not in env["prober"].watched
+    only = {"replica1": sup.config.links["replica1"]}
+    sup.reconfigure(dataclasses.replace(sup.config, links=only), sup.imapd)
+    assert "replica2" not in env["prober"].watched
