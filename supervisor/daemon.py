@@ -29,6 +29,7 @@ from .systemd.journal import Journal, JournalHandler
 from .systemd.notify import Notifier
 from .systemd.follow import JournalFollower
 from .systemd.units import RESTART_JOBS
+from .systemd.exitwatch import ExitWatch
 from .cyrus.probe import Prober
 from .link.quarantine_store import QuarantineStore
 from .link.roles import RoleStore
@@ -145,9 +146,11 @@ class Daemon:
         follower = self.follower = JournalFollower(
             None, selector, self.clock.monotonic, inst.journal_cursor,
             **({"reader_factory": self.journal_reader} if self.journal_reader else {}))
+        exits = ExitWatch(selector)
         sup = Reconciler(cfg, imapd, Edges(systemd, prober, self.journal, self.clock, follower,
                                            self.rival_scan,
-                                           hooks=Hooks(systemd, inst.name, self.clock)),
+                                           hooks=Hooks(systemd, inst.name, self.clock),
+                                           exits=exits),
                          LocalState(holds, roles, store, inst.users_dir, inst.name,
                                     crash_points(inst.crash_flag)))
         follower.on_line = sup.feed_worker_log
@@ -209,6 +212,7 @@ class Daemon:
                 self.metrics.close()
             prober.close()
             follower.close()
+            exits.close()
             self.journal.send(self._stopped_message(stopping, sup), "info", "daemon-stopped")
         return 0
 

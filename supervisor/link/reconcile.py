@@ -54,6 +54,8 @@ class Edges:
     rewriter: object = None
     # ``state_changed(settings, transition)``: the admin's hook (link/hooks.py)
     hooks: object = None
+    # ``watch(pid)``: wake the loop when that process exits (systemd/exitwatch.py)
+    exits: object = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class Reconciler:
                                 edges.clock)
         self.rivals = RivalWatch(edges.rivals)
         self.drains = Drains(edges.systemd, edges.journal, edges.clock, local.holds,
-                             self._rival_now)
+                             self._rival_now, edges.exits)
         self.operator = Operator(lambda: self.links, self.drains, local.holds, self.role,
                                  edges.clock, lambda: self.config.drain.timeout,
                                  lambda name: self.imapd.sync_dir(name))

@@ -148,6 +148,14 @@ class Systemd:
         raw = u.Unit.InvocationID
         return bytes(raw).hex() if raw else ""
 
+    def main_pid(self, unit: str) -> int:
+        """The unit's main process (0 while it has none), for the exit watch."""
+        from pystemd.systemd1 import Unit
+
+        u = Unit(unit.encode(), bus=self._bus)
+        u.load()
+        return int(u.Service.MainPID)
+
     def ordered_before(self, unit: str) -> list[str] | None:
         """The units this one is ordered Before= (its own and its drop-ins' settings); None
         when systemd has no such unit (not installed)."""

@@ -118,8 +118,25 @@ class FakeSystemd:
     def exit_info(self, unit):
         return self.exits.get(unit, ExitInfo("success", 0))
 
+    def main_pid(self, unit):
+        """A pid per invocation of a running unit; 0 when it is not running."""
+        if not self.running(unit):
+            return 0
+        return 1000 + int(self.invocation(unit).rpartition("#")[2])
+
     def running(self, unit) -> bool:
         return unit in self.units and self.units[unit].running
+
+
+class FakeExits:
+    """The exit watch: records the pids the loop would be woken for."""
+
+    def __init__(self):
+        self.watched: list[int] = []
+
+    def watch(self, pid):
+        self.watched.append(pid)
+        return True
 
 
 class FakeProber:

@@ -14,7 +14,7 @@ from supervisor.link.states import WORKER_STATES, LinkState
 from supervisor.systemd.units import UnitStatus
 from supervisor.state import Holds
 
-from .fakes import FakeClock, FakeJournal, FakeProber, FakeSystemd, SyncExecutor
+from .fakes import FakeClock, FakeExits, FakeJournal, FakeProber, FakeSystemd, SyncExecutor
 
 W1 = "syncwarden-sync@replica1.service"
 W2 = "syncwarden-sync@replica2.service"
@@ -33,9 +33,10 @@ probe: {{interval: {interval}, timeout: 1s}}
     imapd = imapdconf.ImapdConf(tmp_path / "imapd.conf", {"configdirectory": str(tmp_path)})
     clock = FakeClock()
     env = dict(clock=clock, systemd=FakeSystemd(), prober=FakeProber(clock),
-               journal=FakeJournal(), holds=Holds(tmp_path / "holds.json"))
+               journal=FakeJournal(), holds=Holds(tmp_path / "holds.json"), exits=FakeExits())
     sup = Reconciler(cfg, imapd, Edges(env["systemd"], env["prober"], env["journal"], clock,
-                                       env["systemd"].log, rivals, SyncExecutor),
+                                       env["systemd"].log, rivals, SyncExecutor,
+                                       exits=env["exits"]),
                      LocalState(env["holds"], RoleStore(tmp_path / "role.json"),
                                 QuarantineStore(tmp_path / "quarantine"), tmp_path / "users"))
     return sup, env
