@@ -122,3 +122,48 @@ def test_any_fetch_answer_gives_messages_or_imap_error(answer):
 def test_a_line_without_end_is_cut_at_the_line_limit():
     with pytest.raises(ImapError, match=r"line longer than 1000000 bytes"):
         fetch_with(b"* 1 FETCH (UID 1 X " + b"y" * 1_100_000)
+
+
+SURVEY = [
+    b'* LIST (\\Noselect) "." ""\r\n{tag} OK done\r\n',
+    b'* LIST (\\HasChildren) "." user.bob\r\n* STATUS user.bob (MESSAGES 2 UIDNEXT 3'
+    b' UIDVALIDITY 7 HIGHESTMODSEQ 4)\r\n* METADATA user.bob'
+    b' ("/shared/vendor/cmu/cyrus-imapd/synccrcs" "12 34")\r\n'
+    b'* LIST (\\HasNoChildren) "." user.bob.Sent\r\n'             # no STATUS for this one
+    b'* LIST (\\HasNoChildren) "." user.ann\r\n* STATUS user.ann (MESSAGES 0 UIDNEXT 1'
+    b' UIDVALIDITY 8 HIGHESTMODSEQ 1)\r\n{tag} OK done\r\n',
+    b'* LIST (\\HasChildren) "." user.bob\r\n* STATUS user.bob (MAILBOXID (b1))\r\n'
+    b'* LIST (\\HasNoChildren) "." user.bob.Sent\r\n* STATUS user.bob.Sent (MAILBOXID (b2))\r\n'
+    b'* LIST (\\HasNoChildren) "." user.ann\r\n* STATUS user.ann (MAILBOXID (a1))\r\n'
+    b'{tag} OK done\r\n']
+
+
+def survey_with(answers):
+    left = list(answers)
+
+    def listing(conn, tag):
+        conn.sendall(left.pop(0).replace(b"{tag}", tag))
+    with FakeImapServer({"LIST": listing}) as server:
+        def go():
+            view = imapclient.AdminView(server.endpoint(), LOGIN)
+            try:
+                return view.survey()
+            finally:
+                view.close()
+        return run_bounded(go)
+
+
+def test_the_admin_survey_reads_every_status_in_its_list():
+    got = survey_with(SURVEY)
+    assert got.users == {"bob": ["user.bob", "user.bob.Sent"], "ann": ["user.ann"]}
+    assert got.statuses["user.bob"] == imapclient.Status(2, 3, 7, 4, "b1", "12 34")
+    assert got.view(["user.ann"]) == {"user.ann": imapclient.Mailbox(
+        "user.ann", imapclient.Status(0, 1, 8, 1, "a1", ""))}
+    assert got.view(["user.bob", "user.bob.Sent"]) is None    # read bob as bob instead
+
+
+def test_a_server_without_list_status_still_lists_its_users():
+    refused = b"{tag} BAD Unrecognized LIST option\r\n"
+    plain = b'* LIST (\\HasNoChildren) "." user.bob\r\n{tag} OK done\r\n'
+    got = survey_with([SURVEY[0], refused, SURVEY[0], plain])
+    assert got.users == {"bob": ["user.bob"]} and got.statuses == {}
