@@ -44,6 +44,7 @@ log = logging.getLogger("syncwarden")
 TICK = 1.0   # seconds between reconcile ticks when nothing wakes the loop earlier
 STATUS_REFRESH = 10.0
 TICK_DRAINING = 0.1  # a drain pass ends whenever sync_client does: notice it promptly
+MIN_WAIT = 0.01      # the shortest wait in select: never a busy loop
 EXTEND_WHILE_DRAINING = 30.0
 
 
@@ -201,8 +202,7 @@ class Daemon:
                     # The hard ceiling is drain.timeout, enforced by each drain itself; this
                     # only keeps systemd's TimeoutStopSec= from cutting a working drain short.
                     self.notifier.extend_timeout(EXTEND_WHILE_DRAINING)
-                for key, _ in selector.select(self._timeout(sup)):
-                    key.data()
+                self._wait(selector, sup)
                 control.expire(self.clock.monotonic())
         finally:
             self.notifier.stopping()
@@ -286,10 +286,20 @@ class Daemon:
 
         return Systemd()
 
-    def _timeout(self, sup: Reconciler) -> float:
-        now = self.clock.monotonic()
-        due = [rt.next_probe - now for rt in sup.links.values() if rt.next_probe > now]
-        return max(0.05, min([TICK_DRAINING if sup.draining else TICK] + due))
+    def _wait(self, selector, sup: Reconciler) -> None:
+        """Until something happens (a signal, a probe's news, a client, a journal line, the
+        end of a process a drain waits for) or the next tick is due. Probes that come due
+        meanwhile are started without a tick."""
+        tick_at = self.clock.monotonic() + (TICK_DRAINING if sup.draining else TICK)
+        while True:
+            now = self.clock.monotonic()
+            until = min(tick_at, sup.next_probe_due(now))
+            ready = selector.select(max(MIN_WAIT, until - now))
+            for key, _ in ready:
+                key.data()
+            if ready or self.clock.monotonic() >= tick_at:
+                return
+            sup.start_due_probes()
 
     def _drain_wake(self) -> None:
         try:
@@ -356,15 +366,15 @@ class Daemon:
             return "; ".join(op.drain(n) for n in names)
         raise ValueError(f"unknown command {cmd!r}")
 
-    def _status(self, sup: Reconciler) -> dict:
-        return {**sup.status(), "problems": list(self.problems),
+    def _status(self, sup: Reconciler, fresh: bool = True) -> dict:
+        return {**sup.status(fresh), "problems": list(self.problems),
                 "unsupervised_channels": self.strays.as_json(self.clock.monotonic(),
                                                              self.clock.wall())}
 
     def _write_status(self, sup: Reconciler) -> dict:
         """The status file, when it changed, and at least every STATUS_REFRESH seconds so
         that its written_at shows the daemon alive. Returns the document, unchanged."""
-        doc = self._status(sup)
+        doc = self._status(sup, fresh=False)     # right after the tick that made the views
         body = json.dumps(doc, sort_keys=True)
         now = self.clock.monotonic()
         if body == self._status_body and now - self._status_written < STATUS_REFRESH:

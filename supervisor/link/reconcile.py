@@ -200,10 +200,26 @@ class Reconciler:
         elif rt.knocking:
             self.prober.unwatch(s.name)
         rt.knocking = every is not None
-        if not wanted or mono < rt.next_probe:
-            return
+        if wanted and mono >= rt.next_probe:
+            self._request_probe(rt, mono)
+
+    def _request_probe(self, rt: LinkRuntime, mono: float) -> None:
+        s, probe = rt.settings, self.config.probe
         if self.prober.request(s.name, s.host, s.port, probe.timeout):
             rt.next_probe = mono + probe_period(rt, probe.interval)
+
+    def next_probe_due(self, mono: float) -> float:
+        """When the next probe is due (monotonic; inf if none is), for the loop's wait."""
+        return min((rt.next_probe for rt in self.links.values()
+                    if rt.next_probe > mono and self._wants_probe(rt)), default=float("inf"))
+
+    def start_due_probes(self) -> None:
+        """Only the probes that are due, between ticks: with many links one comes due many
+        times a second, and a whole tick for each would cost more than the probes."""
+        mono = self.clock.monotonic()
+        for rt in self.links.values():
+            if self._wants_probe(rt) and mono >= rt.next_probe:
+                self._request_probe(rt, mono)
 
     def _wants_probe(self, rt: LinkRuntime) -> bool:
         return self.role.is_master and rt.settings.enabled
@@ -466,9 +482,11 @@ class Reconciler:
         if self.edges.hooks is not None:
             self.edges.hooks.state_changed(self.config.hooks, t)
 
-    def status(self) -> dict:
-        """Built afresh, so that an operator command's effect shows before the next tick."""
-        views = [self._view(rt, self.clock.monotonic()) for rt in self.links.values()]
+    def status(self, fresh: bool = True) -> dict:
+        """Built afresh, so that an operator command's effect shows before the next tick;
+        ``fresh=False``: from the last tick's views (the status file, written after it)."""
+        views = ([self._view(rt, self.clock.monotonic()) for rt in self.links.values()]
+                 if fresh else self.views)
         return status(self.local.instance, self.role.role, self.role.source, self.summary,
                       views, self.quarantine_list())
 

@@ -195,3 +195,20 @@ def test_unwatched_port_is_not_knocked_on():
     finally:
         prober.close()
         sock.close()
+
+
+@pytest.mark.parametrize("server", [sync_server], indirect=True)
+def test_only_news_wakes_the_loop(server):
+    woken = []
+    prober = Prober(lambda: woken.append(1))
+    sock, closed = closed_port()
+    try:
+        for port, wakes in ((server.port, 1), (server.port, 1), (closed, 2), (closed, 3),
+                            (server.port, 4)):
+            assert prober.request("r", "127.0.0.1", port, 2.0)
+            wait_results(prober, {"r"})
+            time.sleep(0.05)             # the callback runs after the result is there
+            assert len(woken) == wakes   # a success after a success waits for the tick
+    finally:
+        prober.close()
+        sock.close()

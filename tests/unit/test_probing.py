@@ -71,3 +71,48 @@ def test_held_or_removed_links_are_not_knocked_on(tmp_path):
     only = {"replica1": sup.config.links["replica1"]}
     sup.reconfigure(dataclasses.replace(sup.config, links=only), sup.imapd)
     assert "replica2" not in env["prober"].watched
+
+
+def test_due_probes_start_between_ticks_without_a_tick(tmp_path):
+    sup, env = make(tmp_path)
+    env["prober"].reachable.update(replica1=True, replica2=True)
+    step(sup, env, n=4)                          # live, and no probe in flight
+    assert state(sup) is LinkState.LIVE
+    due = sup.next_probe_due(env["clock"].monotonic())
+    env["clock"].mono = due
+    requests, summary = len(env["prober"].requests), sup.summary
+    calls = list(env["systemd"].calls)
+    sup.start_due_probes()
+    assert len(env["prober"].requests) == requests + 2            # both came due together
+    assert sup.summary == summary and env["systemd"].calls == calls   # no tick ran
+    assert sup.next_probe_due(env["clock"].monotonic()) > due
+
+
+def test_the_loop_waits_for_the_tick_and_starts_probes_on_the_way():
+    from supervisor.daemon import TICK, Daemon
+
+    class Clock:
+        mono = 100.0
+
+        def monotonic(self):
+            return self.mono
+
+    class Selector:
+        def select(self, timeout):
+            clock.mono += timeout
+            return []
+
+    class Sup:
+        draining, started = False, []
+
+        def next_probe_due(self, now):
+            return (now // 0.3 + 1) * 0.3          # a probe every 0.3 s
+
+        def start_due_probes(self):
+            self.started.append(clock.mono)
+
+    clock, sup = Clock(), Sup()
+    d = Daemon.__new__(Daemon)
+    d.clock = clock
+    d._wait(Selector(), sup)
+    assert clock.mono >= 100.0 + TICK and len(sup.started) == 3   # 100.2, 100.5, 100.8
