@@ -1,7 +1,7 @@
 """``syncwarden check LINK``: read both sides of a link, compare, report; changes nothing.
 
-A shallow check reads each side in one admin session: the LIST of the "user" hierarchy with
-every mailbox's STATUS (imapclient.AdminView.survey). Users whose mailboxes came without one,
+A shallow check reads each side as its admin: the LIST of the "user" hierarchy with every
+mailbox's STATUS (imapclient.survey). Users whose mailboxes came without one,
 and every user of a deep check, are read as themselves, a few users at a time.
 
 Order matters while replication runs: each user is read on the replica first, then on the
@@ -26,7 +26,7 @@ from ..cyrus import synclog
 from ..cyrus.channel import Channel
 from . import compare, credentials
 from .lastcheck import load_last, result_path  # noqa: F401 (the saved result's reader)
-from .imapclient import AdminView, ImapError, Survey, read_user, user_session
+from .imapclient import AdminView, ImapError, Survey, read_user, survey, user_session
 from ..state import atomic_write
 
 CONFIRM_PAUSE = 2.0          # seconds: a sync_client pass (repeat interval 1 s) lands in this
@@ -109,15 +109,8 @@ class Sides:
 
     def survey(self) -> tuple[Survey, Survey]:
         """(master, replica) as their admins see them, with statuses; the replica first."""
-        out = []
-        for endpoint, login in ((self.replica, self.replica_login),
-                                (self.master, self.master_login)):
-            view = AdminView(endpoint, login)
-            try:
-                out.append(view.survey())
-            finally:
-                view.close()
-        return out[1], out[0]
+        replica = survey(self.replica, self.replica_login)
+        return survey(self.master, self.master_login), replica
 
     def read(self, user: str, m_names, r_names, deep: bool):
         """(master view, replica view) of one user; None for a side the user is not on."""
