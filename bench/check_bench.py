@@ -102,8 +102,9 @@ def main(argv) -> int:
           f" mailboxes/s  {messages / first:8.0f} messages/s")
     print(f"  sync_client -A, pair in sync:            {second:7.2f} s  {mailboxes / second:7.0f}"
           f" mailboxes/s  {messages / second:8.0f} messages/s")
+    how = {"check": "each side's admin LIST", "check --deep": "4 users at once"}
     for name, (took, doc) in results.items():
-        print(f"  syncwarden {name:<13} (4 users at once): {took:7.2f} s "
+        print(f"  syncwarden {name:<13} ({how[name]}): {took:7.2f} s "
               f" {mailboxes / took:7.0f} mailboxes/s  {messages / took:8.0f} messages/s"
               f"  (own timer {doc['duration_seconds']:.2f} s)")
     print(f"  syncwarden check --deep (1 user at once): {single:7.2f} s "
