@@ -31,6 +31,7 @@ from .systemd.follow import JournalFollower
 from .systemd.units import RESTART_JOBS
 from .systemd.exitwatch import ExitWatch
 from .cyrus.probe import Prober
+from .commands import worker as worker_settings
 from .link.quarantine_store import QuarantineStore
 from .link.roles import RoleStore
 from .paths import Instance
@@ -131,6 +132,7 @@ class Daemon:
                               "config-rejected")
             print(exc, flush=True)
             return 2
+        self._save_worker_settings(cfg, imapd)
         if threading.current_thread() is threading.main_thread():  # tests run us in a thread
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
@@ -257,6 +259,12 @@ class Daemon:
         self.strays.set(imapd, strays)
         for problem in preflight.problems(cfg, imapd, self.proc_root, strays=strays):
             log.warning("%s: %s", cfg.source, problem)
+    def _save_worker_settings(self, cfg, imapd) -> None:
+        """What workers need, so that they start without reading YAML (commands/worker.py)."""
+        try:
+            worker_settings.save_settings(self.instance.runtime_dir, cfg, imapd)
+        except OSError as exc:     # workers read the config themselves, a little slower
+            log.warning("cannot write %s: %s", self.instance.runtime_dir, exc)
 
     def _report_damage(self, holds: Holds, roles: RoleStore, store: QuarantineStore) -> None:
         """State that a crash or a hand left damaged was read the safe way by its owner
@@ -323,6 +331,7 @@ class Daemon:
                               + "; ".join(lines), "err", "config-rejected")
             raise ValueError(f"reload rejected, the running configuration stays: {exc}"
                              ) from None
+        self._save_worker_settings(cfg, imapd)
         changes = sup.reconfigure(cfg, imapd)
         self.status_gid = configmod.control_gid(cfg)
         if self.control is not None:
