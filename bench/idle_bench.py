@@ -53,7 +53,7 @@ def mem(pid):
     out = {}
     for line in open("/proc/%d/status" % pid):
         k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM", "Threads"):
+        if k in ("VmRSS", "VmHWM", "Threads", "RssAnon", "RssFile"):
             out[k] = int(v.split()[0])
     try:
         for line in open("/proc/%d/smaps_rollup" % pid):
@@ -223,7 +223,10 @@ def main() -> int:
     print(f"  syncwarden daemon (pid {pid}{'' if pid == pid_after else f', then {pid_after}!'},"
           f" {last['mem'].get('Threads')} threads):")
     print(f"    RSS {rss[0]:.1f} MB at start, {rss[-1]:.1f} MB at end, max {max(rss):.1f} MB,"
-          f" high-water {last['mem']['VmHWM'] / 1024:.1f} MB; Pss {pss[-1]:.1f} MB"
+          f" high-water {last['mem']['VmHWM'] / 1024:.1f} MB; Pss {pss[-1]:.1f} MB; at the end"
+          f" {last['mem'].get('RssAnon', 0) / 1024:.1f} MB anonymous,"
+          f" {last['mem'].get('RssFile', 0) / 1024:.1f} MB file-backed (shared libraries,"
+          " the journal files sd-journal maps)"
           f"  (target <= {rss_target} MB)")
     print(f"    CPU {cpu_pct:.3f} % of one core on average, busiest minute {max(per_min):.3f} %"
           f"  (target <= {cpu_target:g} %)")
