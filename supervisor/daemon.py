@@ -104,7 +104,7 @@ class Daemon:
         self.strays = StrayChannels()
         self.control: ControlServer | None = None
         self.metrics = None                  # monitor/exporter.py, once metrics are configured
-        self._status_body, self._status_written = "", float("-inf")
+        self._status_key, self._status_written = None, float("-inf")
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
@@ -195,7 +195,8 @@ class Daemon:
                 self.notifier.status(summary)
                 doc = self._write_status(sup)
                 if self.metrics is not None:
-                    self.metrics.publish(doc, self.clock.wall())
+                    self.metrics.publish(doc or self._status(sup, fresh=False),
+                                         self.clock.wall())
                 self.notifier.watchdog()
                 if self.log_handler is not None:
                     self.log_handler.release_due()
@@ -341,7 +342,7 @@ class Daemon:
             self.follower.watch(sup.watched_units())
         self.metrics = self._metrics(cfg)
         self._preflight(cfg, imapd)
-        self._status_body = ""          # rewritten now: its group may have changed
+        self._status_key = None         # rewritten now: its group may have changed
         self.notifier.ready()
         said = "; ".join(f"{what}: {', '.join(names)}" for what, names in changes.items()
                          if names)
@@ -381,20 +382,21 @@ class Daemon:
                 "unsupervised_channels": self.strays.as_json(self.clock.monotonic(),
                                                              self.clock.wall())}
 
-    def _write_status(self, sup: Reconciler) -> dict:
+    def _write_status(self, sup: Reconciler) -> dict | None:
         """The status file, when it changed, and at least every STATUS_REFRESH seconds so
-        that its written_at shows the daemon alive. Returns the document, unchanged."""
-        doc = self._status(sup, fresh=False)     # right after the tick that made the views
-        body = json.dumps(doc, sort_keys=True)
+        that its written_at shows the daemon alive. Returns the document when it built it."""
+        strays = self.strays.as_json(self.clock.monotonic(), self.clock.wall())
+        key = (sup.status_key(), tuple(self.problems), strays)
         now = self.clock.monotonic()
-        if body == self._status_body and now - self._status_written < STATUS_REFRESH:
-            return doc
+        if key == self._status_key and now - self._status_written < STATUS_REFRESH:
+            return None
+        doc = self._status(sup, fresh=False)     # right after the tick that made the views
         written = {**doc, "written_at": self.clock.wall(), "pid": os.getpid()}
         try:
             # control.group may read it, like the socket; nobody else (users, errors)
             atomic_write(self.status_path, json.dumps(written).encode() + b"\n", 0o640,
                          self.status_gid)
-            self._status_body, self._status_written = body, now
+            self._status_key, self._status_written = key, now
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
         return doc

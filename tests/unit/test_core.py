@@ -236,3 +236,15 @@ links:
     assert "link settings changed" in sup.links["replica1"].link.reason
     step(sup, env)
     assert ("live", "down") in env["journal"].transitions("replica1")  # port changed: reconnect
+
+
+def test_status_key_changes_exactly_with_the_status_file(tmp_path):
+    sup, env = make(tmp_path)
+    env["prober"].reachable.update(replica1=True, replica2=True)
+    step(sup, env, n=4)
+    key, doc = sup.status_key(), sup.status(fresh=False)
+    step(sup, env)
+    assert sup.status_key() == key and sup.status(fresh=False) == doc    # idle: nothing new
+    env["prober"].reachable["replica1"] = False
+    step(sup, env, seconds=2.0, n=LOST_AFTER + 2)
+    assert sup.status_key() != key and sup.status(fresh=False) != doc
