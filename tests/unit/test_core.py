@@ -246,5 +246,6 @@ def test_status_key_changes_exactly_with_the_status_file(tmp_path):
     step(sup, env)
     assert sup.status_key() == key and sup.status(fresh=False) == doc    # idle: nothing new
     env["prober"].reachable["replica1"] = False
-    step(sup, env, seconds=2.0, n=LOST_AFTER + 2)
+    step(sup, env, seconds=2.0, n=10)             # live: probed every 10 s
+    assert state(sup) is LinkState.DOWN
     assert sup.status_key() != key and sup.status(fresh=False) != doc
