@@ -72,9 +72,14 @@ def children(pid):
             pass
     return kids
 
+def main_thread_cpu(pid):
+    f = open("/proc/%d/task/%d/stat" % (pid, pid)).read().rpartition(")")[2].split()
+    return (int(f[11]) + int(f[12])) / TCK
+
 def sample():
     kids = children(daemon)
-    return {"t": time.monotonic(), "cpu": cpu(daemon), "mem": mem(daemon),
+    return {"t": time.monotonic(), "cpu": cpu(daemon), "main_cpu": main_thread_cpu(daemon),
+            "mem": mem(daemon),
             "kids": {str(k): {"cpu": cpu(k), "mem": mem(k),
                               "comm": open("/proc/%d/comm" % k).read().strip()} for k in kids},
             "workers_cpu": sum(cpu(p) for p in workers),
@@ -199,6 +204,7 @@ def main() -> int:
     first, last = samples[0], samples[-1]
     wall = last["t"] - first["t"]
     cpu_pct = (last["cpu"] - first["cpu"]) / wall * 100
+    main_pct = (last["main_cpu"] - first["main_cpu"]) / wall * 100
     per_min, i = [], 0
     while i < len(samples) - 1:   # the busiest minute (12 samples of 5 s)
         j = min(i + 12, len(samples) - 1)
@@ -230,6 +236,8 @@ def main() -> int:
           f"  (target <= {rss_target} MB)")
     print(f"    CPU {cpu_pct:.3f} % of one core on average, busiest minute {max(per_min):.3f} %"
           f"  (target <= {cpu_target:g} %)")
+    print(f"      of which the main thread (ticks, status, journal) {main_pct:.3f} %, the other"
+          f" threads (probes, knocks) {cpu_pct - main_pct:.3f} %")
     print(f"    per link: {rss_max / a.links * 1024:.0f} kB RSS, {cpu_pct / a.links * 1000:.1f}"
           f" thousandths of a percent of a core; the baseline's rolling client per link:"
           f" {w_rss / len(workers):.1f} MB RSS, {w_pss / len(workers):.1f} MB Pss")
@@ -250,7 +258,7 @@ def main() -> int:
     print(f"  links at the end: {', '.join(sorted(states))}")
     print(result_line(daemon_rss_mb=rss_max, daemon_rss_end_mb=rss[-1],
                       daemon_cpu_pct=cpu_pct, daemon_cpu_max_minute_pct=max(per_min),
-                      follower_cpu_pct=kid_cpu, workers_cpu_pct=w_cpu, workers_rss_mb=w_rss,
+                      main_thread_cpu_pct=main_pct, follower_cpu_pct=kid_cpu, workers_cpu_pct=w_cpu, workers_rss_mb=w_rss,
                       links=a.links, replicas=n_replicas, minutes=round(wall / 60, 2),
                       metrics="on" if a.metrics else "off", scrapes=len(scrapes),
                       rss_per_link_kb=rss_max / a.links * 1024,
