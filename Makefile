@@ -21,7 +21,7 @@ install:
 	# nor the workers (user cyrus) may write __pycache__, and compiling every module at each
 	# worker start would delay every resume and drain pass.
 	$(PYTHON) -m compileall -q $(if $(DESTDIR),-s $(DESTDIR) -p /) $(DESTDIR)$(LIBDIR)
-	printf '#!$(PYTHON)\nimport sys\nsys.path.insert(0, "$(LIBDIR)")\nfrom supervisor.commands.cli import main\nsys.exit(main())\n' > $(DESTDIR)$(BINDIR)/syncwarden
+	printf '#!$(PYTHON)\nimport sys\nsys.path.insert(0, "$(LIBDIR)")\nfrom supervisor.commands import main\nsys.exit(main())\n' > $(DESTDIR)$(BINDIR)/syncwarden
 	chmod 755 $(DESTDIR)$(BINDIR)/syncwarden
 	for u in units/*.service units/*.timer; do \
 	  sed 's|/usr/bin/syncwarden|$(BINDIR)/syncwarden|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u); \

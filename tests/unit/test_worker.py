@@ -5,7 +5,7 @@ import os
 import pytest
 
 from supervisor import config as configmod
-from supervisor.commands import cli, worker
+from supervisor.commands import main, worker
 from supervisor.cyrus import imapdconf
 from supervisor.paths import Instance
 
@@ -81,12 +81,29 @@ def test_without_settings_the_config_is_read(installed):
                          "-n", "replica1", "-u", "-f", str(inst.users_file("replica1"))]
 
 
-def test_the_units_command_lines_skip_argparse_and_others_do_not(monkeypatch):
+def test_the_units_command_lines_skip_the_command_line_module(monkeypatch):
     seen = []
     monkeypatch.setattr(worker, "main", lambda name, mode="rolling": seen.append((name, mode)) or 0)
-    assert cli.main(["worker", "east:replica1"]) == 0
-    assert cli.main(["worker", "--once", "replica1"]) == 0
+    assert main(["worker", "east:replica1"]) == 0
+    assert main(["worker", "--once", "replica1"]) == 0
     assert seen == [("east:replica1", "rolling"), ("replica1", "once")]
     with pytest.raises(SystemExit) as exc:
-        cli.main(["worker", "--bogus", "replica1"])          # argparse's usage error
+        main(["worker", "--bogus", "replica1"])          # cli.py's argparse: a usage error
     assert exc.value.code == 2
+
+
+def test_a_worker_with_saved_settings_loads_neither_the_command_line_nor_yaml(installed):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    inst, _ = installed
+    daemon_loaded(inst)
+    code = (f"import os, sys; sys.path.insert(0, {str(Path(worker.__file__).parents[2])!r})\n"
+            "from supervisor.commands import main, worker\n"
+            "os.execv = lambda p, a: sys.exit(','.join(sorted(m for m in sys.modules"
+            " if m in ('yaml', 'argparse', 'supervisor.commands.cli', 'supervisor.config'))))\n"
+            f"worker.main('replica1', root={str(inst.root)!r})\n")
+    r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
+    assert r.stderr.strip() == ""          # sys.exit(text): the modules loaded, none of them
+    assert r.returncode == 1
