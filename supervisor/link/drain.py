@@ -256,6 +256,7 @@ class Drains:
         """Forget the drain of a link that is no longer supervised (removed by a reload):
         its pass is stopped, its files stay as they are, and a stop waits for it no more."""
         job = self.jobs.pop(link, None)
+        self._watched.pop(link, None)
         if job is None:
             return
         job.files.clear_shutdown()
