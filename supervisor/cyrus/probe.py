@@ -5,9 +5,9 @@ then says nothing delays only its own result, never the main loop, the status co
 watchdog. The banner check needs no credentials: sync_server answers NOOP before login.
 
 Between probes, a replica whose port refused the connection can be *watched*: one thread knocks
-on the port (a non-blocking connect, nothing sent) every few hundred milliseconds and starts a
-full probe over the connection the moment the port accepts one. A refused knock wakes nobody:
-it costs one TCP connect, the main loop never hears of it.
+on the port (a non-blocking connect, nothing sent) as often as the tick asks (link/probing.py:
+every 0.1 s at first) and starts a full probe over the connection the moment the port accepts
+one. A refused knock wakes nobody: it costs one TCP connect, the main loop never hears of it.
 """
 
 from __future__ import annotations
@@ -163,8 +163,7 @@ class Prober:
             self._wake()
 
     def _run(self, host, port, timeout, sock) -> ProbeResult:
-        found = self._probe(host, port, timeout, sock) if sock else self._probe(host, port,
-                                                                              timeout)
+        found = self._probe(host, port, timeout, *((sock,) if sock else ()))
         return ProbeResult(found.reachable, found.detail, self._clock(), found.refused)
 
     def in_flight(self, link: str) -> bool:
