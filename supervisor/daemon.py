@@ -261,6 +261,7 @@ class Daemon:
         self.strays.set(imapd, strays)
         for problem in preflight.problems(cfg, imapd, self.proc_root, strays=strays):
             log.warning("%s: %s", cfg.source, problem)
+
     def _save_worker_settings(self, cfg, imapd) -> None:
         """What workers need, so that they start without reading YAML (commands/worker.py)."""
         try:
