@@ -230,7 +230,8 @@ class Prober:
                     self._forget(sel, pending, a)
             for a, w in every.items():
                 if a not in pending and due.get(a, 0.0) <= now:
-                    due[a] = now + w.every
+                    # on a grid: replicas knocked on at the same rate share each wake-up
+                    due[a] = (now // w.every + 1) * w.every
                     self._knock(a, sel, pending, now)
             wait = min([d - now for d in due.values()] + [60.0])
             for key, _ in sel.select(max(0.0, wait)):

@@ -172,6 +172,10 @@ class Reconciler:
             if rt is None:
                 continue
             rt.probe = result
+            if not result.refused:
+                rt.refused_since = None
+            elif rt.refused_since is None:
+                rt.refused_since = mono
             if result.reachable:
                 rt.probe_failures, rt.unreachable_since = 0, None
             else:

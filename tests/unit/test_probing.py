@@ -3,7 +3,7 @@
 import dataclasses
 
 from supervisor.cyrus.probe import LOST_AFTER
-from supervisor.link.probing import KNOCK_EVERY, KNOCK_FAST_FOR, KNOCK_SLOW
+from supervisor.link.probing import KNOCK_EVERY, KNOCK_FOR
 from supervisor.link.states import LinkState
 
 from .test_core import W1, make, state, step
@@ -31,22 +31,24 @@ def test_silent_replica_is_only_probed(tmp_path):
     assert env["prober"].watched == {}
 
 
-def test_knocking_backs_off_after_a_long_outage(tmp_path):
+def test_only_the_first_minutes_of_refusals_are_knocked_on(tmp_path):
     sup, env = make(tmp_path)                          # probe.interval 2s
     step(sup, env, n=2)
     assert env["prober"].watched["replica1"] == KNOCK_EVERY
-    env["clock"].advance(KNOCK_FAST_FOR)
-    step(sup, env)
-    assert env["prober"].watched["replica1"] == KNOCK_SLOW
-
-
-def test_long_outage_with_a_short_interval_is_only_probed(tmp_path):
-    sup, env = make(tmp_path, interval="500ms")
-    step(sup, env, n=2)
+    env["clock"].advance(KNOCK_FOR)
+    step(sup, env, seconds=2.0, n=2)
+    assert "replica1" not in env["prober"].watched     # maintenance: the probes will do
+    env["prober"].silent["replica1"] = True            # the host reboots: no answer at all
+    step(sup, env, seconds=2.0, n=2)
+    env["prober"].silent["replica1"] = False           # up again, Cyrus not yet
+    step(sup, env, seconds=2.0, n=2)
     assert env["prober"].watched["replica1"] == KNOCK_EVERY
-    env["clock"].advance(KNOCK_FAST_FOR)
-    step(sup, env)
-    assert "replica1" not in env["prober"].watched     # knocks would be no quicker
+
+
+def test_no_knocks_when_probes_come_as_often(tmp_path):
+    sup, env = make(tmp_path, interval="100ms")
+    step(sup, env, seconds=0.1, n=3)
+    assert env["prober"].watched == {}
 
 
 def test_live_link_is_never_knocked_and_lost_as_before(tmp_path):
