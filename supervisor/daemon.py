@@ -265,9 +265,9 @@ class Daemon:
     def _save_worker_settings(self, cfg, imapd) -> None:
         """What workers need, so that they start without reading YAML (commands/worker.py)."""
         try:
-            worker_settings.save_settings(self.instance.runtime_dir, cfg, imapd)
+            worker_settings.save_settings(self.instance, cfg, imapd)
         except OSError as exc:     # workers read the config themselves, a little slower
-            log.warning("cannot write %s: %s", self.instance.runtime_dir, exc)
+            log.warning("cannot leave the workers their settings: %s", exc)
 
     def _report_damage(self, holds: Holds, roles: RoleStore, store: QuarantineStore) -> None:
         """State that a crash or a hand left damaged was read the safe way by its owner

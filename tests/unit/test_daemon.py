@@ -197,6 +197,6 @@ def test_the_status_table_lists_damaged_state():
 def test_workers_find_what_they_need_where_the_daemon_left_it(running):
     d, tmp, notify, _, _ = running
     assert recv_until(notify, "READY=1") == "READY=1"
-    doc = json.loads((Instance(root=tmp).runtime_dir / "workers.json").read_text())
-    assert doc["links"] == {"replica1": str(tmp / "sync" / "replica1")}
-    assert doc["config"][0] == str(tmp / "syncwarden.yaml")
+    inst = Instance(root=tmp)
+    assert not inst.worker_settings("replica1").exists()   # -c: its workers read their own
+
