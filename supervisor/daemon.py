@@ -189,6 +189,12 @@ class Daemon:
                 follower.pump()
                 summary = sup.tick()
                 follower.save()       # after the tick that acted on what was read
+                if stopping and not sup.draining:
+                    # The last drain ended in that tick: a stop waits for nothing else. Only
+                    # the metrics textfile, which outlives the daemon, learns the outcome.
+                    if self.metrics is not None:
+                        self.metrics.publish(self._status(sup, fresh=False), self.clock.wall())
+                    break
                 if sup.ready and not ready_sent:
                     self.notifier.ready()
                     ready_sent = True
@@ -200,8 +206,6 @@ class Daemon:
                 self.notifier.watchdog()
                 if self.log_handler is not None:
                     self.log_handler.release_due()
-                if stopping and not sup.draining:
-                    break   # at once: a stop waits for nothing else
                 if stopping:
                     # The hard ceiling is drain.timeout, enforced by each drain itself; this
                     # only keeps systemd's TimeoutStopSec= from cutting a working drain short.
