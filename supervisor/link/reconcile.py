@@ -25,6 +25,7 @@ from .drain import Drains
 from .lifecycle import Lifecycle, LifecycleEdges
 from .lifecycle_store import LifecycleStore
 from .operator import Operator
+from .probing import knock_period, probe_period
 from .quarantine import Quarantine, no_crash
 from .quarantine_store import QuarantineStore
 from .report import quarantine_json, status, summary
@@ -35,9 +36,6 @@ from .runtime import (RESTART_BACKOFF_MAX, RESTART_BACKOFF_MIN, Blocker, LinkRun
 from .states import Link, LinkState, Transition, WORKER_STATES
 
 log = logging.getLogger(__name__)
-
-# Live links are probed every LIVE_PROBE_FACTOR intervals, at most every LIVE_PROBE_MAX seconds.
-LIVE_PROBE_FACTOR, LIVE_PROBE_MAX = 5, 10.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +58,8 @@ class Edges:
     hooks: object = None
     # ``old_writers(imapd, changed)``: Cyrus processes with an old channel list (cyrus/writers.py)
     old_writers: object = None
+    # ``watch(pid)``: wake the loop when that process exits (systemd/exitwatch.py)
+    exits: object = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class Reconciler:
                                 edges.clock)
         self.rivals = RivalWatch(edges.rivals)
         self.drains = Drains(edges.systemd, edges.journal, edges.clock, local.holds,
-                             self._rival_now)
+                             self._rival_now, edges.exits)
         self.operator = Operator(lambda: self.links, self.drains, local.holds, self.role,
                                  edges.clock, lambda: self.config.drain.timeout,
                                  lambda name: self.imapd.sync_dir(name))
@@ -134,6 +134,7 @@ class Reconciler:
                     rt.backlog = Backlog(imapd.sync_dir(name))
             self.links[name] = rt
         for name, rt in old.items():  # removed from the config: stop replicating it
+            self.prober.unwatch(name)
             rt.quarantine.close()
             if name in self.drains:
                 self.drains.drop(name, "the link was removed from the configuration",
@@ -193,6 +194,10 @@ class Reconciler:
             if rt is None:
                 continue
             rt.probe = result
+            if not result.refused:
+                rt.refused_since = None
+            elif rt.refused_since is None:
+                rt.refused_since = mono
             if result.reachable:
                 rt.probe_failures, rt.unreachable_since = 0, None
             else:
@@ -211,20 +216,36 @@ class Reconciler:
         return {name: st for name, st in listed.items() if belongs_to(name, instance)}
 
     def _schedule_probe(self, rt: LinkRuntime, mono: float) -> None:
-        if not self._wants_probe(rt) or mono < rt.next_probe:
-            return
-        s = rt.settings
-        if self.prober.request(s.name, s.host, s.port, self.config.probe.timeout):
-            rt.next_probe = mono + self._probe_period(rt)
+        s, probe = rt.settings, self.config.probe
+        wanted = self._wants_probe(rt)
+        # knocks between probes (probing.py); the prober ends a watch whose port accepted
+        every = knock_period(rt, mono, probe.interval) if (
+            wanted and self.blocker(rt) is None) else None
+        if every is not None:
+            self.prober.watch(s.name, s.host, s.port, every, probe.timeout)
+        elif rt.knocking:
+            self.prober.unwatch(s.name)
+        rt.knocking = every is not None
+        if wanted and mono >= rt.next_probe:
+            self._request_probe(rt, mono)
 
-    def _probe_period(self, rt: LinkRuntime) -> float:
-        """Every interval while a link waits for its replica. A live link's worker talks to
-        the replica anyway and exits when it loses it, so it is probed less often, and at
-        the full rate again as soon as one probe fails."""
-        interval = self.config.probe.interval
-        if rt.link.state is LinkState.LIVE and rt.probe_failures == 0:
-            return min(interval * LIVE_PROBE_FACTOR, max(interval, LIVE_PROBE_MAX))
-        return interval
+    def _request_probe(self, rt: LinkRuntime, mono: float) -> None:
+        s, probe = rt.settings, self.config.probe
+        if self.prober.request(s.name, s.host, s.port, probe.timeout):
+            rt.next_probe = mono + probe_period(rt, probe.interval)
+
+    def next_probe_due(self, mono: float) -> float:
+        """When the next probe is due (monotonic; inf if none is), for the loop's wait."""
+        return min((rt.next_probe for rt in self.links.values()
+                    if rt.next_probe > mono and self._wants_probe(rt)), default=float("inf"))
+
+    def start_due_probes(self) -> None:
+        """Only the probes that are due, between ticks: with many links one comes due many
+        times a second, and a whole tick for each would cost more than the probes."""
+        mono = self.clock.monotonic()
+        for rt in self.links.values():
+            if self._wants_probe(rt) and mono >= rt.next_probe:
+                self._request_probe(rt, mono)
 
     def _wants_probe(self, rt: LinkRuntime) -> bool:
         return (self.role.is_master and rt.settings.enabled
@@ -495,11 +516,23 @@ class Reconciler:
         if self.edges.hooks is not None:
             self.edges.hooks.state_changed(self.config.hooks, t)
 
-    def status(self) -> dict:
-        """Built afresh, so that an operator command's effect shows before the next tick."""
-        views = [self._view(rt, self.clock.monotonic()) for rt in self.links.values()]
+    def status(self, fresh: bool = True) -> dict:
+        """Built afresh, so that an operator command's effect shows before the next tick;
+        ``fresh=False``: from the last tick's views (the status file, written after it)."""
+        views = self.status_views() if fresh else self.views
         return status(self.local.instance, self.role.role, self.role.source, self.summary,
                       views, self.quarantine_list())
+
+    def status_views(self) -> list[LinkView]:
+        mono = self.clock.monotonic()
+        return [self._view(rt, mono) for rt in self.links.values()]
+
+    def status_key(self) -> tuple:
+        """Equal after two ticks exactly when ``status(fresh=False)`` would be: cheaper to
+        compare than the document (with 100 links, building and dumping it every tick was a
+        third of the tick)."""
+        return (tuple(self.views), self.summary, self.role.role, self.role.source,
+                self.quarantine_list())
 
     def quarantine_list(self) -> list[dict]:
         return quarantine_json(self.local.store, self.links)
