@@ -243,7 +243,7 @@ class Drains:
         snap = rt.backlog.read(mono, self.clock.wall())
         self.jobs[rt.name] = DrainJob(rt.name, rt.units, SyncFiles(sync_dir), mono, timeout,
                                       snap.entries, hold_after, why, self.clock.wall())
-        self.journal.send(f"link {rt.name}: drain started ({why}), {snap.entries} entries"
+        self.journal.send(f"drain started ({why}), {snap.entries} entries"
                           " queued", "notice", "drain-started", SYNCWARDEN_LINK=rt.name,
                           SYNCWARDEN_ENTRIES=snap.entries)
         return f"{rt.name}: draining {snap.entries} entries"
@@ -265,7 +265,7 @@ class Drains:
                 act(unit)                 # SIGTERM keeps log-run whole
             except Exception as exc:
                 log.warning("cannot stop %s: %s", unit, exc, extra={"link": link})
-        self.journal.send(f"link {link}: drain incomplete: {why}; {entries_left} entries left"
+        self.journal.send(f"drain incomplete: {why}; {entries_left} entries left"
                           f" in {job.files.dir}", "err", "drain-incomplete",
                           SYNCWARDEN_LINK=link, SYNCWARDEN_REASON=why,
                           SYNCWARDEN_ENTRIES_LEFT=entries_left,
@@ -328,14 +328,14 @@ class Drains:
         fields = dict(SYNCWARDEN_LINK=name, SYNCWARDEN_ENTRIES_LEFT=snap.entries,
                       SYNCWARDEN_DURATION=f"{took:.3f}", SYNCWARDEN_PASSES=job.passes)
         if outcome.drained:
-            self.journal.send(f"link {name}: drained in {took:.1f}s, {outcome.message}"
+            self.journal.send(f"drained in {took:.1f}s, {outcome.message}"
                               f" ({job.passes} passes, {job.entries_at_start} entries queued at"
                               f" the start; {snap.entries} written since)", "notice",
                               "drain-finished", **fields)
             rt.link.fire("drained", f"drained: {outcome.message}")
         else:
             where = f"{rt.backlog.log_path} and {rt.backlog.run_path}"
-            self.journal.send(f"link {name}: drain incomplete: {outcome.message};"
+            self.journal.send(f"drain incomplete: {outcome.message};"
                               f" {snap.entries} entries left in {where}; they are sent at the"
                               " next start", "err", "drain-incomplete", SYNCWARDEN_WHERE=where,
                               SYNCWARDEN_REASON=outcome.message, **fields)

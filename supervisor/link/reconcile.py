@@ -152,7 +152,7 @@ class Reconciler:
                     self.systemd.stop(rt.units.user)
                 except Exception as exc:
                     log.error("cannot stop %s: %s", rt.units.user, exc, extra={"link": name})
-            log.info("link %s removed from the configuration", name, extra={"link": name})
+            log.info("removed from the configuration", extra={"link": name})
             changes["removed"].append(name)
         self.lifecycle.configure(self.links)
         return changes
@@ -363,7 +363,7 @@ class Reconciler:
     def _journal_transition(self, t: Transition) -> None:
         prio = "warning" if t.dest in (LinkState.DOWN, LinkState.QUARANTINED) else "notice"
         self.journal.send(
-            f"link {t.link}: {t.source.value} -> {t.dest.value} ({t.reason})", prio,
+            f"{t.source.value} -> {t.dest.value} ({t.reason})", prio,
             "state-change", SYNCWARDEN_LINK=t.link, SYNCWARDEN_FROM=t.source.value,
             SYNCWARDEN_TO=t.dest.value, SYNCWARDEN_STATE=t.dest.value,
             SYNCWARDEN_STATE_CODE=t.dest.code, SYNCWARDEN_REASON=t.reason,

@@ -103,7 +103,7 @@ class Seed:
         self.e.store.save_seed(self.link, asdict(self.p), self.plan if plan else None)
 
     def _journal(self, message: str, mid: str, priority: str = "info", **fields) -> None:
-        self.e.journal.send(f"link {self.link}: {message}", priority, mid,
+        self.e.journal.send(message, priority, mid,
                             SYNCWARDEN_LINK=self.link, **fields)
 
     # -- one tick ----------------------------------------------------------------------------

@@ -248,10 +248,10 @@ def journal_report(journal, report: compare.Report, only_users=None) -> None:
                   SYNCWARDEN_ERRORS=len(report.errors),
                   SYNCWARDEN_DURATION=f"{report.finished - report.started:.3f}",
                   SYNCWARDEN_ONLY_USERS=" ".join(only_users) if only_users else None)
-    scope = f" ({', '.join(only_users)})" if only_users else ""
+    scope = f" for {', '.join(only_users)}" if only_users else ""
     if report.result == "error":
         lines = report.errors[:JOURNAL_LINES]
-        journal.send(f"check of link {report.link}{scope} incomplete: {len(report.errors)}"
+        journal.send(f"check{scope} incomplete: {len(report.errors)}"
                      " user(s) could not be read:\n" + "\n".join(lines), "err",
                      "check-failed", **fields)
     elif report.divergent:
@@ -260,10 +260,10 @@ def journal_report(journal, report: compare.Report, only_users=None) -> None:
         if len(lines) - 1 > JOURNAL_LINES:
             shown.append(f"... and {len(lines) - 1 - JOURNAL_LINES} more"
                          f" (syncwarden check {report.link})")
-        journal.send(f"link {report.link}{scope}: master and replica differ:"
+        journal.send(f"master and replica differ{scope}:"
                      f" {compare.counts_line(counts)}\n" + "\n".join(shown), "warning",
                      "divergence-found", **fields)
     else:
-        journal.send(f"link {report.link}{scope}: master and replica in sync ({report.users}"
+        journal.send(f"master and replica in sync{scope} ({report.users}"
                      f" users, {report.mailboxes} mailboxes; {counts[compare.REPLICA_BEHIND]}"
                      " difference(s) still in the backlog)", "info", "check-finished", **fields)
