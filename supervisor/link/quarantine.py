@@ -118,9 +118,8 @@ class Quarantine:
                          extra={"link": self.link})
                 self.detector.reprocessing = 0
             elif failed is not None:
-                log.info("A sync pass to %s failed (%s); users named: %s.", self.link,
-                         failed.error, ", ".join(sorted(failed.users)) or "none",
-                         extra={"link": self.link})
+                log.info("A sync pass failed (%s); users named: %s.", failed.error,
+                         ", ".join(sorted(failed.users)) or "none", extra={"link": self.link})
                 self.failure = failed
         elif unit == self.unit:
             event = session_event(message)

@@ -270,7 +270,7 @@ class Seed:
     def _failed(self, ref: list, why: str) -> None:
         kind, names = work(self.plan, ref)
         if self.p.failed_range(ref, kind, names[0] if len(names) == 1 else None, why):
-            log.warning("seed of %s: %s %s failed %d times: %s", self.link, kind, names[0],
+            log.warning("seed: %s %s failed %d times: %s", kind, names[0],
                         self.p.attempts[str(ref[0])], why, extra={"link": self.link})
 
     def percent(self) -> int:
