@@ -150,16 +150,32 @@ class Systemd:
 
     def __init__(self):
         from pystemd.dbuslib import DBus
-        from pystemd.systemd1 import Manager
 
         self._bus = DBus()
         self._bus.open()
-        self._manager = Manager(bus=self._bus)
-        self._manager.load()
+
+    def _call(self, method: bytes, signature: bytes, *args, tail=()):
+        """A method of systemd's Manager, called directly. (pystemd's Manager proxy would
+        introspect the manager first and keep the XML and a class of ~400 members.)
+        ``tail``: arguments already in pystemd's typed form (StartTransientUnit's arrays)."""
+        from pystemd.dbuslib import apply_signature
+
+        return self._bus.call_method(
+            b"org.freedesktop.systemd1", b"/org/freedesktop/systemd1",
+            b"org.freedesktop.systemd1.Manager", method,
+            apply_signature(signature, list(args)) + list(tail)).body
+
+    def _start_transient(self, name: str, mode: bytes, props: dict) -> None:
+        from pystemd.systemd1.unit_signatures import signature_array
+
+        # properties a(sv), then the auxiliary units a(sa(sv)): none
+        self._call(b"StartTransientUnit", b"ss", name.encode(), mode,
+                   tail=signature_array(props) + [(ord(b"a"), b"(sa(sv))"), (-1, None)])
 
     def list(self, *patterns: str) -> dict[str, UnitStatus]:
         """Loaded units matching globs, by name (units systemd has not loaded are inactive)."""
-        rows = self._manager.Manager.ListUnitsByPatterns([], [p.encode() for p in patterns])
+        rows = self._call(b"ListUnitsByPatterns", b"asas", [],
+                          [p.encode() for p in patterns])
         out = {}
         for row in rows:
             name = row[0].decode()
@@ -168,16 +184,16 @@ class Systemd:
         return out
 
     def start(self, unit: str) -> None:
-        self._manager.Manager.StartUnit(unit.encode(), b"replace")
+        self._call(b"StartUnit", b"ss", unit.encode(), b"replace")
 
     def stop(self, unit: str) -> None:
-        self._manager.Manager.StopUnit(unit.encode(), b"replace")
+        self._call(b"StopUnit", b"ss", unit.encode(), b"replace")
 
     def kill(self, unit: str, signum: int = signal.SIGTERM) -> None:
         """Signal every process of a unit at once. No job is queued, so nothing can order it
         after another job: during the daemon's own stop a StopUnit job for a worker would wait
         for that stop (the worker units are Before=syncwarden.service)."""
-        self._manager.Manager.KillUnit(unit.encode(), b"all", int(signum))
+        self._call(b"KillUnit", b"ssi", unit.encode(), b"all", int(signum))
 
     def invocation(self, unit: str) -> str:
         """The unit's current InvocationID as the journal writes it (hex), "" if none."""
@@ -237,11 +253,11 @@ class Systemd:
             props[b"StandardOutputFile"] = stdout_file.encode()
         if env:
             props[b"Environment"] = [f"{k}={v}".encode() for k, v in env.items()]
-        self._manager.Manager.StartTransientUnit(unit.encode(), b"replace", props)
+        self._start_transient(unit, b"replace", props)
 
     def reset_failed(self, unit: str) -> None:
         try:
-            self._manager.Manager.ResetFailedUnit(unit.encode())
+            self._call(b"ResetFailedUnit", b"s", unit.encode())
         except Exception:      # not loaded, or not failed: nothing to reset
             pass
 
@@ -260,7 +276,7 @@ class Systemd:
             b"CollectMode": b"inactive-or-failed",
             b"SyslogIdentifier": b"syncwarden-hook",
         }
-        self._manager.Manager.StartTransientUnit(name.encode(), b"fail", props)
+        self._start_transient(name, b"fail", props)
 
     def job_of_pid(self, pid: int) -> str:
         """The type of the job systemd is running on the unit that ``pid`` belongs to, "" when
@@ -268,8 +284,8 @@ class Systemd:
         try-restart, collapsed into a restart of an active unit) stops the unit, its job is
         of type "restart": systemd runs a restart as a stop and only then patches the job
         into a start (src/core/job.h). A stop, and a system shutdown, have a "stop" job."""
-        unit = self._manager.Manager.GetUnitByPID(pid)
-        for row in self._manager.Manager.ListJobs():   # (id, unit, type, state, job, unit path)
+        unit = self._call(b"GetUnitByPID", b"u", pid)
+        for row in self._call(b"ListJobs", b""):   # (id, unit, type, state, job, unit path)
             if _text(row[5]) == _text(unit):
                 return _text(row[2])
         return ""
