@@ -149,28 +149,11 @@ class Systemd:
     """pystemd over one long-lived system bus connection."""
 
     def __init__(self):
-        from pystemd.dbuslib import DBus
+        from .bus import Bus
 
-        self._bus = DBus()
-        self._bus.open()
-
-    def _call(self, method: bytes, signature: bytes, *args, tail=()):
-        """A method of systemd's Manager, called directly. (pystemd's Manager proxy would
-        introspect the manager first and keep the XML and a class of ~400 members.)
-        ``tail``: arguments already in pystemd's typed form (StartTransientUnit's arrays)."""
-        from pystemd.dbuslib import apply_signature
-
-        return self._bus.call_method(
-            b"org.freedesktop.systemd1", b"/org/freedesktop/systemd1",
-            b"org.freedesktop.systemd1.Manager", method,
-            apply_signature(signature, list(args)) + list(tail)).body
-
-    def _start_transient(self, name: str, mode: bytes, props: dict) -> None:
-        from pystemd.systemd1.unit_signatures import signature_array
-
-        # properties a(sv), then the auxiliary units a(sa(sv)): none
-        self._call(b"StartTransientUnit", b"ss", name.encode(), mode,
-                   tail=signature_array(props) + [(ord(b"a"), b"(sa(sv))"), (-1, None)])
+        self._bus = Bus()
+        self._call = self._bus.call
+        self._start_transient = self._bus.start_transient
 
     def list(self, *patterns: str) -> dict[str, UnitStatus]:
         """Loaded units matching globs, by name (units systemd has not loaded are inactive)."""
@@ -209,25 +192,14 @@ class Systemd:
         return int(self._property(unit, b"Service", b"MainPID", b"u"))
 
     def _property(self, unit: str, interface: bytes, name: bytes, signature: bytes):
-        """One property, read by itself. (pystemd's Unit proxy would first introspect the unit
-        and build classes for its ~300 properties: with 100 links, 17 MB that stay.)"""
-        from pystemd.dbuslib import path_encode
-
-        return self._bus.get_property(
-            b"org.freedesktop.systemd1", path_encode(b"/org/freedesktop/systemd1/unit",
-                                                     unit.encode()),
-            b"org.freedesktop.systemd1." + interface, name, signature)
+        return self._bus.unit_property(unit, interface, name, signature)
 
     def ordered_before(self, unit: str) -> list[str] | None:
         """The units this one is ordered Before= (its own and its drop-ins' settings); None
         when systemd has no such unit (not installed)."""
-        from pystemd.systemd1 import Unit
-
-        u = Unit(unit.encode(), bus=self._bus)
-        u.load()
-        if u.Unit.LoadState != b"loaded":
+        if self._property(unit, b"Unit", b"LoadState", b"s") != b"loaded":
             return None
-        return sorted(x.decode() for x in u.Unit.Before)
+        return sorted(x.decode() for x in self._property(unit, b"Unit", b"Before", b"as"))
 
     def run(self, unit: str, argv: list[str], *, user: str | None = None,
             group: str | None = None, dynamic_user: bool = False,
