@@ -99,6 +99,12 @@ class Coordination:
         if release:
             self.authority.close()
 
+    def status_key(self) -> tuple:
+        """What the status document says of coordination, but the seconds left (the status
+        file is rewritten when this changes, and every STATUS_REFRESH anyway)."""
+        v = self.view
+        return (v.holder, v.held, self.quiet, v.error, v.request and v.request.get("phase"))
+
     def status(self, mono: float) -> dict:
         """The ``coordination`` part of the status document."""
         v = self.view

@@ -1,6 +1,7 @@
 """Coordination through etcd (issue 16): config, the master key as role authority, the
 reconcile tick honouring it, the registry, and a switchover, against an in-memory etcd."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -462,7 +463,8 @@ def test_the_daemon_takes_the_key_shows_it_and_gives_it_up_when_it_stops(tmp_pat
         wait_until(lambda: store.value(KEYS.member("a")) is not None)
         entry = decode(store.value(KEYS.member("a")))
         assert entry["role"] == "master" and "replica1" in entry["links"]
-        wait_until(lambda: (d._status_body or "").find('"holds_key": true') > 0)
+        wait_until(lambda: d.status_path.exists() and json.loads(
+            d.status_path.read_text()).get("coordination", {}).get("holds_key") is True)
     finally:
         d.request_stop()
         t.join(10)
