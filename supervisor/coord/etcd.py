@@ -3,8 +3,12 @@
 Why not python3-etcd3: it pulls in grpc (tens of MB of resident memory in an otherwise idle
 daemon whose target is 40 MB), and it is not in Debian 13. etcd 3.4 and later serve the same v3
 API as JSON over HTTP; the few calls syncwarden needs (range, txn, lease grant, keepalive and
-revoke) are one POST each with the standard library. Keys and values are base64 on the wire,
-int64s are JSON strings, and fields with their zero value are left out of answers.
+revoke) are one POST each. Keys and values are base64 on the wire, int64s are JSON strings, and
+fields with their zero value are left out of answers.
+
+Why not http.client: it imports ssl, which alone costs the daemon ~4 MB of RSS; a POST of
+HTTP/1.0 (one request per connection, so the answer ends where the connection does, never
+chunked) is a dozen lines over a socket, and ssl is loaded only for https endpoints.
 
 Only this module knows the wire format. Callers see ``KeyValue`` and ``EtcdError``.
 """
@@ -12,9 +16,8 @@ Only this module knows the wire format. Callers see ``KeyValue`` and ``EtcdError
 from __future__ import annotations
 
 import base64
-import http.client
 import json
-import ssl
+import socket
 import urllib.parse
 from dataclasses import dataclass
 
@@ -69,11 +72,25 @@ def delete(key: str) -> dict:
     return {"request_delete_range": {"key": _b64(key)}}
 
 
+MAX_ANSWER = 16 << 20     # a fleet's keys are kilobytes; anything near this is not etcd
+
+
+def _parse(raw: bytes) -> tuple[int, bytes]:
+    """(status, body) of an HTTP/1.0 answer read to its end."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    line = head.split(b"\r\n", 1)[0].split()
+    if not sep or len(line) < 2 or not line[0].startswith(b"HTTP/") or not line[1].isdigit():
+        raise ValueError(f"not an HTTP answer: {raw[:80]!r}")
+    return int(line[1]), body
+
+
 class Etcd:
     def __init__(self, settings: EtcdSettings):
         self.settings = settings
         self._context = None
         if any(u.startswith("https:") for u in settings.endpoints):
+            import ssl      # only then: see above
+
             ctx = ssl.create_default_context(cafile=str(settings.ca) if settings.ca else None)
             if settings.cert:
                 ctx.load_cert_chain(str(settings.cert), str(settings.key))
@@ -91,7 +108,7 @@ class Etcd:
                 answer = self._post(url, path, body)
             except LeaseGone:
                 raise                     # an answer, not a failed endpoint
-            except (OSError, http.client.HTTPException, ValueError) as exc:
+            except (OSError, ValueError) as exc:     # ssl.SSLError is an OSError
                 errors.append(f"{url}: {exc}")
                 continue
             self._first = idx
@@ -100,24 +117,30 @@ class Etcd:
 
     def _post(self, url: str, path: str, body: dict) -> dict:
         u = urllib.parse.urlsplit(url)
-        timeout = self.settings.timeout
-        if u.scheme == "https":
-            conn = http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout,
-                                               context=self._context)
-        else:
-            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-        try:
-            conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            data = resp.read()
-        finally:
-            conn.close()
-        doc = json.loads(data or b"{}")
-        if resp.status != 200 or "error" in doc and "result" not in doc:
+        data = json.dumps(body).encode()
+        request = (f"POST {path} HTTP/1.0\r\nHost: {u.netloc}\r\n"
+                   "Content-Type: application/json\r\n"
+                   f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+        with socket.create_connection((u.hostname, u.port),
+                                      timeout=self.settings.timeout) as raw:
+            conn = (self._context.wrap_socket(raw, server_hostname=u.hostname)
+                    if u.scheme == "https" else raw)
+            conn.sendall(request)
+            parts = []
+            while True:
+                got = conn.recv(65536)
+                if not got:
+                    break
+                parts.append(got)
+                if sum(map(len, parts)) > MAX_ANSWER:
+                    raise ValueError(f"answer larger than {MAX_ANSWER} bytes")
+        status, answer = _parse(b"".join(parts))
+        doc = json.loads(answer or b"{}")
+        if status != 200 or "error" in doc and "result" not in doc:
             if "lease not found" in str(doc.get("message") or doc.get("error")):
                 raise LeaseGone(f"{url}{path}: {doc.get('message') or doc.get('error')}")
-            raise EtcdError(f"{url}{path}: HTTP {resp.status}: "
-                            f"{doc.get('message') or doc.get('error') or data[:200]!r}")
+            why = doc.get("message") or doc.get("error") or repr(answer[:200])
+            raise EtcdError(f"{url}{path}: HTTP {status}: {why}")
         return doc
 
     # -- keys ------------------------------------------------------------------------------

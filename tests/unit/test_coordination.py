@@ -600,3 +600,63 @@ def test_tls_files_that_do_not_load_refuse_the_start(tmp_path):
     (tmp_path / "k.pem").write_text("x")
     with pytest.raises(ConfigProblem, match="coordination.etcd: the TLS files do not load"):
         load_checked(cfg)
+
+
+# --- the wire -----------------------------------------------------------------------------------
+def serve_once(answers):
+    """A one-shot HTTP server on the loopback: each connection gets the next raw answer; the
+    requests it read are returned in the list given back."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    seen = []
+
+    def run():
+        for answer in answers:
+            conn, _ = srv.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(4096)
+                head, _, body = data.partition(b"\r\n\r\n")
+                n = int([h for h in head.split(b"\r\n") if h.lower().startswith(
+                    b"content-length:")][0].split(b":")[1])
+                while len(body) < n:
+                    body += conn.recv(4096)
+                seen.append((head.split(b"\r\n")[0].decode(), json.loads(body)))
+                conn.sendall(answer)
+        srv.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    return srv.getsockname()[1], seen
+
+
+def test_the_client_speaks_http_1_0_json_to_the_gateway_without_ssl():
+    from supervisor.coord.etcd import Etcd
+    from supervisor.coord.settings import EtcdSettings
+
+    body = json.dumps({"kvs": [{"key": "L2E=", "value": "dg==", "create_revision": "2",
+                                "mod_revision": "3", "lease": "7"}]}).encode()
+    port, seen = serve_once([b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body,
+                             b"HTTP/1.0 503 Service Unavailable\r\n\r\n{\"error\": \"no leader\"}",
+                             b"garbage"])
+    e = Etcd(EtcdSettings((f"http://127.0.0.1:{port}",), timeout=2))
+    kv = e.get("/a")
+    assert (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.lease) == (
+        "/a", b"v", 2, 3, 7)
+    assert seen[0] == ("POST /v3/kv/range HTTP/1.0", {"key": "L2E="})
+    with pytest.raises(EtcdError, match="HTTP 503: no leader"):
+        e.get("/a")
+    with pytest.raises(EtcdError, match="not an HTTP answer"):
+        e.get("/a")
+
+
+def test_the_etcd_client_does_not_load_ssl_for_http_endpoints():
+    code = ("import sys; from supervisor.coord import service, switchover, etcd;"
+            " print('ssl' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "False"
