@@ -121,12 +121,12 @@ class Etcd:
         request = (f"POST {path} HTTP/1.0\r\nHost: {u.netloc}\r\n"
                    "Content-Type: application/json\r\n"
                    f"Content-Length: {len(data)}\r\n\r\n").encode() + data
-        with socket.create_connection((u.hostname, u.port),
-                                      timeout=self.settings.timeout) as raw:
-            conn = (self._context.wrap_socket(raw, server_hostname=u.hostname)
-                    if u.scheme == "https" else raw)
+        conn = socket.create_connection((u.hostname, u.port), timeout=self.settings.timeout)
+        parts: list[bytes] = []
+        try:
+            if u.scheme == "https":
+                conn = self._context.wrap_socket(conn, server_hostname=u.hostname)
             conn.sendall(request)
-            parts = []
             while True:
                 got = conn.recv(65536)
                 if not got:
@@ -134,6 +134,8 @@ class Etcd:
                 parts.append(got)
                 if sum(map(len, parts)) > MAX_ANSWER:
                     raise ValueError(f"answer larger than {MAX_ANSWER} bytes")
+        finally:
+            conn.close()
         status, answer = _parse(b"".join(parts))
         doc = json.loads(answer or b"{}")
         if status != 200 or "error" in doc and "result" not in doc:
