@@ -196,6 +196,7 @@ def status_documents(tmp_path) -> dict[str, dict]:
     daemon = Daemon(tmp_path / "unused.yaml", instance, journal=FakeJournal(),
                     notifier=Notifier())
     daemon.strays.set(sup.imapd, ["backup", None])      # a channel, and the default one
+    daemon.coordination = coordination()                # with coordination: and a switchover
     running = daemon._status(sup)                       # what the control socket answers
     running["daemon"] = {"running": True}               # as cli.cmd_status adds it
     add_last_checks(running, state)
@@ -215,6 +216,26 @@ def status_documents(tmp_path) -> dict[str, dict]:
     offline_bad = offline_status(bad, "no daemon socket", instance)
     return {"running": running, "file": written, "offline": offline,
             "offline-invalid": offline_bad}
+
+
+def coordination():
+    """Coordination as the daemon has it after a round, with a switchover request."""
+    from supervisor.coord import commands
+    from supervisor.coord.keys import Keys
+    from supervisor.coord.service import Coordination
+    from supervisor.coord.settings import CoordinationSettings, EtcdSettings
+
+    from .fakeetcd import FakeEtcdStore
+    from .fakes import FakeClock
+
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    c = Coordination(CoordinationSettings(EtcdSettings(("http://etcd:2379",)), "mail1", "a"),
+                     "default", FakeJournal(), clock, lambda: None, etcd=store.client())
+    c.authority.step(True)
+    commands.write_request(store.client(), Keys("/syncwarden", "mail1"), "a", "b", False, "x")
+    c.authority.step(True)
+    return c
 
 
 def with_lifecycle(sup) -> None:
