@@ -172,8 +172,8 @@ class Daemon:
             # What the role wants, before the first round: a restarted master must keep its
             # key (not let it go as a replica would), and its first tick must know whether it
             # holds it, or it would stop the workers the last daemon left running.
-            coord.want_master = sup.role.is_master
-            coord.start()
+            coord.wants_master = lambda: sup.role.is_master    # also while stopping: a
+            coord.start()                                      # drain pushes
         for problem in sup.lifecycle.problems:      # found while the links were configured
             self.problems.append(problem)
             self.journal.send(f"damaged state: {problem}", "err", "state-damaged")
@@ -261,14 +261,12 @@ class Daemon:
                             self.wake, **({"etcd": self.etcd} if self.etcd else {}))
 
     def _coordinate(self, coord, sup: Reconciler, systemd) -> None:
-        """Before each tick: tell the etcd thread what the role wants, and carry a switchover
-        one step further (coord/switchover.py)."""
+        """Before each tick: carry a switchover one step further (coord/switchover.py)."""
         if self.switchover is None:
             from .coord.switchover import SwitchoverDriver, cyrus_edges
 
             self.switchover = SwitchoverDriver(coord.settings.name, coord,
                                                *cyrus_edges(sup, systemd, self.proc_root))
-        coord.want_master = sup.role.is_master     # also while stopping: the drain pushes
         if not self.stop_requests:
             self.switchover.step(sup)
 

@@ -30,7 +30,10 @@ class Coordination:
                                    Keys(settings.etcd.prefix, settings.pair), settings.name,
                                    instance, settings.ttl, journal, clock)
         self.wake = wake
-        self.want_master = False
+        # Whether the local role wants the key, read afresh at each round (the daemon gives
+        # ``lambda: sup.role.is_master``): a role changed by a switchover or an operator
+        # between two ticks must not meet a round that still acts on the old one.
+        self.wants_master = lambda: False
         self.entry: dict | None = None
         self.entry_at = 0.0          # monotonic: the loop's last tick (set with entry)
         self.quiet = False           # a switchover asked for the release: push no more
@@ -69,7 +72,7 @@ class Coordination:
         while not self._stop.is_set():
             before = self.authority.view
             try:
-                after = self.authority.step(self.want_master, self._fresh_entry())
+                after = self.authority.step(self.wants_master(), self._fresh_entry())
             except Exception:    # a bug must not end the thread silently: the loop would
                 log.exception("coordination round failed")    # keep a stale view
                 after = before

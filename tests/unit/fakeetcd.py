@@ -29,6 +29,7 @@ class FakeEtcdStore:
         self.ids = itertools.count(0x1000)
         self.down = False
         self.calls: list[str] = []
+        self.history: list[tuple[str, str]] = []     # ("put" | "delete", key), in order
 
     def _expire(self) -> None:
         now = self.clock.monotonic()
@@ -74,6 +75,7 @@ class FakeEtcdStore:
         if lease and lease not in self.leases:
             raise LeaseGone("HTTP 400: etcdserver: requested lease not found")
         key = _d(op["key"])
+        self.history.append(("put", key))
         self.rev += 1
         old = self.kv.get(key)
         self.kv[key] = {"value": base64.b64decode(op.get("value", "")),
@@ -86,7 +88,9 @@ class FakeEtcdStore:
             if "request_put" in op:
                 self._put(op["request_put"])
             elif "request_delete_range" in op:
-                if self.kv.pop(_d(op["request_delete_range"]["key"]), None) is not None:
+                key = _d(op["request_delete_range"]["key"])
+                if self.kv.pop(key, None) is not None:
+                    self.history.append(("delete", key))
                     self.rev += 1
         return {"header": {"revision": str(self.rev)}, **({"succeeded": True} if ok else {})}
 

@@ -660,3 +660,27 @@ def test_the_etcd_client_does_not_load_ssl_for_http_endpoints():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_target_of_a_switchover_keeps_the_key_it_takes(tmp_path):
+    """The daemon named by a handover records master, takes the key, and keeps it: the round
+    that takes it reads the role as it is now, not as it was before the tick promoted it
+    (it did once, and let the key go again at once)."""
+    from supervisor.coord.keys import encode
+
+    store = FakeEtcdStore(RealClock())
+    c = store.client()
+    c.put(KEYS.handover, encode({"from": "b", "to": "a", "position": {}, "at": 1}))
+    c.put(KEYS.switchover, encode({"id": "x", "from": "b", "to": "a", "phase": "released",
+                                   "released_at": 1}))
+    d, t, result = run_daemon(tmp_path, store, role="replica")
+    try:
+        wait_until(lambda: store.value(KEYS.master) is not None)
+        import time
+        time.sleep(2.5)                     # a couple of rounds
+        assert [what for what, key in store.history if key == KEYS.master] == ["put"]
+        assert decode(store.value(KEYS.master))["host"] == "a"
+        assert decode(store.value(KEYS.switchover))["phase"] == "done"
+    finally:
+        d.request_stop()
+        t.join(10)
