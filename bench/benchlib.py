@@ -49,7 +49,8 @@ def sandbox(name: str, **kw):
     run's cleanup_stale() removes the mounts it left."""
     need_root()
     cleanup_stale()
-    sb = Sandbox(f"bench-{name}-{os.getpid()}", **kw)
+    prefix = os.environ.get("SYNCWARDEN_SANDBOX_PREFIX", "")    # as tests/system/conftest.py
+    sb = Sandbox(f"{prefix}bench-{name}-{os.getpid()}", **kw)
     old = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         sb.start()

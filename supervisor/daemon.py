@@ -157,7 +157,8 @@ class Daemon:
         sup = Reconciler(cfg, imapd, Edges(systemd, prober, self.journal, self.clock, follower,
                                            self.rival_scan,
                                            hooks=Hooks(systemd, inst.name, self.clock),
-                                           exits=exits),
+                                           exits=exits,
+                                           passes=worker_settings.PassFiles(inst)),
                          LocalState(holds, roles, store, inst.users_dir, inst.name,
                                     crash_points(inst.crash_flag), *self._lifecycle_state()))
         for problem in sup.lifecycle.problems:      # found while the links were configured

@@ -186,6 +186,9 @@ class DrainJob:
                 self.last_progress = now
         if self.files_left <= 0 or not (run or log):
             return self._sent("every entry queued when the drain began was sent", rival)
+        # A stale shutdown file makes sync_client exit at once without work; the pass may
+        # exec sync_client without the launcher that removes it (commands/worker.py).
+        self.files.clear_shutdown()
         systemd.start(self.unit)
         self.pass_running = True
         self.passes += 1
@@ -220,9 +223,12 @@ class Drains:
     """
 
     def __init__(self, systemd, journal, clock, holds, rival_now=lambda link: None,
-                 exits=None):
+                 exits=None, passes=None):
         self.systemd = systemd
         self.exits = exits             # ``watch(pid)``: wake the loop when it exits (or None)
+        # ``prepare(link)`` / ``discard(link)``: the argv a pass execs without the launcher
+        # (commands/worker.py), or None
+        self.passes = passes
         self._watched: dict[str, tuple[str, int]] = {}   # link -> awaited (unit, run) watched
         self.rival_now = rival_now     # link -> why a sync_client we did not start runs, or None
         self.journal = journal
@@ -243,6 +249,7 @@ class Drains:
         snap = rt.backlog.read(mono, self.clock.wall())
         self.jobs[rt.name] = DrainJob(rt.name, rt.units, SyncFiles(sync_dir), mono, timeout,
                                       snap.entries, hold_after, why, self.clock.wall())
+        self._pass_argv(rt.name, "prepare")
         self.journal.send(f"drain started ({why}), {snap.entries} entries"
                           " queued", "notice", "drain-started", SYNCWARDEN_LINK=rt.name,
                           SYNCWARDEN_ENTRIES=snap.entries)
@@ -259,6 +266,7 @@ class Drains:
         self._watched.pop(link, None)
         if job is None:
             return
+        self._pass_argv(link, "discard")
         job.files.clear_shutdown()
         for unit, act in ((job.worker_unit, self.systemd.kill), (job.unit, self.systemd.stop)):
             try:
@@ -302,6 +310,17 @@ class Drains:
         else:
             self._watch_exit(rt.name, job)
 
+    def _pass_argv(self, link: str, act: str) -> None:
+        """Leave (or take back) the argv of this link's passes for the drain unit. Without
+        it the unit runs the launcher, a few tens of milliseconds slower: never an error."""
+        if self.passes is None:
+            return
+        try:
+            getattr(self.passes, act)(link)
+        except OSError as exc:
+            log.warning("cannot %s the drain passes' command line: %s", act, exc,
+                        extra={"link": link})
+
     def _watch_exit(self, link: str, job: DrainJob) -> None:
         """Have the loop woken when the process the job waits for exits (once per process)."""
         awaited = job.awaited()
@@ -319,6 +338,7 @@ class Drains:
         name = rt.name
         del self.jobs[name]
         self._watched.pop(name, None)
+        self._pass_argv(name, "discard")
         rt.worker_ours = False
         snap = rt.snapshot = rt.backlog.read(mono, self.clock.wall())
         took = mono - job.started
