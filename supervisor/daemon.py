@@ -47,7 +47,10 @@ log = logging.getLogger("syncwarden")
 
 TICK = 1.0   # seconds between reconcile ticks when nothing wakes the loop earlier
 STATUS_REFRESH = 10.0
-TICK_DRAINING = 0.1  # a drain pass ends whenever sync_client does: notice it promptly
+TICK_DRAINING = 0.1  # a drain pass ends whenever sync_client does: notice it promptly ...
+# ... unless that end wakes the loop by itself (link/drain.py, the exit watch): a tick then
+# only checks timeouts, and each costs the pass CPU it would use (D-Bus, files, STATUS=).
+TICK_DRAIN_WATCHED = 0.5
 TICK_SEEDING = 0.25  # likewise a seed's batch: the next one starts at the next tick
 MIN_WAIT = 0.01      # the shortest wait in select: never a busy loop
 EXTEND_WHILE_DRAINING = 30.0
@@ -330,7 +333,9 @@ class Daemon:
     @staticmethod
     def _pace(sup: Reconciler) -> float:
         """Seconds to the next tick when nothing wakes the loop earlier."""
-        return TICK_DRAINING if sup.draining else TICK_SEEDING if sup.lifecycle.busy else TICK
+        if sup.draining:
+            return TICK_DRAIN_WATCHED if sup.drains.watched() else TICK_DRAINING
+        return TICK_SEEDING if sup.lifecycle.busy else TICK
 
     def _wait(self, selector, sup: Reconciler) -> None:
         """Until something happens (a signal, a probe's news, a client, a journal line, the

@@ -231,7 +231,8 @@ class Drains:
         # ``prepare(link)`` / ``discard(link)``: the argv a pass execs without the launcher
         # (commands/worker.py), or None
         self.passes = passes
-        self._watched: dict[str, tuple[str, int]] = {}   # link -> awaited (unit, run) watched
+        # link -> (awaited (unit, run), its pid) whose exit wakes the loop
+        self._watched: dict[str, tuple[tuple[str, int], int]] = {}
         self.rival_now = rival_now     # link -> why a sync_client we did not start runs, or None
         self.journal = journal
         self.clock = clock
@@ -326,7 +327,7 @@ class Drains:
     def _watch_exit(self, link: str, job: DrainJob) -> None:
         """Have the loop woken when the process the job waits for exits (once per process)."""
         awaited = job.awaited()
-        if self.exits is None or awaited is None or self._watched.get(link) == awaited:
+        if self.exits is None or awaited is None or self._watched.get(link, ((), 0))[0] == awaited:
             return
         try:
             pid = self.systemd.main_pid(awaited[0])
@@ -334,7 +335,16 @@ class Drains:
             log.debug("no main pid for %s: %s", awaited[0], exc)
             return
         if pid and self.exits.watch(pid):
-            self._watched[link] = awaited
+            self._watched[link] = (awaited, pid)
+
+    def watched(self) -> bool:
+        """Whether the end of every process the drains wait for will wake the loop by itself
+        (watched, and not ended yet): then a tick is only a safety net, and can wait."""
+        for link, job in self.jobs.items():
+            awaited, pid = self._watched.get(link, ((), 0))
+            if job.awaited() is None or awaited != job.awaited() or not self.exits.watching(pid):
+                return False
+        return True
 
     def _finished(self, rt, job: DrainJob, outcome: Outcome, mono: float) -> None:
         name = rt.name

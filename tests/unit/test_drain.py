@@ -389,3 +389,18 @@ def test_a_shutdown_file_is_removed_before_every_pass(tmp_path):
     sup.operator.drain("replica1")
     step(sup, env, n=4)
     assert seen == [False, False] and sup.drains.last["replica1"]["drained"] is True
+
+
+def test_the_loop_ticks_slower_while_the_end_it_waits_for_will_wake_it(tmp_path):
+    from supervisor.daemon import TICK_DRAIN_WATCHED, TICK_DRAINING, Daemon
+
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES)
+    env["systemd"].stop(W1)
+    sup.operator.drain("replica1")
+    assert Daemon._pace(sup) == TICK_DRAINING             # nothing watched yet
+    step(sup, env, seconds=0.1)                           # a pass starts, keeps running
+    assert Daemon._pace(sup) == TICK_DRAIN_WATCHED > TICK_DRAINING
+    env["exits"].ended.add(env["systemd"].main_pid(D1))   # its end woke the loop, and a
+    assert Daemon._pace(sup) == TICK_DRAINING             # tick did not see it: soon again
