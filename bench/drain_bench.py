@@ -26,6 +26,7 @@ import sys
 import time
 
 from benchlib import (
+    SYNC_IDENT,
     CyrusLab,
     Syncwarden,
     drain_bare,
@@ -82,6 +83,13 @@ def timeline(sb, cursor, t0: float) -> list[str]:
     return out
 
 
+def first_line(sb, cursor, t0: float) -> float | None:
+    """Seconds from t0 to sync_client's first line (it has connected and logged in)."""
+    return min((t for e in sb.journal(since_cursor=cursor, fields=True)
+                if e.get("SYSLOG_IDENTIFIER") == SYNC_IDENT and (t := realtime(e) - t0) >= 0),
+               default=None)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=2, help="rounds per side (default 2)")
@@ -101,10 +109,11 @@ def main() -> int:
         def cyrus_alone(k):
             print(f"round {k}: Cyrus alone", flush=True)
             entries = queue(sb, lab, a.per_user, f"bare{k}")
+            cursor = sb.journal_cursor()
             r = drain_bare(sb, lab, "replica1")
             left = log_lines(sb, lab, "replica1")
             bare.append({"entries": entries, **r, "left": sum(left.values()),
-                         "verify": verify(lab)})
+                         "verify": verify(lab), "first_line": first_line(sb, cursor, r["start"])})
             print(f"  drained in {r['seconds']:.2f} s, {r['passes']} passes;"
                   f" {bare[-1]['verify']}", flush=True)
 
@@ -128,7 +137,8 @@ def main() -> int:
                         "daemon": fin[0]["MESSAGE"] if fin else "no drain-finished entry",
                         "passes": int(fin[0]["SYNCWARDEN_PASSES"]) if fin else None,
                         "own": float(fin[0]["SYNCWARDEN_DURATION"]) if fin else None,
-                        "timeline": timeline(sb, cursor, t0)})
+                        "timeline": timeline(sb, cursor, t0),
+                        "first_line": first_line(sb, cursor, t0)})
             print(f"  systemctl stop syncwarden took {took:.2f} s; journal: {sup[-1]['daemon']};"
                   f" {sup[-1]['verify']}", flush=True)
 
@@ -158,6 +168,10 @@ def main() -> int:
     print("  where the time of the last `systemctl stop syncwarden` went (from its start):")
     for line in sup[-1]["timeline"]:
         print(f"    {line}")
+    print("  Cyrus alone, from the loop's start to sync_client's first line (login done): "
+          + ", ".join(f"+{x['first_line']:.3f}" for x in bare if x["first_line"] is not None)
+          + "; syncwarden, from `systemctl stop`: "
+          + ", ".join(f"+{x['first_line']:.3f}" for x in sup if x["first_line"] is not None))
     ok = all(x["verify"].startswith("replica1 ==") and x["left"] == 0 for x in bare + sup)
     print(result_line(sw_stop_s=s, bare_drain_s=b, ratio=ratio, entries=bare[0]["entries"],
                       rounds=a.rounds, all_delivered="yes" if ok else "no",
