@@ -105,6 +105,20 @@ print(json.dumps({"samples": samples, "scrapes": scrapes}))
 
 
 # Inside the container: a command's wall time, median of n runs.
+MAPS = r"""
+import collections, json, re, sys
+rss, env, name = collections.Counter(), {}, "[anon]"
+for line in open(f"/proc/{sys.argv[1]}/smaps"):
+    m = re.match(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$", line)
+    if m:
+        name = m.group(1) or "[anon]"
+    elif line.startswith("Rss:"):
+        rss[name.rsplit("/", 1)[-1]] += int(line.split()[1])
+arena = open(f"/proc/{sys.argv[1]}/environ", "rb").read().split(b"\0")
+print(json.dumps({"top": rss.most_common(8),
+                  "env": [e.decode() for e in arena if e.startswith(b"MALLOC_")]}))
+"""
+
 TIMER = r"""
 import json, statistics, subprocess, sys, time
 n, argv = int(sys.argv[1]), sys.argv[2:]
@@ -196,6 +210,7 @@ def main() -> int:
         sampled = inner(sb, SAMPLER, pid, ",".join(map(str, workers)), a.minutes, 5, url,
                         timeout=a.minutes * 60 + 120)
         samples, scrapes = sampled["samples"], sampled["scrapes"]
+        where = inner(sb, MAPS, pid)
         pid_after = sw.main_pid()
         states = {x["state"] for x in sw.status()["links"]}
         status_t = inner(sb, TIMER, 9, "syncwarden", "status", timeout=300)
@@ -234,6 +249,8 @@ def main() -> int:
           f" {last['mem'].get('RssFile', 0) / 1024:.1f} MB file-backed (shared libraries,"
           " the journal files sd-journal maps)"
           f"  (target <= {rss_target} MB)")
+    print("    where it is (RSS by mapping, kB): " + ", ".join(f"{n} {kb}" for n, kb in where["top"])
+          + f"; {' '.join(where['env']) or 'glibc malloc defaults'}")
     print(f"    CPU {cpu_pct:.3f} % of one core on average, busiest minute {max(per_min):.3f} %"
           f"  (target <= {cpu_target:g} %)")
     print(f"      of which the main thread (ticks, status, journal) {main_pct:.3f} %, the other"
