@@ -90,7 +90,7 @@ def _saved(path: str | None, mode: str):
         return None                  # absent, unreadable or stale: read the config
 
 
-# -- a drain pass without the launcher -------------------------------------------------------------
+# -- a drain pass without the launcher ----------------------------------------------------------
 # A drain pass starts between ``systemctl stop`` and the first entry sent: the drain unit execs
 # sync_client through /usr/bin/env from $SYNCWARDEN_PASS, which its EnvironmentFile (written
 # here by the daemon as a drain begins, removed as it ends) sets to the argv of the settings

@@ -15,8 +15,9 @@ finish the file it is on, and ``sync_client -R -1`` exits 0 even when it failed.
    file per pass (``log-run`` first, then ``log``), until both files that existed once the
    worker stopped have been sent, or neither file exists. The unit execs sync_client from the
    argv the drain leaves it (``passes``: commands/worker.py), without the launcher's Python
-   start-up; so the drain removes a stale shutdown file itself before each pass. Entries written meanwhile by running
-   mail services wait for the next start: with writers active, "empty" may never happen.
+   start-up; so the drain removes a stale shutdown file itself before each pass. Entries
+   written meanwhile by running mail services wait for the next start: with writers active,
+   "empty" may never happen.
 
 Success is judged by the files, never by exit codes. A drain that cannot finish leaves the files
 untouched for the next start. It gives up at once on what more passes cannot fix: a refused login

@@ -147,8 +147,8 @@ def test_a_drain_leaves_its_passes_the_argv_to_exec_and_takes_it_back(installed)
     daemon_loaded(inst)
     passes = worker.PassFiles(inst)
     assert passes.prepare("replica1") is True
-    assert pass_env(inst).read_text() == (f"SYNCWARDEN_PASS={SYNC_CLIENT} -C {inst.root}/imapd.conf"
-                                          " -R -1 -n replica1\n")
+    assert pass_env(inst).read_text() == (f"SYNCWARDEN_PASS={SYNC_CLIENT} -C"
+                                          f" {inst.root}/imapd.conf -R -1 -n replica1\n")
     run(inst, "once")                                   # the launcher would exec the same
     assert " ".join(execs[-1]) == pass_env(inst).read_text().strip().partition("=")[2]
     passes.discard("replica1")
