@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from .moveconfig import MoveSettings, StoreSettings, read_move, read_stores
+
 DEFAULT_PATH = Path("/etc/syncwarden/syncwarden.yaml")
 
 # A link name is a Cyrus channel name (imapd.conf lowercases option keys, so `<link>_sync_host`
@@ -146,6 +148,10 @@ class Config:
     check: CheckSettings = CheckSettings()
     hooks: HookSettings = HookSettings()
     metrics: MetricsSettings = MetricsSettings()
+    # other Cyrus stores users can be moved to, and how (moveconfig.py)
+    stores: Mapping[str, StoreSettings] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}))
+    move: MoveSettings = MoveSettings()
     source: str = str(DEFAULT_PATH)
 
 
@@ -163,6 +169,7 @@ RANGES: Mapping[str, tuple[float, float]] = MappingProxyType({
     "check.timeout": (1, 1 * _D),
     "check.parallel": (1, 64),
     "hooks.timeout": (1, 1 * _H),
+    "move.lock_timeout": (1, 1 * _H),
     "port": (1, 65535),
 })
 ROLES = ("master", "replica")
@@ -380,7 +387,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 TOP_KEYS = ("cyrus", "role", "links", "probe", "live", "drain", "quarantine", "control",
-            "check", "hooks", "metrics")
+            "check", "hooks", "metrics", "stores", "move")
 
 
 def _yaml(text: str, source: str) -> Any:
@@ -429,6 +436,10 @@ def parse(text: str, source: str = str(DEFAULT_PATH)) -> Config:
                                                           "textfile": r.textfile})
     links = _links(r, top)
     values["check"] = _check(r, top.get("check"), links)
+    timeout = values["check"].master.timeout
+    values["stores"] = read_stores(r, top.get("stores"), lambda data, path: _endpoint(
+        r, data, path, timeout, ImapEndpoint("localhost")))
+    values["move"] = read_move(r, top.get("move"))
     if r.problems:
         raise ConfigError(source, r.problems)
     return Config(links=links, source=source, **values)

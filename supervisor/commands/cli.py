@@ -249,13 +249,15 @@ def _show_status(args, doc: dict) -> int:
         print(text)
         return code
     from .check import add_last_checks, last_check_lines
+    from .move import add_moves, move_lines
 
     add_last_checks(doc, args.state_dir)
+    add_moves(doc, args.state_dir)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
         print("\n".join([render.status_table(doc, now=time.time())]
-                        + last_check_lines(doc, time.time())))
+                        + last_check_lines(doc, time.time()) + move_lines(doc)))
     return EXIT_OK if verdict.level(doc) == NAGIOS_OK else EXIT_PROBLEM
 
 
@@ -454,6 +456,12 @@ def cmd_failover(args) -> int:
     return failover.run(args, cfg, imapd, proc_root=args.proc_root)
 
 
+def cmd_move(args) -> int:
+    from .move import cmd_move as move
+
+    return move(args)
+
+
 def cmd_check(args) -> int:
     from .check import cmd_check as check
 
@@ -471,6 +479,6 @@ COMMANDS = {
     "daemon": cmd_daemon, "worker": cmd_worker, "check-config": cmd_check_config,
     "status": cmd_status, "hold": _link_command, "resume": _link_command,
     "release": _link_command,
-    "check": cmd_check, "repair": cmd_repair, "failover": cmd_failover, "reload": cmd_reload,
+    "check": cmd_check, "repair": cmd_repair, "move": cmd_move, "failover": cmd_failover, "reload": cmd_reload,
     **lifecycle.COMMANDS,
 }

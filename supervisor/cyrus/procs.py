@@ -532,3 +532,36 @@ def cyrus_conf_paths(imapd_conf_path, dirs, proc_root="/proc",
             cwd = _readlink(root / str(p.pid) / "cwd") or "/"
             out.append(os.path.normpath(os.path.join(cwd, m)))
     return list(dict.fromkeys(out))
+
+
+# --- one user's sessions (user moves) ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Session:
+    pid: int
+    service: str
+    client: str
+
+
+def user_sessions(imapd: ImapdConf, user: str, proc_root="/proc") -> list[Session]:
+    """The processes serving ``user``, from the session files Cyrus keeps while a client is
+    served: ``{proc_path}/PID`` (default ``{configdirectory}/proc``), one line
+    ``service\\thost\\tuserid\\tmailbox\\tcommand`` (proc_register: 3.6.1 imap/proc.c, 3.10.2
+    lib/proc.c). What cyr_deny scans too. Only pids that are a Cyrus service now: a file left
+    by a crashed process names a pid that may belong to anything by now."""
+    folder = _proc_dir(imapd)
+    if folder is None:
+        return []
+    found = []
+    for name in _names(folder):
+        if not (name.isascii() and name.isdigit()):
+            continue                 # PID.new while a process writes its file
+        raw = _read(folder / name, 4096)
+        if raw is None:
+            continue
+        fields = raw.decode("utf-8", "replace").split("\n", 1)[0].split("\t")
+        exe = _exe(Path(proc_root), int(name))
+        if len(fields) >= 3 and fields[2] == user and exe \
+                and os.path.basename(exe) in SERVICES:
+            found.append(Session(int(name), fields[0], fields[1]))
+    return found

@@ -1,0 +1,220 @@
+"""``syncwarden move USER... --to STORE``: move users from this instance to another store.
+
+Each user's move is workflow.Move against edges.CyrusEdges, its state in
+``STATE_DIR/moves/USER.json`` (so a second run resumes, and ``status`` shows it); users run
+``--parallel`` at a time. Exit 0 when every user was moved, 1 when any rolled back or failed
+(the summary says which and why), 2 for usage and configuration errors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..cyrus import imapdconf
+from ..exits import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
+from ..move import files, workflow
+from ..move.edges import CyrusEdges
+from ..systemd.journal import Journal
+
+MAX_PARALLEL = 32
+
+
+def read_users(args) -> tuple[list[str], list[str]]:
+    """(users, problems): the command line's, then --from-file's (one per line, # comments),
+    each once, in order."""
+    users, problems = list(args.users or []), []
+    if args.from_file:
+        try:
+            text = Path(args.from_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return [], [f"--from-file {args.from_file}: cannot read:"
+                        f" {getattr(exc, 'strerror', None) or exc}"]
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if line:
+                why = files.check_user(line)
+                if why:
+                    problems.append(f"{args.from_file}: line {n}: {why}")
+                users.append(line)
+    problems += [why for u in args.users or [] if (why := files.check_user(u))]
+    seen, unique = set(), []
+    for u in users:
+        if u not in seen:
+            seen.add(u)
+            unique.append(u)
+    if not unique and not problems:
+        problems.append("no users: name them, or give --from-file")
+    return unique, problems
+
+
+def source_name(cfg, instance) -> str:
+    """This store's name for the hook: the store whose imapd.conf is this instance's, else
+    the instance's name."""
+    for store in cfg.stores.values():
+        if Path(store.imapd_conf) == Path(cfg.cyrus.imapd_conf):
+            return store.name
+    return instance.name
+
+
+def cmd_move(args, journal=None, edges_factory=CyrusEdges, clock=time.time) -> int:
+    from ..daemon import ConfigProblem, load_checked
+
+    if not 1 <= args.parallel <= MAX_PARALLEL:
+        print(f"syncwarden move: --parallel {args.parallel}: expected 1-{MAX_PARALLEL}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    users, problems = read_users(args)
+    if problems:
+        print("syncwarden move: " + "\n  ".join(problems), file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        cfg, imapd = load_checked(args.config)
+    except ConfigProblem as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    store = cfg.stores.get(args.to)
+    if store is None:
+        print(f"syncwarden move: --to {args.to}: no such store (stores:"
+              f" {', '.join(cfg.stores) or 'none configured'})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        target_imapd = imapdconf.load(store.imapd_conf)
+    except imapdconf.ImapdConfError as exc:
+        print(f"syncwarden move: stores.{store.name}.imapd_conf: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    source = source_name(cfg, args.instance)
+    if source == store.name:
+        print(f"syncwarden move: --to {store.name}: that is this store", file=sys.stderr)
+        return EXIT_USAGE
+    edges = edges_factory(cfg, imapd, store, target_imapd)
+    if args.dry_run:
+        for user in users:
+            plan = workflow.Plan(user, source, store.name, cfg.move.lock_timeout)
+            print(f"move {user}: {source} -> {store.name}")
+            print("\n".join("  " + line for line in workflow.describe(
+                plan, edges.target_replicas(), cfg.move.switch_hook)))
+        return EXIT_OK
+    if not cfg.move.switch_hook:
+        print(f"{cfg.source}: move.switch_hook: required to move users (the command that"
+              " switches a user's routing)", file=sys.stderr)
+        return EXIT_USAGE
+    run = _Runner(args.state_dir, edges, cfg.move.lock_timeout, source, store.name,
+                  journal or Journal(), clock, sys.stderr)
+    with ThreadPoolExecutor(max_workers=min(args.parallel, len(users))) as pool:
+        results = list(pool.map(run.one, users))
+    if args.json:
+        print(json.dumps({"store": store.name, "source": source, "moves": results}, indent=2))
+    else:
+        print(summary_table(results))
+    return EXIT_OK if all(r["result"] == workflow.DONE for r in results) else EXIT_PROBLEM
+
+
+class _Runner:
+    def __init__(self, state_dir, edges, lock_timeout, source, target, journal, clock, out):
+        self.state_dir, self.edges, self.lock_timeout = state_dir, edges, lock_timeout
+        self.source, self.target, self.journal, self.clock = source, target, journal, clock
+        self.out, self.printing = out, threading.Lock()
+
+    def one(self, user: str) -> dict:
+        lock = files.UserLock(self.state_dir, user)
+        try:
+            if not lock.acquire():
+                return _outcome({"user": user, "result": workflow.FAILED,
+                                 "error": "another syncwarden move of this user is running",
+                                 "phases": {}})
+            plan = workflow.Plan(user, self.source, self.target, self.lock_timeout)
+            state = files.load(self.state_dir, user)
+            if state is None or state.get("result") in workflow.FINISHED \
+                    or state.get("target") != self.target:
+                if state and state.get("result") not in workflow.FINISHED:
+                    return _outcome({**state, "result": workflow.FAILED, "error":
+                                     f"an unfinished move to {state.get('target')} is"
+                                     " recorded: run it again with that --to"})
+                state = workflow.new_state(plan, self.clock())
+            move = workflow.Move(state, plan, self.edges, self.clock,
+                                 lambda st: files.save(self.state_dir, st), self.event)
+            return _outcome(move.run())
+        finally:
+            lock.close()
+
+    def event(self, kind: str, st: dict, **detail) -> None:
+        fields = dict(SYNCWARDEN_USER=st["user"], SYNCWARDEN_SOURCE=st["source"],
+                      SYNCWARDEN_TARGET=st["target"])
+        who = f"move {st['user']} {st['source']} -> {st['target']}"
+        if kind == "started":
+            text, prio = f"{who}: started at {st['phase']}", "notice"
+        elif kind == "phase":
+            text = f"{who}: {detail['phase']} done in {detail['seconds']:.2f}s"
+            text += f" ({detail['detail']})" if detail["detail"] else ""
+            prio = "info"
+            fields.update(SYNCWARDEN_PHASE=detail["phase"],
+                          SYNCWARDEN_DURATION=f"{detail['seconds']:.3f}")
+        else:
+            cp = workflow.critical_path(st)
+            text = f"{who}: {st['result']}" + (f", critical path {cp:.2f}s" if cp else "") + \
+                (f": {st['error']}" if st.get("error") else "") + \
+                "".join(f"; {w}" for w in st.get("warnings", []))
+            prio = "notice" if st["result"] == workflow.DONE else "err"
+            fields.update(SYNCWARDEN_RESULT=st["result"],
+                          SYNCWARDEN_CRITICAL_PATH=f"{cp:.3f}" if cp is not None else None)
+        self.journal.send(text, prio, f"move-{kind}", **fields)
+        with self.printing:
+            print(text, file=self.out, flush=True)
+
+
+def _outcome(st: dict) -> dict:
+    """One user's line of the report (JSON and table)."""
+    cp = workflow.critical_path(st)
+    return {"user": st["user"], "result": st.get("result") or workflow.FAILED,
+            "phase": st.get("failed_phase") or st.get("phase"),
+            "critical_path_seconds": round(cp, 3) if cp is not None else None,
+            "phases": {k: v["seconds"] for k, v in st.get("phases", {}).items()},
+            "error": st.get("error"), "warnings": st.get("warnings", [])}
+
+
+def summary_table(results: list[dict]) -> str:
+    rows = [("USER", "RESULT", "CRITICAL PATH", "TOTAL", "DETAIL")]
+    for r in results:
+        cp = r["critical_path_seconds"]
+        detail = r["error"] or "; ".join(r["warnings"]) or ""
+        rows.append((r["user"], r["result"], f"{cp:.2f}s" if cp is not None else "-",
+                     f"{sum(r['phases'].values()):.1f}s", detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4]
+             for row in rows]
+    moved = sum(r["result"] == workflow.DONE for r in results)
+    lines.append(f"{moved} of {len(results)} user(s) moved")
+    return "\n".join(x.rstrip() for x in lines)
+
+
+# --- status ----------------------------------------------------------------------------------
+
+def add_moves(doc: dict, state_dir: Path) -> None:
+    """The recorded moves (field ``moves``) in a status document."""
+    doc["moves"] = [{"user": st["user"], "source": st["source"], "target": st["target"],
+                     "phase": st["phase"], "result": st.get("result"),
+                     "locked": st.get("locked_at") is not None and st.get("unlocked_at") is None,
+                     "critical_path_seconds": workflow.critical_path(st),
+                     "error": st.get("error")} for st in files.every(state_dir)]
+
+
+def move_lines(doc: dict) -> list[str]:
+    """Unfinished moves one line each; finished ones counted."""
+    moves = doc.get("moves") or []
+    lines = []
+    for m in moves:
+        if m["result"] in workflow.FINISHED:
+            continue
+        lock = ", user locked" if m["locked"] else ""
+        err = f": {m['error']}" if m.get("error") else ""
+        lines.append(f"move {m['user']} {m['source']} -> {m['target']}: {m['phase']}{lock}{err}")
+    done = sum(m["result"] == workflow.DONE for m in moves)
+    back = sum(m["result"] == workflow.ROLLED_BACK for m in moves)
+    if done or back:
+        lines.append(f"moves: {done} done, {back} rolled back")
+    return lines

@@ -1,0 +1,175 @@
+"""The side effects of a user move, each behind one small method (workflow.py calls them).
+
+Every command line comes from cyrus/commands.py; the session scan from cyrus/procs.py; the deep
+comparison from pair/compare.py through pair/imapclient.py, as `syncwarden check` reads a pair.
+Commands run as the cyrus user (runuser), the switch hook as root with /bin/sh.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from ..cyrus import commands, procs
+from ..cyrus.imapdconf import ImapdConf
+from ..pair import compare, credentials
+from ..pair.imapclient import AdminView, ImapError, read_user
+from .workflow import EdgeError
+
+ADMIN_TIMEOUT = 30.0      # seconds for a cyr_deny outside the lock's deadline
+TERM_GRACE = 2.0          # seconds a session has to exit after SIGTERM before SIGKILL
+POLL = 0.05
+
+
+def lock_services(verify_service: str | None) -> str:
+    """cyr_deny's -s: every service, except the one the deep check reads through (its
+    wildmat is scanned right to left, the first match decides: imap/userdeny_db.c)."""
+    return f"*,!{verify_service}" if verify_service else "*"
+
+
+def _tail(text: str) -> str:
+    lines = [x.strip() for x in (text or "").splitlines() if x.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+class Runner:
+    """subprocess.run with a timeout, failures as EdgeError naming the command."""
+
+    def __call__(self, argv: list[str], timeout: float | None, what: str,
+                 env: dict | None = None) -> str:
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
+                               stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise EdgeError(f"{what}: no answer within {timeout:.1f}s") from None
+        except OSError as exc:
+            raise EdgeError(f"{what}: {exc.strerror}: {argv[0]}") from None
+        if p.returncode != 0:
+            raise EdgeError(f"{what}: exit {p.returncode}: {_tail(p.stderr or p.stdout)}")
+        return p.stdout
+
+
+class CyrusEdges:
+    """A move from this instance (``imapd``) to one store, on this host."""
+
+    def __init__(self, cfg, imapd: ImapdConf, store, target_imapd: ImapdConf, run=None,
+                 proc_root: Path = Path("/proc"), kill=os.kill, clock=time.monotonic,
+                 sleep=time.sleep):
+        self.cfg, self.imapd, self.store, self.target_imapd = cfg, imapd, store, target_imapd
+        self.run = run or Runner()
+        self.bin_dir = Path(cfg.cyrus.sync_client).parent
+        self.proc_root, self.kill, self.clock, self.sleep = proc_root, kill, clock, sleep
+        self.services = lock_services(cfg.move.verify_service)
+
+    # --- locks -------------------------------------------------------------------------------
+
+    def _deny(self, conf: Path, user: str, timeout, where: str) -> None:
+        argv = commands.cyr_deny(self.bin_dir, conf, user, services=self.services,
+                                 message="moving to another store, try again in a minute")
+        self.run(argv, timeout or ADMIN_TIMEOUT, f"cyr_deny {user} on {where}")
+
+    def _allow(self, conf: Path, user: str, where: str) -> None:
+        self.run(commands.cyr_deny(self.bin_dir, conf, user, allow=True), ADMIN_TIMEOUT,
+                 f"cyr_deny -a {user} on {where}")
+
+    def deny_target(self, user: str) -> None:
+        self._deny(self.store.imapd_conf, user, None, self.store.name)
+
+    def allow_target(self, user: str) -> None:
+        self._allow(self.store.imapd_conf, user, self.store.name)
+
+    def deny_source(self, user: str, timeout) -> None:
+        self._deny(self.imapd.path, user, timeout, "this store")
+
+    def allow_source(self, user: str) -> None:
+        self._allow(self.imapd.path, user, "this store")
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    def _live(self, user: str) -> list[int]:
+        return [s.pid for s in procs.user_sessions(self.imapd, user, self.proc_root)]
+
+    def end_sessions(self, user: str, timeout) -> int:
+        """SIGTERM each session of the user still there after cyr_deny, SIGKILL what
+        outlives TERM_GRACE; the number ended."""
+        ended, sig = set(), signal.SIGTERM
+        limit = self.clock() + min(timeout or TERM_GRACE * 2, TERM_GRACE * 2)
+        grace = self.clock() + TERM_GRACE
+        while True:
+            pids = self._live(user)
+            if not pids:
+                return len(ended)
+            if self.clock() >= limit:
+                raise EdgeError(f"{len(pids)} session(s) of {user} still running: pid(s)"
+                                f" {', '.join(map(str, pids))}")
+            if self.clock() >= grace:
+                sig = signal.SIGKILL
+            for pid in pids:
+                if pid not in ended or sig == signal.SIGKILL:
+                    try:
+                        self.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+                    ended.add(pid)
+            self.sleep(POLL)
+
+    # --- syncs ---------------------------------------------------------------------------------
+
+    def sync_to_target(self, user: str, timeout) -> None:
+        argv = commands.user_to(self.cfg.cyrus.sync_client, self.imapd.path, self.store.channel,
+                                user)
+        self.run(argv, timeout, f"sync_client -n {self.store.channel} -u {user}")
+
+    def target_replicas(self) -> list[str]:
+        return [c for c in self.target_imapd.channels if c is not None]
+
+    def replicate(self, user: str) -> list[str]:
+        """The user from the target to each of its replicas: the target's sync_server logged
+        nothing of the move to its channels (docs/moves.md)."""
+        done = []
+        for channel in self.target_replicas():
+            argv = commands.user_to(self.cfg.cyrus.sync_client, self.store.imapd_conf, channel,
+                                    user)
+            self.run(argv, None, f"sync_client -C {self.store.imapd_conf} -n {channel}"
+                     f" -u {user}")
+            done.append(channel)
+        return done
+
+    # --- verify --------------------------------------------------------------------------------
+
+    def verify(self, user: str, timeout) -> list[str]:
+        """Every difference (compare.py's wording) between the user on this store and on the
+        target: mailboxes, UIDs, GUIDs, flags. ImapError is a failure of the verify."""
+        try:
+            logins = credentials.load(self.cfg.check.credentials, ["master", self.store.name])
+        except credentials.CredentialsError as exc:
+            raise EdgeError(str(exc)) from None
+        sides = ((self.cfg.check.master, logins["master"]),
+                 (self.store.imap, logins[self.store.name]))
+        try:
+            views = []
+            for endpoint, login in sides:
+                admin = AdminView(endpoint, login)
+                try:
+                    names = admin.users().get(user)
+                finally:
+                    admin.close()
+                views.append(read_user(endpoint, login, user, names, True) if names else None)
+        except ImapError as exc:
+            raise EdgeError(f"verify: {exc}") from None
+        return [f"{d.mailbox or d.user}: {d.detail}"
+                for d in compare.compare_user(user, views[0], views[1], pending=False)]
+
+    # --- the switch ----------------------------------------------------------------------------
+
+    def switch(self, user: str, source: str, target: str, timeout) -> None:
+        hook = self.cfg.move.switch_hook
+        if not hook:
+            raise EdgeError("move.switch_hook is not configured")
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYNCWARDEN_USER": user,
+               "SYNCWARDEN_SOURCE": source, "SYNCWARDEN_TARGET": target}
+        self.run(["/bin/sh", "-c", hook + ' "$@"', "switch-hook", user, source, target],
+                 timeout or ADMIN_TIMEOUT, "move.switch_hook", env=env)
