@@ -1,0 +1,271 @@
+"""User moves between two stores (issue 15), in one container for the whole module.
+
+Two Cyrus masters, each with its own replica under its own syncwarden daemon: the default
+instance ("master" -> replica1) and the instance "east" ("east" -> replica2). The default
+instance's imapd.conf has a channel "east" to east's sync_server (the store), and both masters
+run an extra imapd on loopback ("imapverify") that the lock leaves open for the deep verify.
+Mail reaches the users through moverouter.py, a small MTA that follows the routing map the
+reference switch hook rewrites, and queues what a locked store refuses with 451.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from . import cyruslab as cl
+from .sandbox import Sandbox
+from .swlab import BASE_CONFIG, Syncwarden
+
+pytestmark = pytest.mark.system
+
+USERS = ("bob", "alice", "carol")
+EAST_CONFIG = "/etc/syncwarden/east.yaml"
+ROUTES = "/srv/cyrlab/routes"
+ROUTER = "/srv/cyrlab/moverouter.py"
+ACCEPTED = "/srv/cyrlab/accepted"
+STOP = "/srv/cyrlab/router-stop"
+HOOK = "/usr/local/lib/syncwarden/hooks/routing-map-hook"
+VERIFY = {"master": 24143, "east": 24243}
+EAST_SYNC = 24005
+FOLDERS = ("INBOX", "INBOX.Sent", "INBOX.Archive")
+MOVE_PHASE = "153b693b77ee4ecba663d5e594bf559d"
+VERIFY_SERVICE = '  imapverify cmd="imapd -C {conf}" listen="127.0.0.1:{port}" prefork=0\n'
+
+
+class TwoStores(cl.CyrusLab):
+    """master -> replica1 and east -> replica2; east also runs a sync_server (the store)."""
+
+    def __init__(self, sandbox):
+        super().__init__(sandbox, replicas=("replica1", "replica2"), users=USERS)
+        self.names = ("master", "east", "replica1", "replica2")
+
+    def ports(self, name):
+        if name == "east":
+            return {"imap": 13143, "lmtp": 13024, "sync": EAST_SYNC, "verify": VERIFY["east"]}
+        if name == "master":
+            return {**super().ports(name), "verify": VERIFY["master"]}
+        return super().ports(name)
+
+    def unit(self, name):
+        return "cyrlab-replica@east.service" if name == "east" else super().unit(name)
+
+    def create(self):
+        super().create()
+        channels = {"master": ["replica1"], "east": ["replica2"]}
+        for name in ("master", "east"):
+            d = f"{cl.ROOT}/{name}"
+            text = cl.IMAPD_CONF.format(d=d, name=name, admin=cl.ADMIN, sync_user=cl.SYNC_USER)
+            text += cl.MASTER_SYNC.format(channels=" ".join(channels[name]))
+            links = channels[name] + (["east"] if name == "master" else [])
+            for link in links:
+                port = EAST_SYNC if link == "east" else self.port(link, "sync")
+                text += cl.CHANNEL.format(link=link, host="127.0.0.1", port=port,
+                                          sync_user=cl.SYNC_USER, sync_pw=cl.SYNC_PW)
+            self.sb.write_file(self.conf(name), text)
+            p = self.ports(name)
+            extra = VERIFY_SERVICE.format(conf=self.conf(name), port=p["verify"])
+            if "sync" in p:
+                extra += cl.SYNC_SERVICE.format(conf=self.conf(name), addr="127.0.0.1",
+                                                sync=p["sync"])
+            self.sb.write_file(f"{d}/cyrus.conf", cl.CYRUS_CONF.format(
+                conf=self.conf(name), d=d, addr="127.0.0.1", imap=p["imap"], lmtp=p["lmtp"],
+                sync_service=extra))
+        self.sb.sh(f"chown -R cyrus:mail {cl.ROOT}")
+
+    def ids(self, port: int, user: str, folder="INBOX") -> dict | None:
+        """{message-id: guid} of a user's folder read at a port (None: no such folder)."""
+        return self._client("ids", port, user, "--folder", folder)[user]
+
+    def login(self, port: int, user: str) -> str:
+        """The user's own LOGIN with its password: "OK" or the server's refusal."""
+        script = ("import imaplib,sys\nm=imaplib.IMAP4('127.0.0.1',int(sys.argv[1]))\n"
+                  "try:\n print(m.login(sys.argv[2],'pw')[0]); m.logout()\n"
+                  "except Exception as e:\n print('refused: %s' % e)\n")
+        return self.sb.run("/usr/bin/python3", "-c", script, port, user).stdout.strip()
+
+
+def default_config(lab, lock_timeout="30s", hook=None) -> str:
+    links = f"  replica1: {{host: 127.0.0.1, port: {lab.port('replica1', 'sync')}}}"
+    hook = hook or f"ROUTING_MAP={ROUTES} {HOOK}"
+    return BASE_CONFIG.format(links=links, interval="1s", drain_timeout="60s") + f"""\
+check:
+  credentials: /etc/syncwarden/imap-credentials
+  master: {{host: 127.0.0.1, port: {VERIFY['master']}, tls: none}}
+stores:
+  east:
+    imapd_conf: /srv/cyrlab/east/imapd.conf
+    imap: {{host: 127.0.0.1, port: {VERIFY['east']}, tls: none}}
+move:
+  switch_hook: '{hook}'
+  lock_timeout: {lock_timeout}
+  verify_service: imapverify
+"""
+
+
+def east_config(lab) -> str:
+    return BASE_CONFIG.format(
+        links=f"  replica2: {{host: 127.0.0.1, port: {lab.port('replica2', 'sync')}}}",
+        interval="1s", drain_timeout="60s").replace(
+        "/srv/cyrlab/master/imapd.conf", "/srv/cyrlab/east/imapd.conf")
+
+
+@pytest.fixture(scope="module")
+def stores(release):
+    """The lab, both daemons live, and the users' mail in three folders on the master."""
+    sb = Sandbox(f"move-{os.getpid()}", release=release)
+    try:
+        sb.start()
+        lab = TwoStores(sb)
+        lab.create()
+        lab.start_all()
+        lab.create_mailbox("master", *(f"user.{u}" for u in USERS))
+        sw = Syncwarden(sb, lab)
+        sw.install()
+        sb.write_file("/etc/syncwarden/imap-credentials", "user: cyrus\npassword: adminpw\n",
+                      mode=0o600)
+        sb.write_file("/etc/syncwarden/syncwarden.yaml", default_config(lab))
+        sb.write_file(EAST_CONFIG, east_config(lab))
+        sb.write_file(f"{cl.ROOT}/moverouter.py",
+                      (cl.LABCLIENT.parent / "moverouter.py").read_text(), mode=0o755)
+        sb.systemctl("start", "syncwarden", "syncwarden@east")
+        yield sb, lab, sw
+    finally:
+        sb.stop()
+
+
+def start_router(sb, lab, users, rate=25):
+    sb.run("rm", "-f", STOP, ACCEPTED)
+    endpoints = json.dumps({"master": lab.endpoint("master", "lmtp"),
+                            "east": lab.endpoint("east", "lmtp")})
+    sb.run("systemd-run", "--unit=move-router", "--quiet", "/usr/bin/python3", ROUTER, ROUTES,
+           endpoints, ",".join(users), "--accepted", ACCEPTED, "--stop", STOP, "--rate", rate)
+
+
+def accepted(sb) -> list[tuple[str, str]]:
+    r = sb.run("cat", ACCEPTED, check=False)
+    return [tuple(x.split()) for x in r.stdout.splitlines() if x.strip()]
+
+
+def wait_for(predicate, timeout=60, every=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    return predicate()
+
+
+def stop_router(sb):
+    sb.run("touch", STOP)
+    assert wait_for(lambda: sb.systemctl("is-active", "-q", "move-router", check=False)
+                    .returncode != 0, timeout=90)
+
+
+def moved_ok(lab, user):
+    """Every folder of the user: the target and its replica hold the same (uid, guid), and
+    every message the source has is on the target (by Message-ID)."""
+    for folder in FOLDERS:
+        target = lab.messages("east", user, folder)
+        assert target and target == lab.messages("replica2", user, folder), folder
+        source = lab.ids(VERIFY["master"], user, folder) or {}
+        on_target = lab.ids(lab.port("east"), user, folder) or {}
+        assert set(source) <= set(on_target), (folder, set(source) - set(on_target))
+
+
+def test_move_a_user_under_steady_delivery_loses_nothing(stores):
+    sb, lab, sw = stores
+    t0 = time.monotonic()
+    lab.deliver("bob", 150, "before")
+    lab.append("master", "bob", "INBOX.Sent", 100, "sent")
+    lab.append("master", "bob", "INBOX.Archive", 50, "archive")
+    assert sw.wait_state("replica1", "live")
+    assert wait_for(lambda: sw.cli("-i", "east", "status", check=False).returncode == 0, 30)
+    # a session of bob's, idling on the source: the move must end it
+    sb.run("systemd-run", "--unit=move-session", "--quiet", "/usr/bin/python3", "-c",
+           "import imaplib,time\nm=imaplib.IMAP4('127.0.0.1',10143)\nm.login('bob','pw')\n"
+           "m.select('INBOX')\nwhile True:\n m.noop(); time.sleep(0.2)\n")
+    start_router(sb, lab, ["bob", "alice"])
+    assert wait_for(lambda: len(accepted(sb)) >= 20, timeout=30)
+
+    plan = sw.cli("move", "bob", "--to", "east", "--dry-run").stdout
+    assert "lock: cyr_deny bob on default" in plan and "replica2" in plan
+    r = sw.cli("move", "bob", "--to", "east", "--json", check=False, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (result,) = json.loads(r.stdout)["moves"]
+    assert result["result"] == "done" and result["error"] is None
+    print(f"critical path {result['critical_path_seconds']}s; phases {result['phases']}")
+
+    # mail keeps flowing, now to east; then the router empties its queue and stops
+    n = len(accepted(sb))
+    assert wait_for(lambda: sum(1 for _, s in accepted(sb)[n:] if s == "east") >= 10, 30)
+    stop_router(sb)
+    assert sb.run("cat", ACCEPTED + ".failed", check=False).stdout == ""
+    bob_mail = [(mid, store) for mid, store in accepted(sb) if "-bob-" in mid]
+    assert {s for _, s in bob_mail} == {"master", "east"}
+
+    # every message ever accepted for bob is on east and on east's replica
+    assert wait_for(lambda: lab.messages("east", "bob") == lab.messages("replica2", "bob"), 30)
+    on_east = lab.ids(lab.port("east"), "bob")
+    on_replica2 = lab.ids(lab.port("replica2"), "bob")
+    assert {mid for mid, _ in bob_mail} <= set(on_east)
+    assert on_east == on_replica2
+    moved_ok(lab, "bob")
+    # alice stayed: all hers on the master
+    alice = {mid for mid, _ in accepted(sb) if "-alice-" in mid}
+    assert alice <= set(lab.ids(lab.port("master"), "alice"))
+
+    # logins: on east yes, on the old store no; the idle session was ended
+    assert lab.login(lab.port("east"), "bob") == "OK"
+    assert lab.login(lab.port("master"), "bob").startswith("refused")
+    assert sb.systemctl("is-active", "-q", "move-session", check=False).returncode != 0
+    assert sb.read_file(ROUTES).split() == ["bob", "east"]
+
+    # status shows it; one journal entry per phase
+    doc = json.loads(sw.cli("status", "--json", check=False).stdout)
+    (m,) = [x for x in doc["moves"] if x["user"] == "bob"]
+    assert m["result"] == "done" and m["locked"] is False
+    phases = [e["SYNCWARDEN_PHASE"] for e in sb.journal(fields=True)
+              if e.get("MESSAGE_ID") == MOVE_PHASE and e.get("SYNCWARDEN_USER") == "bob"]
+    assert phases == ["prepare", "initial-sync", "lock", "end-sessions", "final-sync", "verify",
+                      "switch", "catch-up", "unlock", "replicate"]
+    print(f"move test: {time.monotonic() - t0:.1f}s")
+
+
+def test_a_failed_switch_and_an_unreachable_target_roll_back(stores):
+    sb, lab, sw = stores
+    t0 = time.monotonic()
+    lab.deliver("alice", 20, "alice-before")
+    lab.deliver("carol", 20, "carol-before")
+    # a switch hook that fails for alice: the move rolls back after the lock
+    sb.write_file("/etc/syncwarden/syncwarden.yaml", default_config(
+        lab, hook=f'[ "$1" != alice ] && ROUTING_MAP={ROUTES} {HOOK}'))
+    r = sw.cli("move", "alice", "--to", "east", "--json", check=False, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (result,) = json.loads(r.stdout)["moves"]
+    assert result["result"] == "rolled-back" and result["error"].startswith("switch:")
+    assert lab.login(lab.port("master"), "alice") == "OK"          # unlocked on the source
+    assert lab.login(lab.port("east"), "alice").startswith("refused")   # stale copy closed
+    assert "alice" not in sb.read_file(ROUTES)
+    lab.deliver("alice", 3, "alice-after")                          # the source takes mail
+    assert len(lab.messages("master", "alice")) >= 23
+
+    # east's sync_server gone: the initial sync fails, nothing was ever locked
+    sb.systemctl("stop", lab.unit("east"))
+    try:
+        r = sw.cli("move", "carol", "--to", "east", "--json", check=False, timeout=300)
+    finally:
+        lab.start("east")
+    assert r.returncode == 1, r.stdout + r.stderr
+    (result,) = json.loads(r.stdout)["moves"]
+    assert result["result"] == "rolled-back" and result["error"].startswith("initial-sync:")
+    assert "lock" not in result["phases"]
+    assert lab.login(lab.port("master"), "carol") == "OK"
+    doc = json.loads(sw.cli("status", "--json", check=False).stdout)
+    assert {m["user"]: m["result"] for m in doc["moves"]} == {
+        "bob": "done", "alice": "rolled-back", "carol": "rolled-back"}
+    print(f"rollback test: {time.monotonic() - t0:.1f}s")
