@@ -111,11 +111,14 @@ def cmd_check_config(args) -> int:
     found, problems = _cyrus_layout(args, configmod.load(path).cyrus, cfg, imapd)
     problems += [r.problem() for r in _rival_sync_clients(cfg, imapd, args.proc_root)]
     problems += preflight.problems(cfg, imapd, args.proc_root, count)
+    from .move import store_problems
+    problems += store_problems(cfg, imapd)
     if problems:
         print(configmod.ConfigError(cfg.source, problems).report(), file=sys.stderr)
         return EXIT_USAGE
     print(f"{path}: OK: {len(cfg.links)} link(s) ({', '.join(cfg.links)}), role {cfg.role},"
-          f" Cyrus sync logs under {imapd.configdirectory}/sync")
+          f" Cyrus sync logs under {imapd.configdirectory}/sync"
+          + (f"; stores {', '.join(cfg.stores)}" if cfg.stores else ""))
     print("Cyrus: " + ", ".join(f"{key} {f.value} ({f.how})" for key, f in found.items()))
     return EXIT_OK
 

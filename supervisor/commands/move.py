@@ -52,6 +52,26 @@ def read_users(args) -> tuple[list[str], list[str]]:
     return unique, problems
 
 
+def store_problems(cfg, imapd) -> list[str]:
+    """What makes a configured store unusable from here (check-config; the daemon does not
+    use stores, so they never stop it): no channel to its sync_server in this instance's
+    imapd.conf, sync_try_imap left on for it, its own imapd.conf unreadable."""
+    problems = []
+    for store in cfg.stores.values():
+        path, ch = f"stores.{store.name}", store.channel
+        if imapd.get("sync_host", ch) is None:
+            problems.append(f"{path}.channel: {imapd.path} sets neither {ch}_sync_host nor"
+                            f" sync_host: sync_client -n {ch} cannot reach the store")
+        elif imapd.flag("sync_try_imap", True, ch):
+            problems.append(f"{path}.channel: {imapd.path} leaves sync_try_imap on for {ch};"
+                            f" set '{ch}_sync_try_imap: no' (or sync_try_imap: no)")
+        try:
+            imapdconf.load(store.imapd_conf)
+        except imapdconf.ImapdConfError as exc:
+            problems.append(f"{path}.imapd_conf: {exc}")
+    return problems
+
+
 def source_name(cfg, instance) -> str:
     """This store's name for the hook: the store whose imapd.conf is this instance's, else
     the instance's name."""

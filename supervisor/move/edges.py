@@ -25,9 +25,11 @@ POLL = 0.05
 
 
 def lock_services(verify_service: str | None) -> str:
-    """cyr_deny's -s: every service, except the one the deep check reads through (its
-    wildmat is scanned right to left, the first match decides: imap/userdeny_db.c)."""
-    return f"*,!{verify_service}" if verify_service else "*"
+    """cyr_deny's -s: every service, except the one the deep check reads through. The first
+    pattern that matches the service decides, and userdeny() tries them from the left (its
+    comment says "right to left", its tok_next() loop goes left to right: imap/userdeny_db.c),
+    so the exception comes first."""
+    return f"!{verify_service},*" if verify_service else "*"
 
 
 def _tail(text: str) -> str:
