@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
-from ..cyrus import commands, procs
+from ..cyrus import commands, failures, procs
 from ..cyrus.imapdconf import ImapdConf
 from ..pair import compare, credentials
 from ..pair.imapclient import AdminView, ImapError, read_user
@@ -38,20 +39,59 @@ def _tail(text: str) -> str:
 
 
 class Runner:
-    """subprocess.run with a timeout, failures as EdgeError naming the command."""
+    """Runs a command with a timeout; failures as EdgeError naming the command. ``give_up(line)``
+    may read its stderr as it comes and return why to stop it early (a sync_client that cannot
+    connect retries for ever in 3.6, where ``-o`` does nothing: cyrus/failures.py)."""
 
     def __call__(self, argv: list[str], timeout: float | None, what: str,
-                 env: dict | None = None) -> str:
+                 env: dict | None = None, give_up=None) -> str:
         try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
-                               stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise EdgeError(f"{what}: no answer within {timeout:.1f}s") from None
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=env,
+                                 start_new_session=True)
         except OSError as exc:
             raise EdgeError(f"{what}: {exc.strerror}: {argv[0]}") from None
+        lines, reason = [], []
+
+        def read_stderr():
+            for line in p.stderr:
+                lines.append(line)
+                why = give_up(line) if give_up else None
+                if why and not reason:
+                    reason.append(why)
+                    _kill(p)
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
+        try:
+            out = p.stdout.read()
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(p)
+            p.wait()
+            raise EdgeError(f"{what}: no answer within {timeout:.1f}s") from None
+        finally:
+            reader.join(5)
+        if reason:
+            raise EdgeError(f"{what}: {reason[0]}")
         if p.returncode != 0:
-            raise EdgeError(f"{what}: exit {p.returncode}: {_tail(p.stderr or p.stdout)}")
-        return p.stdout
+            raise EdgeError(f"{what}: exit {p.returncode}: {_tail(''.join(lines) or out)}")
+        return out
+
+
+def _kill(p) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _unreachable(line: str) -> str | None:
+    """Why to stop a sync_client at once: its target refused the login or cannot be reached
+    (it would retry for minutes)."""
+    event = failures.session_event(line)
+    if event is not None and event.kind is not failures.Session.LOGGED_IN:
+        return event.cause
+    return None
 
 
 class CyrusEdges:
@@ -123,7 +163,8 @@ class CyrusEdges:
     def sync_to_target(self, user: str, timeout) -> None:
         argv = commands.user_to(self.cfg.cyrus.sync_client, self.imapd.path, self.store.channel,
                                 user)
-        self.run(argv, timeout, f"sync_client -n {self.store.channel} -u {user}")
+        self.run(argv, timeout, f"sync_client -n {self.store.channel} -u {user}",
+                 give_up=_unreachable)
 
     def target_replicas(self) -> list[str]:
         return [c for c in self.target_imapd.channels if c is not None]
@@ -136,7 +177,7 @@ class CyrusEdges:
             argv = commands.user_to(self.cfg.cyrus.sync_client, self.store.imapd_conf, channel,
                                     user)
             self.run(argv, None, f"sync_client -C {self.store.imapd_conf} -n {channel}"
-                     f" -u {user}")
+                     f" -u {user}", give_up=_unreachable)
             done.append(channel)
         return done
 

@@ -124,7 +124,7 @@ class Run:
     def __init__(self, fail=None):
         self.calls, self.fail = [], fail or {}
 
-    def __call__(self, argv, timeout, what, env=None):
+    def __call__(self, argv, timeout, what, env=None, give_up=None):
         self.calls.append((argv, timeout, env))
         for word, text in self.fail.items():
             if word in argv:
@@ -179,6 +179,18 @@ def test_a_real_failing_command_is_one_line_naming_it(tmp_path):
     assert str(e.value) == "sync_client -n east -u bob: exit 3: no route to host"
     with pytest.raises(EdgeError, match=r"^x: no answer within 0.2s$"):
         Runner()(["sleep", "5"], 0.2, "x")
+
+
+def test_a_sync_client_that_cannot_connect_is_stopped_at_its_first_retry_line():
+    """3.6's sync_client retries for minutes (-o is ignored there): its stderr line ends it."""
+    from supervisor.move.edges import Runner, _unreachable
+    script = ("echo \"Can not connect to server 'east', retrying in 15 seconds\" >&2;"
+              " sleep 60")
+    with pytest.raises(EdgeError) as e:
+        Runner()(["/bin/sh", "-c", script], None, "sync_client -n east -u bob",
+                 give_up=_unreachable)
+    assert str(e.value) == ("sync_client -n east -u bob: sync_client cannot connect to east and"
+                            " keeps retrying")
 
 
 def test_end_sessions_terms_then_kills_what_stays(tmp_path):
