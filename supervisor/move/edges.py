@@ -60,17 +60,21 @@ class Runner:
                 if why and not reason:
                     reason.append(why)
                     _kill(p)
-        reader = threading.Thread(target=read_stderr, daemon=True)
-        reader.start()
+        stdout: list[str] = []
+        readers = [threading.Thread(target=read_stderr, daemon=True),
+                   threading.Thread(target=lambda: stdout.append(p.stdout.read()), daemon=True)]
+        for t in readers:
+            t.start()
         try:
-            out = p.stdout.read()
             p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill(p)
             p.wait()
             raise EdgeError(f"{what}: no answer within {timeout:.1f}s") from None
         finally:
-            reader.join(5)
+            for t in readers:
+                t.join(5)
+        out = "".join(stdout)
         if reason:
             raise EdgeError(f"{what}: {reason[0]}")
         if p.returncode != 0:
