@@ -465,6 +465,12 @@ def cmd_move(args) -> int:
     return move(args)
 
 
+def cmd_move_expire(args) -> int:
+    from .move import cmd_move_expire as expire
+
+    return expire(args)
+
+
 def cmd_check(args) -> int:
     from .check import cmd_check as check
 
@@ -482,6 +488,7 @@ COMMANDS = {
     "daemon": cmd_daemon, "worker": cmd_worker, "check-config": cmd_check_config,
     "status": cmd_status, "hold": _link_command, "resume": _link_command,
     "release": _link_command,
-    "check": cmd_check, "repair": cmd_repair, "move": cmd_move, "failover": cmd_failover, "reload": cmd_reload,
+    "check": cmd_check, "repair": cmd_repair, "move": cmd_move,
+    "move-expire": cmd_move_expire, "failover": cmd_failover, "reload": cmd_reload,
     **lifecycle.COMMANDS,
 }

@@ -9,6 +9,7 @@ Each user's move is workflow.Move against edges.CyrusEdges, its state in
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -111,7 +112,8 @@ def cmd_move(args, journal=None, edges_factory=CyrusEdges, clock=time.time) -> i
     if source == store.name:
         print(f"syncwarden move: --to {store.name}: that is this store", file=sys.stderr)
         return EXIT_USAGE
-    edges = edges_factory(cfg, imapd, store, target_imapd)
+    edges = edges_factory(cfg, imapd, store, target_imapd, instance=args.instance.name,
+                          program=_program())
     if args.dry_run:
         for user in users:
             plan = workflow.Plan(user, source, store.name, cfg.move.lock_timeout)
@@ -132,6 +134,49 @@ def cmd_move(args, journal=None, edges_factory=CyrusEdges, clock=time.time) -> i
     else:
         print(summary_table(results))
     return EXIT_OK if all(r["result"] == workflow.DONE for r in results) else EXIT_PROBLEM
+
+
+def _program() -> str:
+    """This syncwarden's launcher, for the guard timer to run (a checkout's, a package's)."""
+    argv0 = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return argv0 if os.path.basename(argv0) == "syncwarden" else "syncwarden"
+
+
+def cmd_move_expire(args, journal=None, edges_factory=CyrusEdges, clock=time.time) -> int:
+    """The guard timer's command: roll back the user's move if it is locked past its deadline
+    and no move process runs (one that runs holds the user's lock and keeps the deadline
+    itself). Exit 0 whether or not there was anything to do."""
+    from ..daemon import ConfigProblem, load_checked
+
+    state = files.load(args.state_dir, args.user)
+    if state is None or workflow.resume_point(state) != "rollback":
+        return EXIT_OK
+    lock = files.UserLock(args.state_dir, args.user)
+    try:
+        if not lock.acquire():
+            print(f"a move of {args.user} is running: it keeps its own deadline")
+            return EXIT_OK
+        try:
+            cfg, imapd = load_checked(args.config)
+        except ConfigProblem as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
+        store = cfg.stores.get(state["target"])
+        if store is None:
+            print(f"move-expire {args.user}: store {state['target']} is no longer configured;"
+                  f" unlock by hand: cyr_deny -C {cfg.cyrus.imapd_conf} -a {args.user}",
+                  file=sys.stderr)
+            return EXIT_PROBLEM
+        edges = edges_factory(cfg, imapd, store, imapdconf.load(store.imapd_conf),
+                              instance=args.instance.name, program=_program())
+        plan = workflow.Plan(args.user, state["source"], state["target"], cfg.move.lock_timeout)
+        run = _Runner(args.state_dir, edges, cfg.move.lock_timeout, state["source"],
+                      state["target"], journal or Journal(), clock, sys.stdout)
+        workflow.Move(state, plan, edges, clock, lambda st: files.save(args.state_dir, st),
+                      run.event).expire()
+        return EXIT_OK
+    finally:
+        lock.close()
 
 
 class _Runner:

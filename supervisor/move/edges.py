@@ -7,6 +7,7 @@ Commands run as the cyrus user (runuser), the switch hook as root with /bin/sh.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from ..pair.imapclient import AdminView, ImapError, read_user
 from .workflow import EdgeError
 
 ADMIN_TIMEOUT = 30.0      # seconds for a cyr_deny outside the lock's deadline
+GUARD_PREFIX = "syncwarden-move-guard"
 TERM_GRACE = 2.0          # seconds a session has to exit after SIGTERM before SIGKILL
 POLL = 0.05
 
@@ -103,8 +105,9 @@ class CyrusEdges:
 
     def __init__(self, cfg, imapd: ImapdConf, store, target_imapd: ImapdConf, run=None,
                  proc_root: Path = Path("/proc"), kill=os.kill, clock=time.monotonic,
-                 sleep=time.sleep):
+                 sleep=time.sleep, instance: str = "default", program: str = "syncwarden"):
         self.cfg, self.imapd, self.store, self.target_imapd = cfg, imapd, store, target_imapd
+        self.instance, self.program = instance, program
         self.run = run or Runner()
         self.bin_dir = Path(cfg.cyrus.sync_client).parent
         self.proc_root, self.kill, self.clock, self.sleep = proc_root, kill, clock, sleep
@@ -220,3 +223,31 @@ class CyrusEdges:
                "SYNCWARDEN_SOURCE": source, "SYNCWARDEN_TARGET": target}
         self.run(["/bin/sh", "-c", hook + ' "$@"', "switch-hook", user, source, target],
                  timeout or ADMIN_TIMEOUT, "move.switch_hook", env=env)
+
+    # --- the guard -----------------------------------------------------------------------------
+
+    def guard_unit(self, user: str) -> str:
+        """The timer's name: the instance, and a digest of the userid (any characters)."""
+        digest = hashlib.sha256(user.encode()).hexdigest()[:16]
+        return f"{GUARD_PREFIX}-{self.instance}-{digest}"
+
+    def guard(self, user: str, seconds: float) -> None:
+        """A transient systemd timer that runs ``syncwarden move-expire USER`` at the lock's
+        deadline: if this process dies while the user is locked, that rolls the move back.
+        RemainAfterElapse=no: an elapsed timer does not keep the name taken."""
+        unit = self.guard_unit(user)
+        self.unguard(user, quiet=True)
+        self.run(["systemd-run", f"--unit={unit}", "--quiet", "--collect",
+                  f"--on-active={max(seconds, 1.0):.3f}s",
+                  "--timer-property=AccuracySec=100ms",
+                  "--timer-property=RemainAfterElapse=no", "--",
+                  self.program, "-i", self.instance, "move-expire", user],
+                 ADMIN_TIMEOUT, f"the lock's guard timer {unit}")
+
+    def unguard(self, user: str, quiet: bool = False) -> None:
+        try:
+            self.run(["systemctl", "stop", f"{self.guard_unit(user)}.timer"], ADMIN_TIMEOUT,
+                     "stopping the lock's guard timer")
+        except EdgeError:
+            if not quiet:
+                raise

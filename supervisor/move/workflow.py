@@ -13,6 +13,8 @@ Rules kept here, and only here:
   if the hook had started, the target's copy left denied (stale, marked so);
 - after the switch the move goes forward only; a catch-up that fails is reported, not
   allowed to keep the user locked;
+- a guard outside the process (``edges.guard``: a timer) runs ``expire`` at the deadline, so
+  a lock outlives it by the timer's accuracy even when the move process is killed;
 - the state is a plain dict, saved (``save``) after every phase, so ``move`` run again resumes:
   a move interrupted while the source was locked and not yet switched rolls back first and
   starts again from the initial sync; one interrupted after the switch goes on where it was.
@@ -154,6 +156,8 @@ class Move:
         now = self.clock()
         self.state.update(locked_at=now, deadline=now + self.plan.lock_timeout)
         self.save(self.state)        # a crash from here on rolls back (resume_point)
+        # If this process dies, the guard (a timer outside it) rolls back at the deadline.
+        self.edges.guard(self.plan.user, self.plan.lock_timeout)
         self.edges.deny_source(self.plan.user, self._left())
         return f"denied on {self.plan.source}"
 
@@ -181,6 +185,8 @@ class Move:
         self.save(self.state)
         self.edges.switch(self.plan.user, self.plan.source, self.plan.target, self._left())
         self.state["deadline"] = None     # forward only from here
+        self.save(self.state)
+        self._unguard()
         return f"routing: {self.plan.user} -> {self.plan.target}"
 
     def _catch_up(self):
@@ -202,6 +208,23 @@ class Move:
 
     # --- rolling back -------------------------------------------------------------------------
 
+    def expire(self) -> bool:
+        """What the guard runs at the deadline: roll back a move whose process ended while the
+        source was locked before the switch. False (nothing done) for any other state."""
+        st = self.state
+        if resume_point(st) != "rollback" or st.get("deadline") is None \
+                or self.clock() < st["deadline"]:
+            return False
+        self._rollback("the lock deadline passed and no move process was running")
+        self.event("finished", st)
+        return True
+
+    def _unguard(self) -> None:
+        try:
+            self.edges.unguard(self.plan.user)
+        except EdgeError:
+            pass         # a guard that fires finds nothing to roll back (expire)
+
     def _rollback(self, why: str) -> None:
         """The source authoritative again: unlocked, and the routing back if the switch had
         started; the target's copy stays denied. Each step is tried even if one fails."""
@@ -222,3 +245,5 @@ class Move:
                   error=why + ("" if not problems else "; rollback: " + "; ".join(problems)),
                   unlocked_at=self.clock() if st.get("locked_at") is not None else None)
         self.save(st)
+        if st.get("locked_at") is not None:
+            self._unguard()

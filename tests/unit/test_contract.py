@@ -17,6 +17,7 @@ from supervisor.commands import cli
 from supervisor.commands.check import add_last_checks
 from supervisor.commands.move import add_moves
 from supervisor.move import files as move_files, workflow
+from supervisor.move.edges import GUARD_PREFIX
 from supervisor.commands.offline import offline_status
 from supervisor.daemon import Daemon
 from supervisor.link import hooks
@@ -292,6 +293,7 @@ def test_units_and_commands_documented():
                for u in (REPO / "units").iterdir()}
     transient = {f"{failover.VERIFY_UNIT}.service", f"{hooks.IDENTIFIER}-INSTANCE-LINK-ID.service"}
     transient |= {f"{k.value}@LINK.service" for k in (UnitKind.LIST, UnitKind.FREEZE)}
+    transient |= {f"{GUARD_PREFIX}-INSTANCE-HASH.{kind}" for kind in ("timer", "service")}
     assert shipped | transient == units
     commands = [c.split()[0] for r in rows(section("Commands and exit codes"))
                 for c in ticked(r[0])]

@@ -233,7 +233,7 @@ class FakeEdges:
     """Every call succeeds, except verify for the users in ``differ``."""
     differ: set = set()
 
-    def __init__(self, cfg, imapd, store, target_imapd):
+    def __init__(self, cfg, imapd, store, target_imapd, **kw):
         self.store = store
 
     def target_replicas(self):
@@ -321,3 +321,49 @@ def test_one_user_is_never_moved_twice_at_once(tmp_path):
     a.close()
     assert b.acquire()
     b.close()
+
+
+def test_the_guard_is_a_transient_timer_that_runs_move_expire(tmp_path):
+    run = Run(fail={"stop": "not loaded"})
+    e = edges(tmp_path, run=run)
+    e.instance, e.program = "east", "/usr/bin/syncwarden"
+    e.guard("bob@example.com", 20.0)
+    unit = e.guard_unit("bob@example.com")
+    assert unit.startswith("syncwarden-move-guard-east-") and len(unit) == 27 + 16
+    assert run.calls[0][0] == ["systemctl", "stop", f"{unit}.timer"]     # a stale one
+    assert run.calls[1][0] == [
+        "systemd-run", f"--unit={unit}", "--quiet", "--collect", "--on-active=20.000s",
+        "--timer-property=AccuracySec=100ms", "--timer-property=RemainAfterElapse=no", "--",
+        "/usr/bin/syncwarden", "-i", "east", "move-expire", "bob@example.com"]
+    with pytest.raises(EdgeError):
+        e.unguard("bob@example.com")
+
+
+def test_move_expire_rolls_back_only_a_dead_move_past_its_deadline(tmp_path, capsys):
+    from .fakes import FakeJournal
+
+    class Recording(FakeEdges):
+        calls: list = []
+
+        def __getattr__(self, name):
+            return lambda *a: Recording.calls.append(name)
+
+    args = Args(tmp_path)
+    args.user = "bob"
+    plan = workflow.Plan("bob", "default", "east", 20)
+    locked = {**workflow.new_state(plan, 100.0), "phase": "verify", "locked_at": 100.0,
+              "deadline": 120.0}
+    files.save(args.state_dir, locked)
+    journal = FakeJournal()
+    assert movecmd.cmd_move_expire(args, journal, Recording, clock=lambda: 119.0) == 0
+    assert Recording.calls == [] and files.load(args.state_dir, "bob")["phase"] == "verify"
+    held = files.UserLock(args.state_dir, "bob")
+    assert held.acquire()                       # a move process still runs
+    assert movecmd.cmd_move_expire(args, journal, Recording, clock=lambda: 121.0) == 0
+    assert Recording.calls == [] and "is running" in capsys.readouterr().out
+    held.close()
+    assert movecmd.cmd_move_expire(args, journal, Recording, clock=lambda: 121.0) == 0
+    assert Recording.calls == ["allow_source", "unguard"]
+    st = files.load(args.state_dir, "bob")
+    assert st["result"] == "rolled-back" and "no move process" in st["error"]
+    assert [e["ID"] for e in journal.entries] == ["move-finished"]

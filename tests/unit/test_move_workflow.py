@@ -93,6 +93,14 @@ class Edges:
         self._call("replicate")
         return ["replica2"]
 
+    guarded: dict
+
+    def guard(self, user, seconds):
+        self.__dict__.setdefault("guarded", {})[user] = self.clock.now + seconds
+
+    def unguard(self, user):
+        self.__dict__.setdefault("guarded", {}).pop(user, None)
+
 
 def run(edges, clock, state=None, saved=None):
     plan = Plan("bob", "default", "east", LOCK_TIMEOUT)
@@ -259,3 +267,46 @@ def test_whatever_fails_the_user_ends_on_exactly_one_store_and_no_lock_outlives_
     # the source locked while the routing still pointed at it: never past the deadline by
     # more than the unlock itself (0.1 s) and one step's minimum
     assert all(span <= LOCK_TIMEOUT + workflow.MIN_STEP + 0.2 for span in edges.lock_spans)
+
+
+def test_a_guard_is_armed_for_the_lock_and_disarmed_at_the_switch_or_the_rollback():
+    clock = Clock()
+    edges = Edges(clock)
+    run(edges, clock)
+    assert edges.guarded == {}
+    edges = Edges(clock, fail={"verify"})
+    st, _, _ = run(edges, clock)
+    assert st["result"] == ROLLED_BACK and edges.guarded == {}
+
+
+def test_the_guard_rolls_back_a_dead_move_at_its_deadline_and_only_then():
+    clock = Clock()
+    edges = Edges(clock)
+    saved = []
+    plan = Plan("bob", "default", "east", LOCK_TIMEOUT)
+
+    class Killed(BaseException):
+        pass
+
+    def killed(user, timeout):
+        raise Killed()
+    edges.end_sessions = killed
+    try:
+        Move(workflow.new_state(plan, clock()), plan, edges, clock,
+             lambda s: saved.append(copy.deepcopy(s)), lambda *a, **k: None).run()
+    except Killed:
+        pass
+    assert edges.denied["src"] and "bob" in edges.guarded      # the process is gone
+    events = []
+
+    def guard_run():
+        return Move(copy.deepcopy(saved[-1]), plan, edges, clock,
+                    lambda s: saved.append(copy.deepcopy(s)),
+                    lambda kind, s, **d: events.append((kind, s["result"]))).expire()
+    assert guard_run() is False and edges.denied["src"]          # before the deadline
+    clock.now = edges.guarded["bob"]
+    assert guard_run() is True
+    assert edges.denied["src"] is False and saved[-1]["result"] == ROLLED_BACK
+    assert events == [("finished", ROLLED_BACK)]
+    assert Move(copy.deepcopy(saved[-1]), plan, edges, clock, lambda s: None,
+                lambda *a, **k: None).expire() is False         # once only
