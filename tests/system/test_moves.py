@@ -22,7 +22,7 @@ from .swlab import BASE_CONFIG, Syncwarden
 
 pytestmark = pytest.mark.system
 
-USERS = ("bob", "alice", "carol")
+USERS = ("bob", "alice", "carol", "dave")
 EAST_CONFIG = "/etc/syncwarden/east.yaml"
 ROUTES = "/srv/cyrlab/routes"
 ROUTER = "/srv/cyrlab/moverouter.py"
@@ -269,3 +269,35 @@ def test_a_failed_switch_and_an_unreachable_target_roll_back(stores):
     assert {m["user"]: m["result"] for m in doc["moves"]} == {
         "bob": "done", "alice": "rolled-back", "carol": "rolled-back"}
     print(f"rollback test: {time.monotonic() - t0:.1f}s")
+
+
+def test_a_move_killed_while_the_user_is_locked_is_rolled_back_at_the_deadline(stores):
+    """SIGKILL to `syncwarden move` in the middle of the switch: the guard timer unlocks the
+    user on the source when move.lock_timeout is over, with nobody running the move."""
+    sb, lab, sw = stores
+    t0 = time.monotonic()
+    lab.deliver("dave", 10, "dave-before")
+    hook = f'if [ "$1" = dave ] && [ "$3" = east ]; then sleep 60; fi; ROUTING_MAP={ROUTES} {HOOK}'
+    sb.write_file("/etc/syncwarden/syncwarden.yaml", default_config(lab, lock_timeout="5s",
+                                                                    hook=hook))
+    sb.run("systemd-run", "--unit=move-cli", "--quiet", "syncwarden", "move", "dave", "--to",
+           "east")
+    state = "/var/lib/syncwarden/moves/dave.json"
+
+    def switching():
+        r = sb.run("cat", state, check=False)
+        return r.returncode == 0 and json.loads(r.stdout).get("switch_started")
+    assert wait_for(switching, timeout=60, every=0.1)
+    sb.systemctl("kill", "--signal=KILL", "move-cli")
+    assert lab.login(lab.port("master"), "dave").startswith("refused")     # still locked
+
+    def rolled_back():
+        return json.loads(sb.run("cat", state).stdout).get("result") == "rolled-back"
+    assert wait_for(rolled_back, timeout=30, every=0.2)
+    st = json.loads(sb.run("cat", state).stdout)
+    assert "no move process" in st["error"]
+    held = st["unlocked_at"] - st["locked_at"]
+    assert 5.0 <= held <= 7.0, held        # the deadline, plus the timer and one cyr_deny
+    assert lab.login(lab.port("master"), "dave") == "OK"
+    assert "dave" not in sb.read_file(ROUTES)
+    print(f"killed-move test: lock held {held:.2f}s; {time.monotonic() - t0:.1f}s")
