@@ -6,7 +6,7 @@ a store refuses with a temporary error (4xx: a locked user), as a real MTA would
   moverouter.py MAP STORES USERS --accepted FILE --stop FILE [--rate R]
 
 MAP: lines "user store" (the move's switch hook rewrites it); a user not listed goes to the
-store named "master". STORES: JSON {store: "host:port"} of LMTP endpoints. Each accepted
+store named "default" (the default instance's name, which the moves use for it). STORES: JSON {store: "host:port"} of LMTP endpoints. Each accepted
 message is appended to the --accepted file as "message-id store" (fsynced); 5xx refusals to
 FILE.failed. Once the --stop file exists, nothing new is made, and it exits when the queue is
 empty (or 60 s later).
@@ -68,7 +68,7 @@ def main(argv):
         table = routes(a.map)
         kept = []
         for user, mid, text in queue:
-            store = table.get(user, "master")
+            store = table.get(user, "default")
             try:
                 sessions[store].send(user, text)
             except smtplib.SMTPRecipientsRefused as exc:
