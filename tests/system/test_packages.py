@@ -155,6 +155,7 @@ def test_deb_payload_conffile_and_depends(debs, tools, tmp_path):
         "/usr/share/doc/syncwarden/copyright",
         "/usr/share/syncwarden/prometheus/syncwarden-rules.yml",
         "/usr/share/syncwarden/grafana/syncwarden-dashboard.json",
+        "/usr/share/syncwarden/hooks/routing-map-hook", "/usr/share/doc/syncwarden/moves.md",
     } | {f"/usr/lib/systemd/system/{u}" for u in _unit_names()}
     assert expected <= paths, sorted(expected - paths)
     # one copy of each unit, nothing in the public module path, no wheel leftovers
@@ -218,6 +219,7 @@ def test_rpm_payload_scriptlets_and_rpmlint(rpms, debs, tools, tmp_path):
         "/usr/share/doc/syncwarden/README.md", "/usr/share/doc/syncwarden/CONTRACT.md",
         "/usr/share/syncwarden/prometheus/syncwarden-rules.yml",
         "/usr/share/syncwarden/grafana/syncwarden-dashboard.json",
+        "/usr/share/syncwarden/hooks/routing-map-hook", "/usr/share/doc/syncwarden/moves.md",
         # transitions, bundled in the private directory with its license
         "/usr/lib/syncwarden/transitions/core.py", "/usr/share/licenses/syncwarden/LICENSE.transitions",
     } | {f"/usr/lib/systemd/system/{u}" for u in _unit_names()}
