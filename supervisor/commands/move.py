@@ -194,6 +194,14 @@ class _Runner:
                                  "phases": {}})
             plan = workflow.Plan(user, self.source, self.target, self.lock_timeout)
             state = files.load(self.state_dir, user)
+            if state and state.get("result") == workflow.DONE:
+                # This store's copy is stale since then: moving it again would overwrite the
+                # user's newer mail on the store that serves it now.
+                return _outcome({**state, "result": workflow.FAILED, "phases": {},
+                                 "error": f"already moved to {state['target']}"
+                                 f" ({_when(state['updated'])}): this store's copy is stale;"
+                                 f" remove {files.state_path(self.state_dir, user)} to move"
+                                 " it anyway"})
             if state is None or state.get("result") in workflow.FINISHED \
                     or state.get("target") != self.target:
                 if state and state.get("result") not in workflow.FINISHED:
@@ -230,6 +238,10 @@ class _Runner:
         self.journal.send(text, prio, f"move-{kind}", **fields)
         with self.printing:
             print(text, file=self.out, flush=True)
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _outcome(st: dict) -> dict:

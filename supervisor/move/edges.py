@@ -204,12 +204,14 @@ class CyrusEdges:
             for endpoint, login in sides:
                 admin = AdminView(endpoint, login)
                 try:
-                    names = admin.users().get(user)
+                    names = admin.users(only=user).get(user)
                 finally:
                     admin.close()
                 views.append(read_user(endpoint, login, user, names, True) if names else None)
         except ImapError as exc:
             raise EdgeError(f"verify: {exc}") from None
+        if views[0] is None:
+            raise EdgeError(f"{user} has no mailboxes on this store: nothing to move")
         return [f"{d.mailbox or d.user}: {d.detail}"
                 for d in compare.compare_user(user, views[0], views[1], pending=False)]
 

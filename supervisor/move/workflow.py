@@ -137,7 +137,7 @@ class Move:
         self.event("finished", st)
         return st
 
-    def _left(self) -> float:
+    def _left(self) -> float | None:
         """Seconds an edge call may take: to the deadline while it binds, else unbounded."""
         if self.state["deadline"] is None:
             return None

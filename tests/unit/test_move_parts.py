@@ -306,6 +306,10 @@ def test_table_and_refusals(tmp_path, capsys):
     assert movecmd.cmd_move(Args(tmp_path, to="west"), edges_factory=FakeEdges) == 2
     assert "--to west: no such store (stores: east)" in capsys.readouterr().err
     assert movecmd.cmd_move(Args(tmp_path, parallel=0), edges_factory=FakeEdges) == 2
+    # bob was moved away: this store's copy is stale, moving it again is refused
+    assert movecmd.cmd_move(Args(tmp_path), journal=FakeJournal(),
+                            edges_factory=FakeEdges) == 1
+    assert "already moved to east" in capsys.readouterr().out
     # a second move of a user whose move to another store is unfinished is refused
     files.save(tmp_path / "state", {**workflow.new_state(workflow.Plan(
         "erin", "default", "west", 60), 1.0)})
@@ -367,3 +371,36 @@ def test_move_expire_rolls_back_only_a_dead_move_past_its_deadline(tmp_path, cap
     st = files.load(args.state_dir, "bob")
     assert st["result"] == "rolled-back" and "no move process" in st["error"]
     assert [e["ID"] for e in journal.entries] == ["move-finished"]
+
+
+def test_the_verify_lists_only_the_moved_users_hierarchy():
+    from supervisor.pair.imapclient import AdminView, Login
+
+    from .fakeimap import FakeImapServer
+    asked = []
+    boxes = {b'"user.bob"': [b"user.bob"], b'"user.bob.*"': [b"user.bob.Sent", b"user.bob.a.b"],
+             b'"user.*"': [b"user.bob", b"user.bobby", b"user.alice"]}
+
+    def answer(conn, tag):
+        pattern = asked[-1] if asked else None
+        conn.sendall(b"".join(b'* LIST (\\HasNoChildren) "." ' + n + b"\r\n"
+                              for n in boxes.get(pattern, [])) + tag + b" OK done\r\n")
+
+    class Recording(FakeImapServer):
+        def _session(self, conn, rfile):
+            class Tap:
+                def readline(self_inner):
+                    line = rfile.readline()
+                    if b" LIST " in line:
+                        asked.append(line.rstrip(b"\r\n").rsplit(b" ", 1)[1])
+                    return line
+            super()._session(conn, Tap())
+
+    with Recording({"LIST": answer}) as server:
+        view = AdminView(server.endpoint(), Login("cyrus", "pw"))
+        try:
+            assert view.users(only="bob") == {"bob": ["user.bob", "user.bob.Sent",
+                                                      "user.bob.a.b"]}
+        finally:
+            view.close()
+    assert asked == [b'""', b'"user.bob"', b'"user.bob.*"']
