@@ -384,3 +384,11 @@ def test_monitoring_exit_codes_are_documented_as_coded():
     man_check = MANPAGE[MANPAGE.index('.BR check " \\fILINK'):]
     assert "0 (OK) if both sides" in man_check and "2 (CRITICAL) if they" in man_check
     assert "3 (UNKNOWN) if a side" in man_check
+
+
+def test_move_json_fields_documented():
+    from supervisor.commands.move import _outcome
+    state = {**workflow.new_state(workflow.Plan("bob", "default", "east", 60), 1.0),
+             "phases": {"prepare": {"seconds": 0.1, "detail": ""}}}
+    doc = {"store": "east", "source": "default", "moves": [_outcome(state)]}
+    assert paths(doc, maps={"moves[].phases"}) == first_ticked(section("move --json"))
