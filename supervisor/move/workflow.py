@@ -158,8 +158,12 @@ class Move:
         self.save(self.state)        # a crash from here on rolls back (resume_point)
         # If this process dies, the guard (a timer outside it) rolls back at the deadline.
         self.edges.guard(self.plan.user, self.plan.lock_timeout)
+        # Sessions ended first: cyr_deny ends those it finds itself, but then waits a whole
+        # second before it looks again (imap/cyr_deny.c). One that starts in between is
+        # refused or ended by cyr_deny, and the next phase looks again.
+        n = self.edges.end_sessions(self.plan.user, self._left())
         self.edges.deny_source(self.plan.user, self._left())
-        return f"denied on {self.plan.source}"
+        return f"denied on {self.plan.source}" + (f" ({n} session(s) ended first)" if n else "")
 
     def _end_sessions(self):
         n = self.edges.end_sessions(self.plan.user, self._left())

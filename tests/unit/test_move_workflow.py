@@ -120,8 +120,8 @@ def test_a_clean_move_runs_every_phase_in_order_and_ends_switched_and_unlocked()
     assert [p for k, p in events if k == "phase"] == list(PHASES)
     assert events[0][0] == "started" and events[-1][0] == "finished"
     assert [c for c, _ in edges.calls] == [
-        "deny_target", "sync", "deny_source", "end_sessions", "sync", "verify", "switch",
-        "sync", "allow_target", "replicate"]
+        "deny_target", "sync", "end_sessions", "deny_source", "end_sessions", "sync", "verify",
+        "switch", "sync", "allow_target", "replicate"]
     assert edges.route == "dst" and edges.denied == {"src": True, "dst": False}
     assert workflow.critical_path(st) == st["unlocked_at"] - st["locked_at"] > 0
     assert saves[-1] == st                      # the last thing saved is the outcome
@@ -225,14 +225,14 @@ def test_a_move_killed_while_locked_rolls_back_then_starts_again():
     # killed at the initial sync: nothing locked yet, the saved phase is initial-sync
     assert saved[-1]["phase"] == "initial-sync"
     edges.sync_to_target = real_sync
-    edges.end_sessions = killed
+    edges.verify = killed
     try:
         Move(copy.deepcopy(saved[-1]), plan, edges, clock,
              lambda s: saved.append(copy.deepcopy(s)), lambda *a, **k: None).run()
     except Killed:
         pass
     assert edges.denied["src"] is True and workflow.resume_point(saved[-1]) == "rollback"
-    del edges.end_sessions                            # back to the class's method
+    del edges.verify                                  # back to the class's method
     edges_calls_before = len(edges.calls)
     st, _, _ = run(edges, clock, state=copy.deepcopy(saved[-1]))
     names = [c for c, _ in edges.calls[edges_calls_before:]]
@@ -290,7 +290,7 @@ def test_the_guard_rolls_back_a_dead_move_at_its_deadline_and_only_then():
 
     def killed(user, timeout):
         raise Killed()
-    edges.end_sessions = killed
+    edges.verify = killed
     try:
         Move(workflow.new_state(plan, clock()), plan, edges, clock,
              lambda s: saved.append(copy.deepcopy(s)), lambda *a, **k: None).run()
