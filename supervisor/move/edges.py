@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..cyrus import commands, failures, procs
@@ -199,15 +200,20 @@ class CyrusEdges:
             raise EdgeError(str(exc)) from None
         sides = ((self.cfg.check.master, logins["master"]),
                  (self.store.imap, logins[self.store.name]))
+
+        def read(side):
+            endpoint, login = side
+            admin = AdminView(endpoint, login)
+            try:
+                names = admin.users(only=user).get(user)
+            finally:
+                admin.close()
+            return read_user(endpoint, login, user, names, True) if names else None
+        # Both stores at once: the user is locked on both, so neither can change meanwhile,
+        # and the verify is most of the critical path for a big mailbox.
         try:
-            views = []
-            for endpoint, login in sides:
-                admin = AdminView(endpoint, login)
-                try:
-                    names = admin.users(only=user).get(user)
-                finally:
-                    admin.close()
-                views.append(read_user(endpoint, login, user, names, True) if names else None)
+            with ThreadPoolExecutor(2) as pool:
+                views = list(pool.map(read, sides))
         except ImapError as exc:
             raise EdgeError(f"verify: {exc}") from None
         if views[0] is None:
