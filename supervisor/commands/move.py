@@ -167,8 +167,14 @@ def cmd_move_expire(args, journal=None, edges_factory=CyrusEdges, clock=time.tim
                   f" unlock by hand: cyr_deny -C {cfg.cyrus.imapd_conf} -a {args.user}",
                   file=sys.stderr)
             return EXIT_PROBLEM
-        edges = edges_factory(cfg, imapd, store, imapdconf.load(store.imapd_conf),
-                              instance=args.instance.name, program=_program())
+        try:
+            target_imapd = imapdconf.load(store.imapd_conf)
+        except imapdconf.ImapdConfError as exc:
+            print(f"move-expire {args.user}: stores.{store.name}.imapd_conf: {exc}",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        edges = edges_factory(cfg, imapd, store, target_imapd, instance=args.instance.name,
+                              program=_program())
         plan = workflow.Plan(args.user, state["source"], state["target"], cfg.move.lock_timeout)
         run = _Runner(args.state_dir, edges, cfg.move.lock_timeout, state["source"],
                       state["target"], journal or Journal(), clock, sys.stdout)
@@ -211,7 +217,11 @@ class _Runner:
                 state = workflow.new_state(plan, self.clock())
             move = workflow.Move(state, plan, self.edges, self.clock,
                                  lambda st: files.save(self.state_dir, st), self.event)
-            return _outcome(move.run())
+            try:
+                return _outcome(move.run())
+            except OSError as exc:     # the state file: the guard timer rolls a lock back
+                return _outcome({**state, "result": workflow.FAILED, "error":
+                                 f"cannot record the move's state: {exc}"})
         finally:
             lock.close()
 
