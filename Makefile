@@ -17,7 +17,11 @@ PKGDIRS = supervisor $(patsubst %/__init__.py,%,$(wildcard supervisor/*/__init__
 install:
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR)
 	for d in $(PKGDIRS); do install -d $(DESTDIR)$(LIBDIR)/$$d && install -m 644 $$d/*.py $(DESTDIR)$(LIBDIR)/$$d/; done
-	printf '#!$(PYTHON)\nimport sys\nsys.path.insert(0, "$(LIBDIR)")\nfrom supervisor.commands.cli import main\nsys.exit(main())\n' > $(DESTDIR)$(BINDIR)/syncwarden
+	# Byte-compiled here, as the packages do at install time: neither the daemon (ProtectSystem=)
+	# nor the workers (user cyrus) may write __pycache__, and compiling every module at each
+	# worker start would delay every resume and drain pass.
+	$(PYTHON) -m compileall -q $(if $(DESTDIR),-s $(DESTDIR) -p /) $(DESTDIR)$(LIBDIR)
+	printf '#!$(PYTHON)\nimport sys\nsys.path.insert(0, "$(LIBDIR)")\nfrom supervisor.commands import main\nsys.exit(main())\n' > $(DESTDIR)$(BINDIR)/syncwarden
 	chmod 755 $(DESTDIR)$(BINDIR)/syncwarden
 	for u in units/*.service units/*.timer; do \
 	  sed 's|/usr/bin/syncwarden|$(BINDIR)/syncwarden|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u); \

@@ -7,6 +7,8 @@ root). Timed in the same run, over the same data:
   - sync_client -A, first pass (copies everything to the empty replica),
   - sync_client -A, second pass (the pair is in sync: Cyrus compares every mailbox, sends nothing),
   - syncwarden check (mailboxes/s) and check --deep (messages/s), both sides read over IMAP.
+Each is timed from the host around the same kind of call (a process started in the container).
+Target (issue 17): the shallow check no slower than the in-sync `sync_client -A` pass.
 Usage: bench/check_bench.py [USERS] [MAILBOXES] [MESSAGES]
 """
 
@@ -21,6 +23,9 @@ sys.path.insert(0, str(REPO))
 from tests.system.cyruslab import CyrusLab  # noqa: E402
 from tests.system.sandbox import Sandbox, cleanup_stale  # noqa: E402
 from tests.system.swlab import Syncwarden  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from benchlib import machine_note  # noqa: E402
 
 FOLDERS = ("Sent", "Archive", "Lists", "Work")
 CHECK = """\
@@ -97,17 +102,21 @@ def main(argv) -> int:
           f" mailboxes/s  {messages / first:8.0f} messages/s")
     print(f"  sync_client -A, pair in sync:            {second:7.2f} s  {mailboxes / second:7.0f}"
           f" mailboxes/s  {messages / second:8.0f} messages/s")
+    how = {"check": "each side's admin LIST", "check --deep": "4 users at once"}
     for name, (took, doc) in results.items():
-        print(f"  syncwarden {name:<13} (4 users at once): {took:7.2f} s "
+        print(f"  syncwarden {name:<13} ({how[name]}): {took:7.2f} s "
               f" {mailboxes / took:7.0f} mailboxes/s  {messages / took:8.0f} messages/s"
               f"  (own timer {doc['duration_seconds']:.2f} s)")
     print(f"  syncwarden check --deep (1 user at once): {single:7.2f} s "
           f" {mailboxes / single:7.0f} mailboxes/s  {messages / single:8.0f} messages/s")
     shallow, deep = results["check"][0], results["check --deep"][0]
+    print(f"  ({machine_note()})")
+    print(f"  shallow check / in-sync sync_client -A: {shallow / second:.2f} (target <= 1)")
     print(f"RESULT check_mailboxes_per_s={mailboxes / shallow:.0f}"
           f" deep_messages_per_s={messages / deep:.0f}"
           f" sync_A_in_sync_s={second:.2f} sync_A_first_s={first:.2f}"
-          f" check_s={shallow:.2f} check_deep_s={deep:.2f}")
+          f" check_s={shallow:.2f} check_deep_s={deep:.2f} ratio={shallow / second:.2f}"
+          f" target_met={'yes' if shallow <= second else 'no'}")
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Benchmark 1: resume latency, replica back -> first new message visible on the replica.
+"""Benchmark 1: resume latency, replica answers -> first new message visible on the replica.
 
 A real Cyrus 3.6 master and replica1 in a systemd container (the system tests' harness; needs
 root). Each round, on both sides alike:
@@ -13,12 +13,16 @@ root). Each round, on both sides alike:
 Plain Cyrus first: its own rolling client run by the Cyrus master as a DAEMON entry
 (`sync_client -r -n replica1`), which master restarts whenever it exits; while the replica is
 down the client retries with a back-off of 15 s, 30 s, 60 s ... (cyrus-lab.md 4a), so its
-latency is the wait for its next retry. Then syncwarden (probe.interval 2s): the link leaves
-`down` within one probe interval of the replica answering.
-Target: syncwarden <= probe interval + 1 s (3 s); Cyrus alone 15 s or more.
+latency is the wait for its next retry. Then syncwarden (probe.interval 2s): a down link whose
+replica refuses connections is knocked on every 0.1 s (supervisor/link/probing.py), so the link
+leaves `down` moments after the replica's sync port accepts.
+Target (issue 17): from the sync port answering to the first new message on the replica, median
+<= 0.3 s over syncwarden's rounds (issue 2's target was <= probe interval + 1 s from T).
 
 Each round starts after a random pause of up to one probe interval, so that syncwarden's rounds
-sample the whole probe cycle (the wait for the next probe is uniform in 0..interval).
+sample the whole probe cycle (the wait for the next probe is uniform in 0..interval). The
+daemon's CPU time over each outage (knocks included) is read from /proc, as the cost of
+waiting for a replica.
 
 Usage: bench/resume_bench.py [--rounds N] [--sw-rounds N] [--outage SECONDS]
 """
@@ -46,6 +50,7 @@ from benchlib import (
 USER = "bob"
 PROBE_INTERVAL = 2.0
 DELIVER_AT = 5.0
+TARGET_AFTER_UP = 0.3
 
 # Inside the container: start the replica (T), wait for its sync port, then poll the user's
 # INBOX on the replica until it has more than `count` messages.
@@ -85,7 +90,13 @@ DAEMON_ENTRY = ('  syncclient cmd="sync_client -C /srv/cyrlab/master/imapd.conf 
                 '\n')
 
 
-def one_round(sb, lab, side: str, k: int, outage: float, wait_down) -> dict:
+def cpu_seconds(sb, pid: int) -> float:
+    """utime + stime of a process inside the container."""
+    f = sb.run("cat", f"/proc/{pid}/stat").stdout.rpartition(")")[2].split()
+    return (int(f[11]) + int(f[12])) / 100.0     # USER_HZ is 100 on Linux
+
+
+def one_round(sb, lab, side: str, k: int, outage: float, wait_down, pid=None) -> dict:
     base = len(lab.messages("master", USER))
     if not lab.wait_messages("replica1", USER, base, timeout=90):
         raise RuntimeError(f"{side}: replica1 did not catch up before round {k}")
@@ -94,6 +105,7 @@ def one_round(sb, lab, side: str, k: int, outage: float, wait_down) -> dict:
     time.sleep(random.uniform(0, PROBE_INTERVAL))
     cursor = sb.journal_cursor()
     t0 = time.monotonic()
+    cpu0 = cpu_seconds(sb, pid) if pid else None
     lab.stop("replica1")
     wait_down()
     time.sleep(max(0.0, t0 + DELIVER_AT - time.monotonic()))
@@ -102,13 +114,17 @@ def one_round(sb, lab, side: str, k: int, outage: float, wait_down) -> dict:
     t_deliver = time.time()
     time.sleep(max(0.0, t0 + outage - time.monotonic()))
     r = inner_poll(sb, lab, base, timeout=180)
+    cpu = None
+    if pid:
+        cpu = (cpu_seconds(sb, pid) - cpu0) / (time.monotonic() - t0) * 100
     lines = [e for e in journal_since(sb, cursor, identifier=SYNC_IDENT)]
     connects = [round(realtime(e) - t_deliver, 1) for e in lines
                 if re.search(r"connect\(.*\) failed", str(e.get("MESSAGE")))]
     res = {"round": k, "outage": time.monotonic() - t0,
            "visible": (r["t_visible"] - r["t_start"]) if r["t_visible"] else None,
            "after_up": (r["t_visible"] - r["t_up"]) if r["t_visible"] else None,
-           "up": r["t_up"] - r["t_start"], "failed_connects_after_delivery": connects}
+           "up": r["t_up"] - r["t_start"], "failed_connects_after_delivery": connects,
+           "daemon_cpu_pct": cpu}
     lab.wait_messages("replica1", USER, base + 5, timeout=120)
     return res
 
@@ -123,6 +139,8 @@ def show(side, rounds):
         vis = f"{r['visible']:6.2f} s" if r["visible"] is not None else " never "
         aft = f"{r['after_up']:6.2f} s" if r["after_up"] is not None else "   -   "
         extra = ""
+        if r["daemon_cpu_pct"] is not None:
+            extra = f"  (daemon CPU over the round {r['daemon_cpu_pct']:.2f} % of a core)"
         if r["failed_connects_after_delivery"]:
             extra = ("  (client's failed connects at +" + ", +".join(
                 f"{x:g}" for x in r["failed_connects_after_delivery"]) + " s after delivery)")
@@ -133,7 +151,7 @@ def show(side, rounds):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3, help="rounds of Cyrus alone (default 3)")
-    ap.add_argument("--sw-rounds", type=int, default=5, help="rounds of syncwarden (default 5)")
+    ap.add_argument("--sw-rounds", type=int, default=7, help="rounds of syncwarden (default 7)")
     ap.add_argument("--outage", type=float, default=25.0,
                     help="seconds from stopping the replica to starting it (default 25)")
     a = ap.parse_args()
@@ -161,9 +179,12 @@ def main() -> int:
         sw.setup(interval=f"{PROBE_INTERVAL:g}s")
         if not sw.wait_state("replica1", "live", timeout=30):
             raise RuntimeError(f"replica1 never went live: {sw.link('replica1')}")
+        pid = sw.main_pid()
         swr = [one_round(sb, lab, "syncwarden", k, a.outage,
-                         lambda: sw.wait_state("replica1", "down", timeout=15))
+                         lambda: sw.wait_state("replica1", "down", timeout=15), pid)
                for k in range(1, a.sw_rounds + 1)]
+        if sw.main_pid() != pid:
+            raise RuntimeError("the daemon restarted during the rounds")
         path = sw.path("replica1")
     took = time.monotonic() - t_bench
     print(f"resume latency: replica1 down {a.outage:g} s with 5 new messages for {USER}, then"
@@ -174,17 +195,26 @@ def main() -> int:
     c_vis = [r["visible"] for r in cyrus if r["visible"] is not None]
     s_vis = [r["visible"] for r in swr if r["visible"] is not None]
     s_aft = [r["after_up"] for r in swr if r["after_up"] is not None]
-    c_med, s_med = median(c_vis), median(s_vis)
+    c_aft = [r["after_up"] for r in cyrus if r["after_up"] is not None]
+    c_med, s_med, s_aft_med = median(c_vis), median(s_vis), median(s_aft)
+    s_cpu = [r["daemon_cpu_pct"] for r in swr if r["daemon_cpu_pct"] is not None]
     never = sum(r["visible"] is None for r in cyrus + swr)
-    print(f"  median: Cyrus alone {c_med:.2f} s, syncwarden {s_med:.2f} s"
-          f" (max {max(s_vis, default=float('nan')):.2f} s; target <= {PROBE_INTERVAL + 1:g} s)")
+    print(f"  median from T: Cyrus alone {c_med:.2f} s, syncwarden {s_med:.2f} s"
+          f" (max {max(s_vis, default=float('nan')):.2f} s)")
+    print(f"  median from the sync port answering: Cyrus alone {median(c_aft):.2f} s,"
+          f" syncwarden {s_aft_med:.3f} s (max {max(s_aft, default=float('nan')):.3f} s;"
+          f" target <= {TARGET_AFTER_UP:g} s)")
+    print(f"  daemon CPU per round (outage, knocks, resume): median {median(s_cpu):.2f} % of a"
+          " core")
     print(f"  syncwarden link path replica1: {' '.join(f'{x}>{y}' for x, y in path)}")
     print(result_line(syncwarden_median_s=s_med, syncwarden_max_s=max(s_vis, default=float("nan")),
-                      syncwarden_after_up_median_s=median(s_aft), cyrus_median_s=c_med,
-                      cyrus_min_s=min(c_vis, default=float("nan")), rounds=a.rounds,
-                      sw_rounds=a.sw_rounds,
-                      outage_s=a.outage, not_visible=never,
-                      target_met="yes" if s_vis and max(s_vis) <= PROBE_INTERVAL + 1 else "no"))
+                      syncwarden_after_up_median_s=s_aft_med,
+                      syncwarden_after_up_max_s=max(s_aft, default=float("nan")),
+                      cyrus_median_s=c_med, cyrus_after_up_median_s=median(c_aft),
+                      cyrus_min_s=min(c_vis, default=float("nan")),
+                      daemon_cpu_pct_median=median(s_cpu), rounds=a.rounds,
+                      sw_rounds=a.sw_rounds, outage_s=a.outage, not_visible=never,
+                      target_met="yes" if s_aft and s_aft_med <= TARGET_AFTER_UP else "no"))
     return 0
 
 

@@ -13,6 +13,7 @@ import os
 import selectors
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,7 +31,9 @@ from .systemd.journal import Journal, JournalHandler
 from .systemd.notify import Notifier
 from .systemd.follow import JournalFollower
 from .systemd.units import RESTART_JOBS
+from .systemd.exitwatch import ExitWatch
 from .cyrus.probe import Prober
+from .commands import worker as worker_settings
 from .link.lifecycle_store import LifecycleStore
 from .link.quarantine_store import QuarantineStore
 from .link.roles import RoleStore
@@ -46,6 +49,7 @@ TICK = 1.0   # seconds between reconcile ticks when nothing wakes the loop earli
 STATUS_REFRESH = 10.0
 TICK_DRAINING = 0.1  # a drain pass ends whenever sync_client does: notice it promptly
 TICK_SEEDING = 0.25  # likewise a seed's batch: the next one starts at the next tick
+MIN_WAIT = 0.01      # the shortest wait in select: never a busy loop
 EXTEND_WHILE_DRAINING = 30.0
 
 
@@ -103,7 +107,7 @@ class Daemon:
         self.strays = StrayChannels()
         self.control: ControlServer | None = None
         self.metrics = None                  # monitor/exporter.py, once metrics are configured
-        self._status_body, self._status_written = "", float("-inf")
+        self._status_key, self._status_written = None, float("-inf")
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
@@ -132,6 +136,7 @@ class Daemon:
                               "config-rejected")
             print(exc, flush=True)
             return 2
+        self._save_worker_settings(cfg, imapd)
         if threading.current_thread() is threading.main_thread():  # tests run us in a thread
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
@@ -148,9 +153,11 @@ class Daemon:
         follower = self.follower = JournalFollower(
             None, selector, self.clock.monotonic, inst.journal_cursor,
             **({"reader_factory": self.journal_reader} if self.journal_reader else {}))
+        exits = ExitWatch(selector)
         sup = Reconciler(cfg, imapd, Edges(systemd, prober, self.journal, self.clock, follower,
                                            self.rival_scan,
-                                           hooks=Hooks(systemd, inst.name, self.clock)),
+                                           hooks=Hooks(systemd, inst.name, self.clock),
+                                           exits=exits),
                          LocalState(holds, roles, store, inst.users_dir, inst.name,
                                     crash_points(inst.crash_flag), *self._lifecycle_state()))
         for problem in sup.lifecycle.problems:      # found while the links were configured
@@ -188,24 +195,28 @@ class Daemon:
                 follower.pump()
                 summary = sup.tick()
                 follower.save()       # after the tick that acted on what was read
+                if stopping and not sup.draining:
+                    # The last drain ended in that tick: a stop waits for nothing else. Only
+                    # the metrics textfile, which outlives the daemon, learns the outcome.
+                    if self.metrics is not None:
+                        self.metrics.publish(self._status(sup, fresh=False), self.clock.wall())
+                    break
                 if sup.ready and not ready_sent:
                     self.notifier.ready()
                     ready_sent = True
                 self.notifier.status(summary)
                 doc = self._write_status(sup)
                 if self.metrics is not None:
-                    self.metrics.publish(doc, self.clock.wall())
+                    self.metrics.publish(doc or self._status(sup, fresh=False),
+                                         self.clock.wall())
                 self.notifier.watchdog()
                 if self.log_handler is not None:
                     self.log_handler.release_due()
-                if stopping and not sup.draining:
-                    break   # at once: a stop waits for nothing else
                 if stopping:
                     # The hard ceiling is drain.timeout, enforced by each drain itself; this
                     # only keeps systemd's TimeoutStopSec= from cutting a working drain short.
                     self.notifier.extend_timeout(EXTEND_WHILE_DRAINING)
-                for key, _ in selector.select(self._timeout(sup)):
-                    key.data()
+                self._wait(selector, sup)
                 control.expire(self.clock.monotonic())
         finally:
             self.notifier.stopping()
@@ -215,6 +226,7 @@ class Daemon:
                 self.metrics.close()
             prober.close()
             follower.close()
+            exits.close()
             self.journal.send(self._stopped_message(stopping, sup), "info", "daemon-stopped")
         return 0
 
@@ -260,6 +272,13 @@ class Daemon:
         for problem in preflight.problems(cfg, imapd, self.proc_root, strays=strays):
             log.warning("%s: %s", cfg.source, problem)
 
+    def _save_worker_settings(self, cfg, imapd) -> None:
+        """What workers need, so that they start without reading YAML (commands/worker.py)."""
+        try:
+            worker_settings.save_settings(self.instance, cfg, imapd)
+        except OSError as exc:     # workers read the config themselves, a little slower
+            log.warning("cannot leave the workers their settings: %s", exc)
+
     def _report_damage(self, holds: Holds, roles: RoleStore, store: QuarantineStore) -> None:
         """State that a crash or a hand left damaged was read the safe way by its owner
         (links held, role replica, records rebuilt): say so in the journal and in status."""
@@ -297,11 +316,25 @@ class Daemon:
 
         return Systemd()
 
-    def _timeout(self, sup: Reconciler) -> float:
-        now = self.clock.monotonic()
-        due = [rt.next_probe - now for rt in sup.links.values() if rt.next_probe > now]
-        tick = TICK_DRAINING if sup.draining else TICK_SEEDING if sup.lifecycle.busy else TICK
-        return max(0.05, min([tick] + due))
+    @staticmethod
+    def _pace(sup: Reconciler) -> float:
+        """Seconds to the next tick when nothing wakes the loop earlier."""
+        return TICK_DRAINING if sup.draining else TICK_SEEDING if sup.lifecycle.busy else TICK
+
+    def _wait(self, selector, sup: Reconciler) -> None:
+        """Until something happens (a signal, a probe's news, a client, a journal line, the
+        end of a process a drain waits for) or the next tick is due. Probes that come due
+        meanwhile are started without a tick."""
+        tick_at = self.clock.monotonic() + self._pace(sup)
+        while True:
+            now = self.clock.monotonic()
+            until = min(tick_at, sup.next_probe_due(now))
+            ready = selector.select(max(MIN_WAIT, until - now))
+            for key, _ in ready:
+                key.data()
+            if ready or self.clock.monotonic() >= tick_at:
+                return
+            sup.start_due_probes()
 
     def _drain_wake(self) -> None:
         try:
@@ -325,6 +358,7 @@ class Daemon:
                               + "; ".join(lines), "err", "config-rejected")
             raise ValueError(f"reload rejected, the running configuration stays: {exc}"
                              ) from None
+        self._save_worker_settings(cfg, imapd)
         changes = sup.reconfigure(cfg, imapd)
         self.status_gid = configmod.control_gid(cfg)
         if self.control is not None:
@@ -333,7 +367,7 @@ class Daemon:
             self.follower.watch(sup.watched_units())
         self.metrics = self._metrics(cfg)
         self._preflight(cfg, imapd)
-        self._status_body = ""          # rewritten now: its group may have changed
+        self._status_key = None         # rewritten now: its group may have changed
         self.notifier.ready()
         said = "; ".join(f"{what}: {', '.join(names)}" for what, names in changes.items()
                          if names)
@@ -370,25 +404,26 @@ class Daemon:
             return lifecycle_command(sup.lifecycle, req)
         raise ValueError(f"unknown command {cmd!r}")
 
-    def _status(self, sup: Reconciler) -> dict:
-        return {**sup.status(), "problems": list(self.problems),
+    def _status(self, sup: Reconciler, fresh: bool = True) -> dict:
+        return {**sup.status(fresh), "problems": list(self.problems),
                 "unsupervised_channels": self.strays.as_json(self.clock.monotonic(),
                                                              self.clock.wall())}
 
-    def _write_status(self, sup: Reconciler) -> dict:
+    def _write_status(self, sup: Reconciler) -> dict | None:
         """The status file, when it changed, and at least every STATUS_REFRESH seconds so
-        that its written_at shows the daemon alive. Returns the document, unchanged."""
-        doc = self._status(sup)
-        body = json.dumps(doc, sort_keys=True)
+        that its written_at shows the daemon alive. Returns the document when it built it."""
+        strays = self.strays.as_json(self.clock.monotonic(), self.clock.wall())
+        key = (sup.status_key(), tuple(self.problems), strays)
         now = self.clock.monotonic()
-        if body == self._status_body and now - self._status_written < STATUS_REFRESH:
-            return doc
+        if key == self._status_key and now - self._status_written < STATUS_REFRESH:
+            return None
+        doc = self._status(sup, fresh=False)     # right after the tick that made the views
         written = {**doc, "written_at": self.clock.wall(), "pid": os.getpid()}
         try:
             # control.group may read it, like the socket; nobody else (users, errors)
             atomic_write(self.status_path, json.dumps(written).encode() + b"\n", 0o640,
                          self.status_gid)
-            self._status_body, self._status_written = body, now
+            self._status_key, self._status_written = key, now
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
         return doc
@@ -400,4 +435,12 @@ def main(config_path: Path | None, instance: Instance) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     # transitions narrates every callback at INFO; our own journal entry per change is enough
     logging.getLogger("transitions").setLevel(logging.WARNING)
-    return Daemon(config_path, instance, journal=journal, log_handler=handler).run()
+    rc = Daemon(config_path, instance, journal=journal, log_handler=handler).run()
+    # `systemctl stop` returns once this process has exited, and a drain's last pass is
+    # followed by nothing else: skip the interpreter's teardown of every module and thread.
+    # Nothing is left to finish: state files are written and synced as they change, journal
+    # entries are sent as they happen, run() closed the sockets.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)

@@ -86,6 +86,12 @@ class Instance:
     def users_file(self, link: str) -> Path:
         return self.users_dir / link
 
+    def worker_settings(self, unit_instance: str) -> Path:
+        """What a worker unit (``syncwarden-*@UNIT_INSTANCE``) starts from, left by the daemon
+        (commands/worker.py). One directory for every instance, since the units name the file
+        by their instance string alone (Environment=SYNCWARDEN_SETTINGS in units/)."""
+        return self.root / RUNTIME_ROOT.relative_to("/") / "workers" / f"{unit_instance}.json"
+
     def crash_flag(self, point: str) -> Path:
         """Fault injection for the crash-safety system tests (see link/quarantine.py)."""
         return self.runtime_dir / f"test-crash-at-{point}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import secrets
 import stat
 from pathlib import Path
 
@@ -90,7 +89,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, gid: int | None = N
     path = Path(path)
     ensure_dir(path.parent)
     dfd = _open_dir(path.parent)
-    tmp = f".{path.name[:64]}.{secrets.token_hex(8)}"
+    tmp = f".{path.name[:64]}.{os.urandom(8).hex()}"
     try:
         fd = os.open(tmp, _CREATE, 0o600, dir_fd=dfd)
         try:

@@ -113,7 +113,7 @@ def run(cfg, imapd, link: str, only_users, dry_run: bool, journal, socket_path: 
             return 1 if report.errors else 0
         if steps and not approve([a.describe() for a in steps]):
             return 1
-        journal.send(f"repair of link {link} started: {len(steps)} action(s) for"
+        journal.send(f"repair started: {len(steps)} action(s) for"
                      f" {len(plans)} user(s)", "notice", "repair-action",
                      SYNCWARDEN_LINK=link, SYNCWARDEN_ACTION="start")
         executor = Executor(cfg, sides, journal, Path(state_dir) / "repair" / link, out=out,
@@ -124,7 +124,7 @@ def run(cfg, imapd, link: str, only_users, dry_run: bool, journal, socket_path: 
     outcome = executor.outcome
     _retry_quarantined(link, set(plans) - outcome.failed_users, socket_path, out)
     ok = not (outcome.failures or missing or report.errors)
-    journal.send(f"repair of link {link} {'finished' if ok else 'INCOMPLETE'}: {outcome.done}"
+    journal.send(f"repair {'finished' if ok else 'INCOMPLETE'}: {outcome.done}"
                  f" action(s) done, {outcome.copied} message(s) copied to the master,"
                  f" {len(outcome.failures)} failed, {missing} message(s) of the replica not on"
                  " the master", "notice" if ok else "err", "repair-finished",

@@ -3,11 +3,14 @@
 Cyrus has no drain (cyrus-replication.md §8): a shutdown file only makes the rolling client
 finish the file it is on, and ``sync_client -R -1`` exits 0 even when it failed. So a drain is:
 
-1. ask the rolling worker to finish through its shutdown file; SIGTERM instead (which keeps
-   ``log-run`` whole) after a grace period, at once when the replica is gone, when there is
-   nothing to send, when Cyrus has not made the channel directory yet (a fresh install), or
-   when the worker never logged in (it is retrying its connection, and sync_client looks at the
-   shutdown file only between passes);
+1. ask the rolling worker to finish the file it has in hand (``log-run``) through its shutdown
+   file, and SIGTERM it (which keeps ``log-run`` whole) as soon as that file is sent: after a
+   file sync_client sleeps up to ``sync_repeat_interval`` before it reads the shutdown file.
+   SIGTERM at once when it has no file in hand (it is between files: nothing to finish, only
+   a sleep to wait out), when the replica is gone, when Cyrus has not made the channel
+   directory yet (a fresh install), or when the worker never logged in (it is retrying its
+   connection, and sync_client looks at the shutdown file only between passes); and after a
+   grace period;
 2. run one-shot passes (``syncwarden-drain@LINK.service``: ``sync_client -R -1 -n LINK``), one
    file per pass (``log-run`` first, then ``log``), until both files that existed once the
    worker stopped have been sent, or neither file exists. Entries written meanwhile by running
@@ -23,6 +26,8 @@ The worker is signalled (KillUnit), never stopped with a StopUnit job: the drain
 daemon stops, and the worker units are ordered Before= the daemon so that a system shutdown
 leaves them running for the drain; a stop job for one would wait for the daemon's own stop,
 which waits for the drain. Each ``step`` is one tick's worth of decisions; nothing blocks.
+The end of the process the drain waits for (the worker, then each pass) wakes the daemon's loop
+through the ``exits`` edge (a pidfd), so the next step follows at once, not a tick later.
 """
 
 from __future__ import annotations
@@ -137,10 +142,15 @@ class DrainJob:
         return self._passes(now, drainer_running, systemd, rival)
 
     def _finish_worker(self, now: float, systemd, logged_in: bool) -> None:
+        in_hand = self.files.present()[0]          # log-run: the file the worker is on
         if self.shutdown_requested_at is None:
             self.shutdown_requested_at = now
-            if logged_in and self.files.pending() and self.files.request_shutdown():
+            if logged_in and in_hand and self.files.request_shutdown():
                 return                 # it finishes the file it is on, then exits
+            self._kill_worker(now, systemd)
+        elif self.killed_at is None and not in_hand:
+            # Its file is sent. It would sleep out sync_repeat_interval before it reads the
+            # shutdown file, and takes no other file before that: SIGTERM loses nothing.
             self._kill_worker(now, systemd)
         elif now - self.shutdown_requested_at > WORKER_FINISH_GRACE and (
                 self.killed_at is None or now - self.killed_at >= KILL_REPEAT):
@@ -193,6 +203,14 @@ class DrainJob:
         self.outcome = Outcome(drained, message)
         return self.outcome
 
+    def awaited(self) -> tuple[str, int] | None:
+        """(unit, run) whose end the drain waits for now: the worker, then each pass."""
+        if self.outcome is not None:
+            return None
+        if self.phase is Phase.FINISH_WORKER:
+            return self.worker_unit, 0
+        return (self.unit, self.passes) if self.pass_running else None
+
 
 class Drains:
     """The drains in progress, one per link, and the outcome of each link's last one.
@@ -201,8 +219,11 @@ class Drains:
     operator's holds at construction. The reconcile tick calls ``step`` for a draining link.
     """
 
-    def __init__(self, systemd, journal, clock, holds, rival_now=lambda link: None):
+    def __init__(self, systemd, journal, clock, holds, rival_now=lambda link: None,
+                 exits=None):
         self.systemd = systemd
+        self.exits = exits             # ``watch(pid)``: wake the loop when it exits (or None)
+        self._watched: dict[str, tuple[str, int]] = {}   # link -> awaited (unit, run) watched
         self.rival_now = rival_now     # link -> why a sync_client we did not start runs, or None
         self.journal = journal
         self.clock = clock
@@ -222,7 +243,7 @@ class Drains:
         snap = rt.backlog.read(mono, self.clock.wall())
         self.jobs[rt.name] = DrainJob(rt.name, rt.units, SyncFiles(sync_dir), mono, timeout,
                                       snap.entries, hold_after, why, self.clock.wall())
-        self.journal.send(f"link {rt.name}: drain started ({why}), {snap.entries} entries"
+        self.journal.send(f"drain started ({why}), {snap.entries} entries"
                           " queued", "notice", "drain-started", SYNCWARDEN_LINK=rt.name,
                           SYNCWARDEN_ENTRIES=snap.entries)
         return f"{rt.name}: draining {snap.entries} entries"
@@ -235,6 +256,7 @@ class Drains:
         """Forget the drain of a link that is no longer supervised (removed by a reload):
         its pass is stopped, its files stay as they are, and a stop waits for it no more."""
         job = self.jobs.pop(link, None)
+        self._watched.pop(link, None)
         if job is None:
             return
         job.files.clear_shutdown()
@@ -243,7 +265,7 @@ class Drains:
                 act(unit)                 # SIGTERM keeps log-run whole
             except Exception as exc:
                 log.warning("cannot stop %s: %s", unit, exc, extra={"link": link})
-        self.journal.send(f"link {link}: drain incomplete: {why}; {entries_left} entries left"
+        self.journal.send(f"drain incomplete: {why}; {entries_left} entries left"
                           f" in {job.files.dir}", "err", "drain-incomplete",
                           SYNCWARDEN_LINK=link, SYNCWARDEN_REASON=why,
                           SYNCWARDEN_ENTRIES_LEFT=entries_left,
@@ -277,10 +299,26 @@ class Drains:
                                 extra={"link": rt.name})
         if outcome is not None:
             self._finished(rt, job, outcome, mono)
+        else:
+            self._watch_exit(rt.name, job)
+
+    def _watch_exit(self, link: str, job: DrainJob) -> None:
+        """Have the loop woken when the process the job waits for exits (once per process)."""
+        awaited = job.awaited()
+        if self.exits is None or awaited is None or self._watched.get(link) == awaited:
+            return
+        try:
+            pid = self.systemd.main_pid(awaited[0])
+        except Exception as exc:   # the tick notices the end anyway, a tick later
+            log.debug("no main pid for %s: %s", awaited[0], exc)
+            return
+        if pid and self.exits.watch(pid):
+            self._watched[link] = awaited
 
     def _finished(self, rt, job: DrainJob, outcome: Outcome, mono: float) -> None:
         name = rt.name
         del self.jobs[name]
+        self._watched.pop(name, None)
         rt.worker_ours = False
         snap = rt.snapshot = rt.backlog.read(mono, self.clock.wall())
         took = mono - job.started
@@ -290,14 +328,14 @@ class Drains:
         fields = dict(SYNCWARDEN_LINK=name, SYNCWARDEN_ENTRIES_LEFT=snap.entries,
                       SYNCWARDEN_DURATION=f"{took:.3f}", SYNCWARDEN_PASSES=job.passes)
         if outcome.drained:
-            self.journal.send(f"link {name}: drained in {took:.1f}s, {outcome.message}"
+            self.journal.send(f"drained in {took:.1f}s, {outcome.message}"
                               f" ({job.passes} passes, {job.entries_at_start} entries queued at"
                               f" the start; {snap.entries} written since)", "notice",
                               "drain-finished", **fields)
             rt.link.fire("drained", f"drained: {outcome.message}")
         else:
             where = f"{rt.backlog.log_path} and {rt.backlog.run_path}"
-            self.journal.send(f"link {name}: drain incomplete: {outcome.message};"
+            self.journal.send(f"drain incomplete: {outcome.message};"
                               f" {snap.entries} entries left in {where}; they are sent at the"
                               " next start", "err", "drain-incomplete", SYNCWARDEN_WHERE=where,
                               SYNCWARDEN_REASON=outcome.message, **fields)

@@ -51,7 +51,7 @@ class Freeze:
         return self.r.get("phase") == "frozen"
 
     def _journal(self, message, priority, mid, **fields) -> None:
-        self.e.journal.send(f"link {self.link}: {message}", priority, mid,
+        self.e.journal.send(message, priority, mid,
                             SYNCWARDEN_LINK=self.link, **fields)
 
     def step(self, draining: bool, units: dict) -> tuple[bool, str | None]:

@@ -75,9 +75,9 @@ class Lifecycle:
             if name not in links:           # removed from the config: a new replica if re-added
                 self.store.set_retired(name, None)
         for name in self.store.adopt(list(links), wall):
-            log.warning("link %s added to the configuration: its replica was never seeded and"
-                        " the link does not go live until `syncwarden seed %s` finished",
-                        name, name, extra={"link": name})
+            log.warning("added to the configuration: its replica was never seeded and the link"
+                        " does not go live until `syncwarden seed %s` finished", name,
+                        extra={"link": name})
         for name, rt in links.items():
             if name not in self.seeds:
                 self._load_seed(name, rt)
@@ -152,10 +152,10 @@ class Lifecycle:
             if name in self.retiring:
                 self._retire_step(rt)
         except OSError as exc:      # a state file could not be written: try again next tick
-            log.error("link %s: cannot write its lifecycle state: %s", name, exc,
+            log.error("cannot write its lifecycle state: %s", exc,
                       extra={"link": name})
         except Exception as exc:    # D-Bus refused: what was saved stands; again next tick
-            log.error("link %s: seed, freeze or retirement step failed: %s: %s", name,
+            log.error("seed, freeze or retirement step failed: %s: %s",
                       type(exc).__name__, exc, extra={"link": name})
 
     def stop_all(self) -> None:
@@ -205,7 +205,7 @@ class Lifecycle:
         self.store.set_seeded(name, False, wall, "seed started")
         self.store.save_seed(name, asdict(p), plan)
         self.seeds[name] = Seed(rt.units, self._seed_edges, p, plan)
-        self.e.journal.send(f"link {name}: seed started, {parallel} at a time: {what}",
+        self.e.journal.send(f"seed started, {parallel} at a time: {what}",
                             "notice", "seed-started", SYNCWARDEN_LINK=name,
                             SYNCWARDEN_PARALLEL=parallel)
         return f"{name}: seed started ({parallel} at a time): {what}"
@@ -289,7 +289,7 @@ class Lifecycle:
             self.store.set_seeded(name, bool(prior.get("seeded")),
                                   prior.get("since", self.e.clock.wall()),
                                   prior.get("how", "retire abandoned"))
-            msg = (f"link {name}: not retired: the drain did not finish"
+            msg = (f"not retired: the drain did not finish"
                    f" ({outcome.get('message')}); its entries stay queued")
             log.error(msg, extra={"link": name})
             self.e.journal.send(msg, "err", "link-retired", SYNCWARDEN_LINK=name,
@@ -316,7 +316,7 @@ class Lifecycle:
         how = "drained" if outcome.get("drained") else \
             f"NOT drained ({outcome.get('message')}; {dropped} entries dropped, --force)"
         self.e.journal.send(
-            f"link {name} retired ({how}); its worker and backlog are gone. {todo}"
+            f"retired ({how}); its worker and backlog are gone. {todo}"
             + (f" Redundancy lost: {record['lost']}" if record.get("lost") else ""),
             "warning" if record.get("forced") else "notice", "link-retired",
             SYNCWARDEN_LINK=name, SYNCWARDEN_RESULT="retired",

@@ -118,9 +118,8 @@ class Quarantine:
                          extra={"link": self.link})
                 self.detector.reprocessing = 0
             elif failed is not None:
-                log.info("A sync pass to %s failed (%s); users named: %s.", self.link,
-                         failed.error, ", ".join(sorted(failed.users)) or "none",
-                         extra={"link": self.link})
+                log.info("A sync pass failed (%s); users named: %s.", failed.error,
+                         ", ".join(sorted(failed.users)) or "none", extra={"link": self.link})
                 self.failure = failed
         elif unit == self.unit:
             event = session_event(message)
@@ -306,7 +305,7 @@ class Quarantine:
                          moved, ", ".join(sorted(set(culprits) - set(new))), self.link,
                          extra={"link": self.link})
             for user, error in sorted(new.items()):
-                self.journal.send(f"link {self.link}: user {user} quarantined: {error};"
+                self.journal.send(f"user {user} quarantined: {error};"
                                   f" {self.store.count(self.link, user)} entries held in the"
                                   " store", "warning", "user-quarantined",
                                   SYNCWARDEN_LINK=self.link, SYNCWARDEN_USER=user,
@@ -342,7 +341,7 @@ class Quarantine:
         self.retrying = q.user
         self._run_users([q.user], systemd)
         self.crash_point("retry-started")
-        self.journal.send(f"link {self.link}: retrying quarantined user {q.user} (attempt"
+        self.journal.send(f"retrying quarantined user {q.user} (attempt"
                           f" {q.attempts + 1})", "info", "user-retried",
                           SYNCWARDEN_LINK=self.link, SYNCWARDEN_USER=q.user)
 
@@ -360,7 +359,7 @@ class Quarantine:
             rewrite.append(self.sync_dir / LOG, back)
             self.store.remove(self.link, user)
             self.failure = None   # passes that failed on this user before it was repaired
-            self.journal.send(f"link {self.link}: user {user} released after {q.attempts + 1}"
+            self.journal.send(f"user {user} released after {q.attempts + 1}"
                               f" attempt(s)", "notice", "user-released",
                               SYNCWARDEN_LINK=self.link, SYNCWARDEN_USER=user)
             return
@@ -369,7 +368,7 @@ class Quarantine:
         q.next_retry = wall + min(self.retry_interval * 2 ** q.attempts, RETRY_MAX)
         q.retry_offset = -1
         self.store.save(q)
-        self.journal.send(f"link {self.link}: retry of {user} failed: {q.error}", "warning",
+        self.journal.send(f"retry of {user} failed: {q.error}", "warning",
                           "user-retried", SYNCWARDEN_LINK=self.link, SYNCWARDEN_USER=user,
                           SYNCWARDEN_ERROR=q.error)
 
@@ -388,7 +387,7 @@ class Quarantine:
             raise KeyError(f"{user} is not quarantined on {self.link}")
         n = self.store.count(self.link, user)
         self.store.remove(self.link, user)
-        self.journal.send(f"link {self.link}: quarantined user {user} dropped by the operator;"
+        self.journal.send(f"quarantined user {user} dropped by the operator;"
                           f" {n} stored entries given up", "warning", "user-released",
                           SYNCWARDEN_LINK=self.link, SYNCWARDEN_USER=user)
         return f"{self.link}: {user} dropped, {n} stored entries given up"

@@ -17,7 +17,6 @@ record was lost get a new one; whatever cannot be repaired is reported, never ig
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -65,6 +64,8 @@ _FIELDS = {f.name for f in fields(Quarantined)}
 
 def file_stem(link: str, user: str) -> str:
     """The store's file name (without suffix) for a user of a link: bounded length, any id."""
+    import hashlib     # here: it maps libcrypto (3.5 MB), needed once users are quarantined
+
     digest = hashlib.sha256(f"{link}\0{user}".encode("utf-8", "surrogatepass")).hexdigest()
     return f"{_UNSAFE.sub('_', user)[:40]}+{digest[:32]}"
 

@@ -2,9 +2,10 @@
 
 What should be comes from the config, the role and operator holds; what is comes from probe
 results, systemd's unit states and the backlog files. Each tick fires triggers on the link
-machines (states.py), starts or stops worker units through the systemd edge, advances drains
-(drain.py) and the quarantine workflow (quarantine.py), and returns the one-line summary that
-becomes ``STATUS=``. Nothing here sleeps or reads the clock by itself: tests drive it with a
+machines (states.py), has the worker units started or stopped (workers.py), advances drains
+(drain.py), the quarantine workflow (quarantine.py) and the replica lifecycle (lifecycle.py),
+asks for probes (probe_schedule.py), and returns the one-line summary that becomes
+``STATUS=``. Nothing here sleeps or reads the clock by itself: tests drive it with a
 fake clock and fake edges.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..cyrus.backlog import Backlog
-from ..cyrus.failures import CONFIG_EXITS, Session, session_event
+from ..cyrus.failures import session_event
 from ..cyrus.imapdconf import ImapdConf
 from ..cyrus.probe import LOST_AFTER
 from ..paths import DEFAULT
@@ -25,19 +26,17 @@ from .drain import Drains
 from .lifecycle import Lifecycle, LifecycleEdges
 from .lifecycle_store import LifecycleStore
 from .operator import Operator
+from .probe_schedule import ProbeSchedule
 from .quarantine import Quarantine, no_crash
 from .quarantine_store import QuarantineStore
 from .report import quarantine_json, status, summary
 from .rivals import RivalWatch
 from .roles import RoleControl, RoleStore
-from .runtime import (RESTART_BACKOFF_MAX, RESTART_BACKOFF_MIN, Blocker, LinkRuntime,
-                      LinkView)
+from .runtime import Blocker, LinkRuntime, LinkView
 from .states import Link, LinkState, Transition, WORKER_STATES
+from .workers import WorkerControl
 
 log = logging.getLogger(__name__)
-
-# Live links are probed every LIVE_PROBE_FACTOR intervals, at most every LIVE_PROBE_MAX seconds.
-LIVE_PROBE_FACTOR, LIVE_PROBE_MAX = 5, 10.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,8 @@ class Edges:
     hooks: object = None
     # ``old_writers(imapd, changed)``: Cyrus processes with an old channel list (cyrus/writers.py)
     old_writers: object = None
+    # ``watch(pid)``: wake the loop when that process exits (systemd/exitwatch.py)
+    exits: object = None
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,17 @@ class Reconciler:
                                 edges.clock)
         self.rivals = RivalWatch(edges.rivals)
         self.drains = Drains(edges.systemd, edges.journal, edges.clock, local.holds,
-                             self._rival_now)
+                             self._rival_now, edges.exits)
         self.operator = Operator(lambda: self.links, self.drains, local.holds, self.role,
                                  edges.clock, lambda: self.config.drain.timeout,
                                  lambda name: self.imapd.sync_dir(name))
         self.links: dict[str, LinkRuntime] = {}
         self.lifecycle = self._lifecycle(local)
+        self.probes = ProbeSchedule(edges.prober, edges.clock, lambda: self.config.probe,
+                                    self._wants_probe, lambda rt: self.blocker(rt) is not None)
+        self.workers = WorkerControl(edges.systemd, edges.journal, edges.worker_log,
+                                     lambda: self.config.live, self.lifecycle.may_go_live,
+                                     self.classified, lambda: self.stopping)
         self.views: list[LinkView] = []
         self.ready = False
         self.stopping = False
@@ -134,18 +140,19 @@ class Reconciler:
                     rt.backlog = Backlog(imapd.sync_dir(name))
             self.links[name] = rt
         for name, rt in old.items():  # removed from the config: stop replicating it
+            self.prober.unwatch(name)
             rt.quarantine.close()
             if name in self.drains:
                 self.drains.drop(name, "the link was removed from the configuration",
                                  rt.snapshot.entries)
             if rt.worker_running:
-                self._stop_worker(rt)
+                self.workers.stop(rt)
             if rt.quarantine.busy or rt.quarantine.retrying:
                 try:
                     self.systemd.stop(rt.units.user)
                 except Exception as exc:
                     log.error("cannot stop %s: %s", rt.units.user, exc, extra={"link": name})
-            log.info("link %s removed from the configuration", name, extra={"link": name})
+            log.info("removed from the configuration", extra={"link": name})
             changes["removed"].append(name)
         self.lifecycle.configure(self.links)
         return changes
@@ -170,7 +177,7 @@ class Reconciler:
     # -- the tick ----------------------------------------------------------------------------
     def tick(self) -> str:
         mono, wall = self.clock.monotonic(), self.clock.wall()
-        self._take_probe_results(mono)
+        self.probes.take_results(self.links, mono)
         units = self._list_units()
         self.rivals.refresh(self.imapd.path, self.links, mono)
         for rt in self.links.values():
@@ -179,27 +186,13 @@ class Reconciler:
             rt.snapshot = rt.backlog.read(mono, wall)
             self._reconcile(rt, mono, units)
             self.lifecycle.step(rt, units, mono)
-            self._schedule_probe(rt, mono)
+            self.probes.schedule(rt, mono)
             self._journal_history(rt)
         if not self.ready and all(self.classified(rt) for rt in self.links.values()):
             self.ready = True
         self.views = [self._view(rt, mono) for rt in self.links.values()]
         self.summary = summary(self.views, self.role.role)
         return self.summary
-
-    def _take_probe_results(self, mono: float) -> None:
-        for name, result in self.prober.results().items():
-            rt = self.links.get(name)
-            if rt is None:
-                continue
-            rt.probe = result
-            if result.reachable:
-                rt.probe_failures, rt.unreachable_since = 0, None
-            else:
-                rt.probe_failures += 1
-                rt.next_probe = min(rt.next_probe, mono + self.config.probe.interval)
-                if rt.unreachable_since is None:
-                    rt.unreachable_since = mono
 
     def _list_units(self) -> dict[str, UnitStatus] | None:
         instance = self.local.instance
@@ -210,21 +203,11 @@ class Reconciler:
             return None
         return {name: st for name, st in listed.items() if belongs_to(name, instance)}
 
-    def _schedule_probe(self, rt: LinkRuntime, mono: float) -> None:
-        if not self._wants_probe(rt) or mono < rt.next_probe:
-            return
-        s = rt.settings
-        if self.prober.request(s.name, s.host, s.port, self.config.probe.timeout):
-            rt.next_probe = mono + self._probe_period(rt)
+    def next_probe_due(self, mono: float) -> float:
+        return self.probes.next_due(self.links.values(), mono)
 
-    def _probe_period(self, rt: LinkRuntime) -> float:
-        """Every interval while a link waits for its replica. A live link's worker talks to
-        the replica anyway and exits when it loses it, so it is probed less often, and at
-        the full rate again as soon as one probe fails."""
-        interval = self.config.probe.interval
-        if rt.link.state is LinkState.LIVE and rt.probe_failures == 0:
-            return min(interval * LIVE_PROBE_FACTOR, max(interval, LIVE_PROBE_MAX))
-        return interval
+    def start_due_probes(self) -> None:
+        self.probes.start_due(self.links.values())
 
     def _wants_probe(self, rt: LinkRuntime) -> bool:
         return (self.role.is_master and rt.settings.enabled
@@ -260,13 +243,13 @@ class Reconciler:
             elif rt.probe_failures >= LOST_AFTER:
                 rt.link.fire("replica_lost", f"replica unreachable: {rt.probe.detail}")
             elif units_known and not rt.worker_running and rt.worker_ours:
-                self._worker_exited(rt, mono)
+                self.workers.exited(rt, mono)
             else:
                 if units_known:
                     self._quarantine_step(rt, mono, units)
-                    if self._judge_session(rt, mono):
+                    if self.workers.judge_session(rt, mono):
                         return
-                self._judge_backlog(rt)
+                self.workers.judge_backlog(rt)
         elif state is LinkState.DOWN and blocker is None and self.classified(rt):
             if rt.reachable and mono >= rt.restart_after:
                 if rt.worker_running:
@@ -276,7 +259,7 @@ class Reconciler:
                     again = f"; retrying after: {rt.last_problem}" if rt.last_problem else ""
                     rt.link.fire("replica_up", f"replica answered: {rt.probe.detail}{again}")
         if units_known:
-            self._converge_worker(rt, mono)
+            self.workers.converge(rt, mono)
         self._explain_down(rt, mono)
 
     def _explain_down(self, rt: LinkRuntime, mono: float) -> None:
@@ -296,7 +279,7 @@ class Reconciler:
         q = rt.quarantine
         try:
             stuck = q.step(mono, self.clock.wall(), rt.worker_running, units.get(q.unit),
-                           self.systemd, lambda: self._stop_worker(rt),
+                           self.systemd, lambda: self.workers.stop(rt),
                            self.rivals.reason(rt.name),
                            worker_alive=rt.worker is not None and rt.worker.alive)
         except OSError as exc:   # the store or a sync log could not be written: hold the link
@@ -332,113 +315,6 @@ class Reconciler:
         """The units whose journal lines this instance reads."""
         return [u for rt in self.links.values()
                 for u in (rt.units.worker, rt.units.user, rt.units.drain)]
-
-    def _judge_session(self, rt: LinkRuntime, mono: float) -> bool:
-        """Act on what the running worker showed of its session; True if the state changed."""
-        if not rt.worker_running or not rt.worker_ours or rt.quarantine.busy:
-            return False
-        if rt.runs.current is None and not rt.runs.find_current(
-                rt.units.worker, self.systemd, self.edges.worker_log):
-            return False
-        run = rt.runs.run
-        run.observe(rt.snapshot.log_run)
-        problem = run.problem
-        if problem is None:
-            rt.reported_problem = None
-            if run.proven:
-                rt.restart_backoff, rt.last_problem = RESTART_BACKOFF_MIN, None
-            return False
-        rt.last_problem = problem.cause
-        unit = rt.units.worker
-        if problem.kind is Session.REFUSED:
-            # It would retry forever with the credentials it read at start: a new worker
-            # reads imapd.conf again (worker_run.py says why down and not quarantined).
-            self._stop_worker(rt)
-            wait = self._schedule_restart(rt, mono)
-            rt.link.fire("login_refused", f"{problem.cause} (journalctl -u {unit});"
-                         f" trying again in {wait:g}s")
-            return True
-        if problem.cause != rt.reported_problem:
-            rt.reported_problem = problem.cause
-            rt.link.fire("worker_failing", f"{problem.cause} (journalctl -u {unit})")
-            return True
-        return False
-
-    def _judge_backlog(self, rt: LinkRuntime) -> None:
-        if not rt.worker_running:
-            return  # starting: judge once it runs
-        snap, live = rt.snapshot, self.config.live
-        within = (snap.error is None and snap.entries <= live.max_backlog
-                  and snap.oldest_age <= live.max_lag)
-        # live is earned: only by a run that completed a pass (worker_run.py), and only by a
-        # replica that holds a full copy (lifecycle.py)
-        seeded = self.lifecycle.may_go_live(rt.name)
-        if rt.link.state is LinkState.CATCHING_UP and within and rt.runs.run.proven and seeded:
-            rt.link.fire("caught_up", "backlog within live thresholds")
-        elif rt.link.state is LinkState.LIVE and not seeded:
-            rt.link.fire("fell_behind", "the replica is being seeded (syncwarden seed)")
-        elif rt.link.state is LinkState.LIVE and not within:
-            why = snap.error or f"{snap.entries} entries queued, oldest {snap.oldest_age:.0f}s"
-            rt.link.fire("fell_behind", f"backlog above live thresholds: {why}")
-
-    def _worker_exited(self, rt: LinkRuntime, mono: float) -> None:
-        rt.worker_ours = False
-        unit = rt.units.worker
-        try:
-            info = self.systemd.exit_info(unit)
-            how = f"{info.result}, exit status {info.status}"
-        except Exception as exc:
-            info, how = None, f"exit status unknown: {exc}"
-        problem = rt.runs.run.problem
-        rt.runs.unbind()
-        if problem is not None:
-            how += f"; last: {problem.cause}"
-        self.journal.send(f"{unit} exited ({how})", "warning", "worker-exited",
-                          SYNCWARDEN_LINK=rt.name, UNIT_NAME=unit)
-        if info is not None and info.result == "exit-code" and info.status in CONFIG_EXITS:
-            rt.link.fire("quarantine", f"sync_client exited with status {info.status}, which"
-                         f" means a configuration problem: see journalctl -u {unit}")
-            return
-        if mono - rt.worker_started > RESTART_BACKOFF_MAX:
-            rt.restart_backoff = RESTART_BACKOFF_MIN  # it had been running well: start afresh
-        wait = self._schedule_restart(rt, mono)
-        rt.link.fire("worker_exited", f"worker exited ({how}); restarting in"
-                     f" {wait:g}s if the replica answers")
-
-    def _schedule_restart(self, rt: LinkRuntime, mono: float) -> float:
-        wait = rt.restart_backoff
-        rt.restart_after = mono + wait
-        rt.restart_backoff = min(wait * 2, RESTART_BACKOFF_MAX)
-        return wait
-
-    def _converge_worker(self, rt: LinkRuntime, mono: float) -> None:
-        if not self.classified(rt):
-            return  # a worker found at daemon start keeps running until the first probe
-        want = rt.link.state in WORKER_STATES and not rt.quarantine.busy
-        if want and not rt.worker_running and not rt.worker_ours:
-            try:
-                rt.runs.unbind()          # a new run: it earns live afresh
-                rt.reported_problem = None
-                self.systemd.start(rt.units.worker)
-                rt.worker_ours, rt.worker_started = True, mono
-            except Exception as exc:
-                log.error("cannot start %s: %s", rt.units.worker, exc, extra={"link": rt.name})
-        elif not want and rt.worker_running:
-            self._stop_worker(rt)
-
-    def _stop_worker(self, rt: LinkRuntime) -> None:
-        # SIGTERM: sync_client exits 75 at once and keeps log-run whole for the next start.
-        # While the daemon itself stops, a StopUnit job would wait for that stop (the worker
-        # is ordered Before= the daemon): signal it directly instead.
-        try:
-            if self.stopping:
-                self.systemd.kill(rt.units.worker)
-            else:
-                self.systemd.stop(rt.units.worker)
-            rt.worker_ours = False
-            rt.runs.unbind()
-        except Exception as exc:
-            log.error("cannot stop %s: %s", rt.units.worker, exc, extra={"link": rt.name})
 
     # -- stopping ----------------------------------------------------------------------------
     @property
@@ -487,7 +363,7 @@ class Reconciler:
     def _journal_transition(self, t: Transition) -> None:
         prio = "warning" if t.dest in (LinkState.DOWN, LinkState.QUARANTINED) else "notice"
         self.journal.send(
-            f"link {t.link}: {t.source.value} -> {t.dest.value} ({t.reason})", prio,
+            f"{t.source.value} -> {t.dest.value} ({t.reason})", prio,
             "state-change", SYNCWARDEN_LINK=t.link, SYNCWARDEN_FROM=t.source.value,
             SYNCWARDEN_TO=t.dest.value, SYNCWARDEN_STATE=t.dest.value,
             SYNCWARDEN_STATE_CODE=t.dest.code, SYNCWARDEN_REASON=t.reason,
@@ -495,11 +371,23 @@ class Reconciler:
         if self.edges.hooks is not None:
             self.edges.hooks.state_changed(self.config.hooks, t)
 
-    def status(self) -> dict:
-        """Built afresh, so that an operator command's effect shows before the next tick."""
-        views = [self._view(rt, self.clock.monotonic()) for rt in self.links.values()]
+    def status(self, fresh: bool = True) -> dict:
+        """Built afresh, so that an operator command's effect shows before the next tick;
+        ``fresh=False``: from the last tick's views (the status file, written after it)."""
+        views = self.status_views() if fresh else self.views
         return status(self.local.instance, self.role.role, self.role.source, self.summary,
                       views, self.quarantine_list())
+
+    def status_views(self) -> list[LinkView]:
+        mono = self.clock.monotonic()
+        return [self._view(rt, mono) for rt in self.links.values()]
+
+    def status_key(self) -> tuple:
+        """Equal after two ticks exactly when ``status(fresh=False)`` would be: cheaper to
+        compare than the document (with 100 links, building and dumping it every tick was a
+        third of the tick)."""
+        return (tuple(self.views), self.summary, self.role.role, self.role.source,
+                self.quarantine_list())
 
     def quarantine_list(self) -> list[dict]:
         return quarantine_json(self.local.store, self.links)

@@ -59,6 +59,8 @@ class LinkRuntime:
     probe_failures: int = 0
     unreachable_since: float | None = None   # monotonic
     next_probe: float = 0.0
+    refused_since: float | None = None       # monotonic: the probes' refusals began
+    knocking: bool = False                   # its replica's port is watched (probing.py)
     worker: UnitStatus | None = None
     worker_ours: bool = False                # we started or adopted the unit now running
     restart_after: float = 0.0

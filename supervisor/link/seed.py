@@ -103,7 +103,7 @@ class Seed:
         self.e.store.save_seed(self.link, asdict(self.p), self.plan if plan else None)
 
     def _journal(self, message: str, mid: str, priority: str = "info", **fields) -> None:
-        self.e.journal.send(f"link {self.link}: {message}", priority, mid,
+        self.e.journal.send(message, priority, mid,
                             SYNCWARDEN_LINK=self.link, **fields)
 
     # -- one tick ----------------------------------------------------------------------------
@@ -270,7 +270,7 @@ class Seed:
     def _failed(self, ref: list, why: str) -> None:
         kind, names = work(self.plan, ref)
         if self.p.failed_range(ref, kind, names[0] if len(names) == 1 else None, why):
-            log.warning("seed of %s: %s %s failed %d times: %s", self.link, kind, names[0],
+            log.warning("seed: %s %s failed %d times: %s", kind, names[0],
                         self.p.attempts[str(ref[0])], why, extra={"link": self.link})
 
     def percent(self) -> int:

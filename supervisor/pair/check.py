@@ -1,5 +1,9 @@
 """``syncwarden check LINK``: read both sides of a link, compare, report; changes nothing.
 
+A shallow check reads each side as its admin: the LIST of the "user" hierarchy with every
+mailbox's STATUS (imapclient.survey). Users whose mailboxes came without one,
+and every user of a deep check, are read as themselves, a few users at a time.
+
 Order matters while replication runs: each user is read on the replica first, then on the
 master. In a healthy pair the replica never holds what the master has not had, so a change that
 lands between the two reads can only make the master look ahead (lag), never the replica
@@ -22,7 +26,7 @@ from ..cyrus import synclog
 from ..cyrus.channel import Channel
 from . import compare, credentials
 from .lastcheck import load_last, result_path  # noqa: F401 (the saved result's reader)
-from .imapclient import AdminView, ImapError, read_user, user_session
+from .imapclient import AdminView, ImapError, Survey, read_user, survey, user_session
 from ..state import atomic_write
 
 CONFIRM_PAUSE = 2.0          # seconds: a sync_client pass (repeat interval 1 s) lands in this
@@ -103,6 +107,11 @@ class Sides:
                 view.close()
         return out[1], out[0]
 
+    def survey(self) -> tuple[Survey, Survey]:
+        """(master, replica) as their admins see them, with statuses; the replica first."""
+        replica = survey(self.replica, self.replica_login)
+        return survey(self.master, self.master_login), replica
+
     def read(self, user: str, m_names, r_names, deep: bool):
         """(master view, replica view) of one user; None for a side the user is not on."""
         r = read_user(self.replica, self.replica_login, user, r_names, deep) if r_names else None
@@ -150,18 +159,19 @@ def run(sides: Sides, sync_dir: Path, deep: bool, only_users: list[str] | None =
         confirm: bool = True, keep_views: bool = False) -> compare.Report:
     """Compare every user (or only_users) of one link; per-user read errors go into the report."""
     report = compare.Report(sides.link, deep, started=clock())
-    masters, replicas = sides.listings()
-    users = sorted(set(masters) | set(replicas)) if not only_users else list(only_users)
+    masters, replicas = sides.survey()
+    listed = set(masters.users) | set(replicas.users)
+    users = sorted(listed) if not only_users else list(only_users)
     for u in users:
-        if only_users and u not in masters and u not in replicas:
+        if only_users and u not in listed:
             report.errors.append(f"{u}: no such user on the master or the replica")
-    users = [u for u in users if u in masters or u in replicas]
+    users = [u for u in users if u in listed]
     results = _compare_users(sides, users, masters, replicas, read_backlog(sync_dir), deep,
                              parallel, Progress(sides.link, len(users), progress_out))
     differing = [u for u, outcome in results.items() if outcome[0] or outcome[2]]
     if differing and confirm:
         pause(CONFIRM_PAUSE)
-        masters, replicas = sides.listings()
+        masters, replicas = sides.survey()
         again = _compare_users(sides, differing, masters, replicas, read_backlog(sync_dir),
                                deep, parallel, Progress(sides.link, len(differing), None))
         results.update(again)
@@ -179,18 +189,33 @@ def run(sides: Sides, sync_dir: Path, deep: bool, only_users: list[str] | None =
     return report
 
 
-def _compare_users(sides, users, masters, replicas, pending, deep, parallel, progress):
+def _compare_users(sides, users, masters: Survey, replicas: Survey, pending, deep, parallel,
+                   progress):
+    """{user: (differences, (mailboxes, messages), error, views)}: from the surveys where they
+    hold every Status a shallow comparison needs, else from sessions as the user."""
+    def compared(user, m, r):
+        diffs = compare.compare_user(user, m, r, pending=pending.of(user))
+        return diffs, _size(m, r), None, (m, r) if diffs else None
+
     def one(user):
         try:
-            m, r = sides.read(user, masters.get(user), replicas.get(user), deep)
+            m, r = sides.read(user, masters.users.get(user), replicas.users.get(user), deep)
         except ImapError as exc:
             return user, ([], (0, 0), str(exc), None)
-        diffs = compare.compare_user(user, m, r, pending=pending.of(user))
-        return user, (diffs, _size(m, r), None, (m, r) if diffs else None)
+        return user, compared(user, m, r)
 
-    results = {}
+    results, sessions = {}, []
+    for user in users:
+        m_names, r_names = masters.users.get(user), replicas.users.get(user)
+        m = masters.view(m_names) if m_names and not deep else None
+        r = replicas.view(r_names) if r_names and not deep else None
+        if deep or (m_names and m is None) or (r_names and r is None):
+            sessions.append(user)
+            continue
+        results[user] = outcome = compared(user, m, r)
+        progress.step(outcome[1][0], len(outcome[0]))
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        for user, outcome in pool.map(one, users):
+        for user, outcome in pool.map(one, sessions):
             results[user] = outcome
             progress.step(outcome[1][0], len(outcome[0]))
     return results
@@ -223,10 +248,10 @@ def journal_report(journal, report: compare.Report, only_users=None) -> None:
                   SYNCWARDEN_ERRORS=len(report.errors),
                   SYNCWARDEN_DURATION=f"{report.finished - report.started:.3f}",
                   SYNCWARDEN_ONLY_USERS=" ".join(only_users) if only_users else None)
-    scope = f" ({', '.join(only_users)})" if only_users else ""
+    scope = f" for {', '.join(only_users)}" if only_users else ""
     if report.result == "error":
         lines = report.errors[:JOURNAL_LINES]
-        journal.send(f"check of link {report.link}{scope} incomplete: {len(report.errors)}"
+        journal.send(f"check{scope} incomplete: {len(report.errors)}"
                      " user(s) could not be read:\n" + "\n".join(lines), "err",
                      "check-failed", **fields)
     elif report.divergent:
@@ -235,10 +260,10 @@ def journal_report(journal, report: compare.Report, only_users=None) -> None:
         if len(lines) - 1 > JOURNAL_LINES:
             shown.append(f"... and {len(lines) - 1 - JOURNAL_LINES} more"
                          f" (syncwarden check {report.link})")
-        journal.send(f"link {report.link}{scope}: master and replica differ:"
+        journal.send(f"master and replica differ{scope}:"
                      f" {compare.counts_line(counts)}\n" + "\n".join(shown), "warning",
                      "divergence-found", **fields)
     else:
-        journal.send(f"link {report.link}{scope}: master and replica in sync ({report.users}"
+        journal.send(f"master and replica in sync{scope} ({report.users}"
                      f" users, {report.mailboxes} mailboxes; {counts[compare.REPLICA_BEHIND]}"
                      " difference(s) still in the backlog)", "info", "check-finished", **fields)

@@ -8,6 +8,9 @@ What Cyrus 3.6.1 makes us do (cyrus-lab.md §3, §8):
   ``autocreate_quota: 0``, so a login would create the user's INBOX there.
 - MAILBOXID asked together with other STATUS items comes back as garbage bytes (a pointer into
   a closed mailbox), so it is asked alone.
+- The same admin's LIST ... RETURN (STATUS ...) answers STATUS for every listed mailbox (unlike
+  STATUS, it checks no read right), so a shallow check reads each side in two commands. Where
+  a server leaves STATUS out (RFC 5819 allows it), the check reads those users as themselves.
 - EXAMINE (read-only) and BODY.PEEK: reading changes no flag.
 
 What a server may send is bounded (see _Answer): lines of MAX_LINE bytes, literals of
@@ -26,6 +29,7 @@ import re
 import socket
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -221,6 +225,57 @@ def _ok(where: str, what: str, answer) -> list:
     return data
 
 
+# LIST ... RETURN items: the counters and the sync CRC in one command, MAILBOXID alone (above).
+_COUNTERS = f"(STATUS (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ) METADATA ({SYNCCRCS}))"
+_MAILBOXID = "(STATUS (MAILBOXID))"
+# The admin's survey asks for the three in three sessions at once: Cyrus answers each in an
+# imapd process of its own, so they take as long as the slowest, not as all three.
+_SURVEY = ("(STATUS (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ))", f"(METADATA ({SYNCCRCS}))",
+           _MAILBOXID)
+
+
+def _list_return(conn, where: str, patterns: str, returns: str) -> dict[str, list]:
+    """{"LIST": [...], "STATUS": [...], "METADATA": [...]} of one LIST ... RETURN command."""
+    try:
+        typ, data = conn._simple_command("LIST", '""', patterns, "RETURN", returns)
+        _ok(where, "LIST", (typ, data))
+        return {k: conn._untagged_response(typ, data, k)[1]
+                for k in ("STATUS", "METADATA", "LIST")}
+    except _FAILED as exc:
+        raise ImapError(f"{where}: LIST: {exc}") from None
+
+
+def _statuses(where: str, first: dict, second: dict) -> dict[str, Status]:
+    """{name: Status} of the mailboxes both answers cover completely (_COUNTERS, _MAILBOXID)."""
+    try:
+        counters = by_name(first.get("STATUS", []), parse_status)
+        crcs = by_name(first.get("METADATA", []), parse_status)
+        ids = by_name(second.get("STATUS", []), parse_status)
+    except ParseError as exc:
+        raise ImapError(f"{where}: LIST-STATUS: {exc}") from None
+    out = {}
+    for name, c in counters.items():
+        i, crc = ids.get(name, {}), crcs.get(name, {})
+        if {"messages", "uidnext", "uidvalidity", "highestmodseq"} <= set(c) and "mailboxid" in i:
+            out[name] = Status(c["messages"], c["uidnext"], c["uidvalidity"],
+                               c["highestmodseq"], i["mailboxid"], crc.get("synccrc", ""))
+    return out
+
+
+@dataclass
+class Survey:
+    """One side as its admin sees it: {userid: [mailbox names]}, and the Status of each
+    mailbox the LIST answered it for (maybe none)."""
+    users: dict[str, list[str]]
+    statuses: dict[str, Status]
+
+    def view(self, names) -> dict[str, Mailbox] | None:
+        """A user's shallow view, if every one of its mailboxes has its Status here."""
+        if not all(n in self.statuses for n in names):
+            return None
+        return {n: Mailbox(n, self.statuses[n]) for n in names}
+
+
 class AdminView:
     """The admin's session on one side: which users exist, and their mailboxes."""
 
@@ -231,19 +286,31 @@ class AdminView:
     def close(self) -> None:
         _close(self.conn)
 
+    def _delim(self) -> str:
+        try:
+            root = _ok(self.where, "LIST", self.conn.list('""', '""'))
+        except _FAILED as exc:
+            raise ImapError(f"{self.where}: LIST: {exc}") from None
+        return (parse_list(root[0] if root else None) or (set(), ".", ""))[1] or "."
+
     def users(self, only: str | None = None) -> dict[str, list[str]]:
         """{userid: [admin mailbox names]}, from one LIST of the "user" hierarchy; ``only``:
         one user's, from LISTs of its own hierarchy (a user with a domain: the whole
         hierarchy, whose names put the domain last)."""
+        delim = self._delim()
+        if only is None or "@" in only or "*" in only or "%" in only:
+            patterns = [f"user{delim}*"]
+        else:
+            patterns = [f"user{delim}{only}", f"user{delim}{only}{delim}*"]
         try:
-            root = _ok(self.where, "LIST", self.conn.list('""', '""'))
-            delim = (parse_list(root[0] if root else None) or (set(), ".", ""))[1] or "."
-            if only is None or "@" in only or "*" in only or "%" in only:
-                patterns = [f"user{delim}*"]
-            else:
-                patterns = [f"user{delim}{only}", f"user{delim}{only}{delim}*"]
             data = [line for pattern in patterns
                     for line in _ok(self.where, "LIST", self.conn.list('""', quote(pattern)))]
+        except _FAILED as exc:
+            raise ImapError(f"{self.where}: LIST: {exc}") from None
+        return self._users(data, delim)
+
+    def _users(self, data, delim: str) -> dict[str, list[str]]:
+        try:
             listed = [p for p in map(parse_list, data) if p is not None]
         except _FAILED as exc:
             raise ImapError(f"{self.where}: LIST: {exc}") from None
@@ -261,6 +328,33 @@ class AdminView:
             _ok(self.where, f"CREATE {name}", self.conn.create(quote(name)))
         except _FAILED as exc:
             raise ImapError(f"{self.where}: CREATE {name}: {exc}") from None
+
+
+def survey(endpoint, login: Login) -> Survey:
+    """One side's users, their mailboxes and their STATUS, in three admin sessions at once."""
+    with ThreadPoolExecutor(len(_SURVEY)) as pool:
+        tries = [pool.submit(AdminView, endpoint, login) for _ in _SURVEY]
+        views = [f.result() for f in tries if f.exception() is None]
+        try:
+            if len(views) < len(tries):
+                raise next(f.exception() for f in tries if f.exception() is not None)
+            first = views[0]
+            delim = first._delim()
+            pattern = quote(f"user{delim}*")
+            asked = [pool.submit(_list_return, v.conn, v.where, pattern, r)
+                     for v, r in zip(views, _SURVEY)]
+            try:
+                counters, crcs, ids = (f.result() for f in asked)
+            except ImapError:
+                if any(v.conn.answer.failed for v in views):
+                    raise
+                return Survey(first.users(), {})   # no LIST-STATUS: users read one by one
+            return Survey(first._users(counters["LIST"], delim),
+                          _statuses(first.where, {**counters, "METADATA": crcs["METADATA"]},
+                                    ids))
+        finally:
+            for v in views:
+                v.close()
 
 
 class UserSession:
@@ -324,33 +418,10 @@ class UserSession:
         answers are simply not in the result: the caller asks for them one by one."""
         own = {self.own_name(n): n for n in admin_names}
         patterns = f"({quote('INBOX')} {quote(self.prefix + '*')})"
-        first = self._list_return(patterns, "(STATUS (MESSAGES UIDNEXT UIDVALIDITY"
-                                  f" HIGHESTMODSEQ) METADATA ({SYNCCRCS}))")
-        second = self._list_return(patterns, "(STATUS (MAILBOXID))")
-        try:
-            counters = by_name(first.get("STATUS", []), parse_status)
-            crcs = by_name(first.get("METADATA", []), parse_status)
-            ids = by_name(second.get("STATUS", []), parse_status)
-        except ParseError as exc:
-            raise ImapError(f"{self.where}: LIST-STATUS: {exc}") from None
-        out = {}
-        for name, admin_name in own.items():
-            c, i, crc = counters.get(name, {}), ids.get(name, {}), crcs.get(name, {})
-            if {"messages", "uidnext", "uidvalidity", "highestmodseq"} <= set(c) and \
-                    "mailboxid" in i:
-                out[admin_name] = Status(c["messages"], c["uidnext"], c["uidvalidity"],
-                                         c["highestmodseq"], i["mailboxid"],
-                                         crc.get("synccrc", ""))
-        return out
-
-    def _list_return(self, patterns: str, returns: str) -> dict[str, list]:
-        try:
-            typ, data = self.conn._simple_command("LIST", '""', patterns, "RETURN", returns)
-            _ok(self.where, "LIST", (typ, data))
-            return {k: self.conn._untagged_response(typ, data, k)[1]
-                    for k in ("STATUS", "METADATA", "LIST")}
-        except _FAILED as exc:
-            raise ImapError(f"{self.where}: LIST: {exc}") from None
+        first = _list_return(self.conn, self.where, patterns, _COUNTERS)
+        second = _list_return(self.conn, self.where, patterns, _MAILBOXID)
+        found = _statuses(self.where, first, second)
+        return {admin_name: found[name] for name, admin_name in own.items() if name in found}
 
     def _metadata(self, name: str, entry: str):
         typ, data = self.conn._simple_command("GETMETADATA", name, entry)

@@ -104,21 +104,29 @@ def _joined(data) -> bytes:
     return b"".join(out)
 
 
+_SYNCCRC = re.compile(rb'"/shared/vendor/cmu/cyrus-imapd/synccrcs" "(\d{1,20} \d{1,20})"')
+# RFC 8474 objectid characters only: anything else is 3.6.1's garbage, not an id.
+_MAILBOXID = re.compile(rb"MAILBOXID \(([A-Za-z0-9_-]{1,255})\)")
+_ANY_MAILBOXID = re.compile(rb" ?MAILBOXID \([^)]*\)")
+_COUNTER = re.compile(rb"\b(MESSAGES|UIDNEXT|UIDVALIDITY|HIGHESTMODSEQ) (\d+)")
+
+
 def parse_status(data: list) -> dict[str, int | str]:
     """The items of a STATUS answer: numbers as int, MAILBOXID as its string; and the value of
-    a synccrcs METADATA answer as "synccrc"."""
+    a synccrcs METADATA answer as "synccrc". (Called once per mailbox and answer: a survey of
+    1,000 mailboxes parses 3,000 lines, so the patterns are compiled once.)"""
     raw = _joined(data)
     out: dict[str, int | str] = {}
-    crc = re.search(rb'"/shared/vendor/cmu/cyrus-imapd/synccrcs" "(\d{1,20} \d{1,20})"', raw)
+    crc = _SYNCCRC.search(raw)
     if crc:
         return {"synccrc": crc.group(1).decode()}
-    # RFC 8474 objectid characters only: anything else is 3.6.1's garbage, not an id.
-    mid = re.search(rb"MAILBOXID \(([A-Za-z0-9_-]{1,255})\)", raw)
+    mid = _MAILBOXID.search(raw)
     if mid:
         out["mailboxid"] = mid.group(1).decode("ascii")
-    raw = re.sub(rb" ?MAILBOXID \([^)]*\)", b"", raw)
+    if b"MAILBOXID" in raw:
+        raw = _ANY_MAILBOXID.sub(b"", raw)
     items = raw[raw.rfind(b"("):]
-    for key, value in re.findall(rb"\b(MESSAGES|UIDNEXT|UIDVALIDITY|HIGHESTMODSEQ) (\d+)", items):
+    for key, value in _COUNTER.findall(items):
         out[key.decode().lower()] = number(value, key.decode())
     return out
 

@@ -149,17 +149,16 @@ class Systemd:
     """pystemd over one long-lived system bus connection."""
 
     def __init__(self):
-        from pystemd.dbuslib import DBus
-        from pystemd.systemd1 import Manager
+        from .bus import Bus
 
-        self._bus = DBus()
-        self._bus.open()
-        self._manager = Manager(bus=self._bus)
-        self._manager.load()
+        self._bus = Bus()
+        self._call = self._bus.call
+        self._start_transient = self._bus.start_transient
 
     def list(self, *patterns: str) -> dict[str, UnitStatus]:
         """Loaded units matching globs, by name (units systemd has not loaded are inactive)."""
-        rows = self._manager.Manager.ListUnitsByPatterns([], [p.encode() for p in patterns])
+        rows = self._call(b"ListUnitsByPatterns", b"asas", [],
+                          [p.encode() for p in patterns])
         out = {}
         for row in rows:
             name = row[0].decode()
@@ -168,36 +167,39 @@ class Systemd:
         return out
 
     def start(self, unit: str) -> None:
-        self._manager.Manager.StartUnit(unit.encode(), b"replace")
+        self._call(b"StartUnit", b"ss", unit.encode(), b"replace")
 
     def stop(self, unit: str) -> None:
-        self._manager.Manager.StopUnit(unit.encode(), b"replace")
+        self._call(b"StopUnit", b"ss", unit.encode(), b"replace")
 
     def kill(self, unit: str, signum: int = signal.SIGTERM) -> None:
         """Signal every process of a unit at once. No job is queued, so nothing can order it
         after another job: during the daemon's own stop a StopUnit job for a worker would wait
         for that stop (the worker units are Before=syncwarden.service)."""
-        self._manager.Manager.KillUnit(unit.encode(), b"all", int(signum))
+        self._call(b"KillUnit", b"ssi", unit.encode(), b"all", int(signum))
 
     def invocation(self, unit: str) -> str:
         """The unit's current InvocationID as the journal writes it (hex), "" if none."""
-        from pystemd.systemd1 import Unit
-
-        u = Unit(unit.encode(), bus=self._bus)
-        u.load()
-        raw = u.Unit.InvocationID
+        raw = self._property(unit, b"Unit", b"InvocationID", b"ay")
         return bytes(raw).hex() if raw else ""
+
+    def exit_info(self, unit: str) -> ExitInfo:
+        return ExitInfo(self._property(unit, b"Service", b"Result", b"s").decode(),
+                        int(self._property(unit, b"Service", b"ExecMainStatus", b"i")))
+
+    def main_pid(self, unit: str) -> int:
+        """The unit's main process (0 while it has none), for the exit watch."""
+        return int(self._property(unit, b"Service", b"MainPID", b"u"))
+
+    def _property(self, unit: str, interface: bytes, name: bytes, signature: bytes):
+        return self._bus.unit_property(unit, interface, name, signature)
 
     def ordered_before(self, unit: str) -> list[str] | None:
         """The units this one is ordered Before= (its own and its drop-ins' settings); None
         when systemd has no such unit (not installed)."""
-        from pystemd.systemd1 import Unit
-
-        u = Unit(unit.encode(), bus=self._bus)
-        u.load()
-        if u.Unit.LoadState != b"loaded":
+        if self._property(unit, b"Unit", b"LoadState", b"s") != b"loaded":
             return None
-        return sorted(x.decode() for x in u.Unit.Before)
+        return sorted(x.decode() for x in self._property(unit, b"Unit", b"Before", b"as"))
 
     def run(self, unit: str, argv: list[str], *, user: str | None = None,
             group: str | None = None, dynamic_user: bool = False,
@@ -223,20 +225,13 @@ class Systemd:
             props[b"StandardOutputFile"] = stdout_file.encode()
         if env:
             props[b"Environment"] = [f"{k}={v}".encode() for k, v in env.items()]
-        self._manager.Manager.StartTransientUnit(unit.encode(), b"replace", props)
+        self._start_transient(unit, b"replace", props)
 
     def reset_failed(self, unit: str) -> None:
         try:
-            self._manager.Manager.ResetFailedUnit(unit.encode())
+            self._call(b"ResetFailedUnit", b"s", unit.encode())
         except Exception:      # not loaded, or not failed: nothing to reset
             pass
-
-    def exit_info(self, unit: str) -> ExitInfo:
-        from pystemd.systemd1 import Unit
-
-        u = Unit(unit.encode(), bus=self._bus)
-        u.load()
-        return ExitInfo(u.Service.Result.decode(), int(u.Service.ExecMainStatus))
 
     def start_transient(self, name: str, argv: list[str], env: dict[str, str], user: str,
                         timeout: float, description: str = "") -> None:
@@ -253,7 +248,7 @@ class Systemd:
             b"CollectMode": b"inactive-or-failed",
             b"SyslogIdentifier": b"syncwarden-hook",
         }
-        self._manager.Manager.StartTransientUnit(name.encode(), b"fail", props)
+        self._start_transient(name, b"fail", props)
 
     def job_of_pid(self, pid: int) -> str:
         """The type of the job systemd is running on the unit that ``pid`` belongs to, "" when
@@ -261,8 +256,8 @@ class Systemd:
         try-restart, collapsed into a restart of an active unit) stops the unit, its job is
         of type "restart": systemd runs a restart as a stop and only then patches the job
         into a start (src/core/job.h). A stop, and a system shutdown, have a "stop" job."""
-        unit = self._manager.Manager.GetUnitByPID(pid)
-        for row in self._manager.Manager.ListJobs():   # (id, unit, type, state, job, unit path)
+        unit = self._call(b"GetUnitByPID", b"u", pid)
+        for row in self._call(b"ListJobs", b""):   # (id, unit, type, state, job, unit path)
             if _text(row[5]) == _text(unit):
                 return _text(row[2])
         return ""

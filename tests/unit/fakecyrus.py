@@ -14,7 +14,7 @@ import itertools
 from contextlib import contextmanager
 
 from supervisor.pair.compare import Mailbox, Message, Status
-from supervisor.pair.imapclient import ImapError, MailboxGone
+from supervisor.pair.imapclient import ImapError, MailboxGone, Survey
 
 _ids = itertools.count(1)
 
@@ -111,6 +111,8 @@ class Pair:
         self.master, self.replica = Server(), Server()
         self.log: list = []
         self.unreadable: set[str] = set()
+        self.no_list_status: set[str] = set()
+        self.reads: list[str] = []          # users read in sessions of their own
 
     def _server(self, side):
         return self.master if side == "master" else self.replica
@@ -118,7 +120,18 @@ class Pair:
     def listings(self):
         return Admin(self.master, self.log).users(), Admin(self.replica, self.log).users()
 
+    def survey(self):
+        """Both sides with every Status, except the mailboxes of users in ``no_list_status``
+        (whose LIST came without STATUS): check reads those as the user."""
+        out = []
+        for server in (self.master, self.replica):
+            statuses = {n: b.view(n, False).status for n, b in server.boxes.items()
+                        if n.split(".")[1] not in self.no_list_status}
+            out.append(Survey(Admin(server, self.log).users(), statuses))
+        return tuple(out)
+
     def read(self, user, m_names, r_names, deep):
+        self.reads.append(user)
         if user in self.unreadable:
             raise ImapError(f"127.0.0.1:143 as {user}: login refused")
         views = []

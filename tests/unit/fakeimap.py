@@ -3,11 +3,14 @@
 It greets, answers CAPABILITY, accepts any AUTHENTICATE PLAIN, and answers each other command
 from ``answers`` (command name -> bytes, ``{tag}`` replaced by the command's tag) or with a
 plain tagged OK. An answer may be a callable taking (socket, tag) for servers that stall or
-drip. After ``close_after`` (a command name) is answered, the connection is closed.
+drip; a callable taking (socket, tag, line) gets the command line too. After ``close_after``
+(a command name) is answered, the connection is closed. Each connection is served in a thread
+of its own.
 """
 
 from __future__ import annotations
 
+import inspect
 import socket
 import threading
 
@@ -34,6 +37,10 @@ class FakeImapServer:
 
     def close(self) -> None:
         self.stop.set()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)    # wakes the thread blocked in accept
+        except OSError:
+            pass
         self.listener.close()
         self.thread.join(10)
 
@@ -44,10 +51,14 @@ class FakeImapServer:
         self.close()
 
     def _serve(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except OSError:
-            return
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn) -> None:
         with conn:
             try:
                 self._session(conn, conn.makefile("rb"))
@@ -74,7 +85,9 @@ class FakeImapServer:
                 conn.sendall(b"* BYE\r\n" + tag + b" OK bye\r\n")
                 return
             answer = self.answers.get(name, b"{tag} OK done\r\n")
-            if callable(answer):
+            if callable(answer) and len(inspect.signature(answer).parameters) == 3:
+                answer(conn, tag, line)
+            elif callable(answer):
                 answer(conn, tag)
             else:
                 conn.sendall(answer.replace(b"{tag}", tag))

@@ -127,18 +127,50 @@ class FakeSystemd:
     def exit_info(self, unit):
         return self.exits.get(unit, ExitInfo("success", 0))
 
+    def main_pid(self, unit):
+        """A pid per invocation of a running unit; 0 when it is not running."""
+        if not self.running(unit):
+            return 0
+        return 1000 + int(self.invocation(unit).rpartition("#")[2])
+
     def running(self, unit) -> bool:
         return unit in self.units and self.units[unit].running
 
 
+class FakeExits:
+    """The exit watch: records the pids the loop would be woken for."""
+
+    def __init__(self):
+        self.watched: list[int] = []
+
+    def watch(self, pid):
+        self.watched.append(pid)
+        return True
+
+
 class FakeProber:
-    """Answers each requested probe from ``reachable[link]`` on the next ``results()``."""
+    """Answers each requested probe from ``reachable[link]`` on the next ``results()``; an
+    unreachable replica refuses the connection unless ``silent[link]``. ``watched`` holds the
+    links knocked on now, with their period; ``accept(link)`` is a knock that connected."""
 
     def __init__(self, clock):
         self.clock = clock
         self.reachable: dict[str, bool] = {}
+        self.silent: dict[str, bool] = {}
         self.pending: set[str] = set()
         self.requests: list[str] = []
+        self.watched: dict[str, float] = {}
+
+    def watch(self, link, host, port, every, timeout):
+        self.watched[link] = every
+
+    def unwatch(self, link):
+        self.watched.pop(link, None)
+
+    def accept(self, link):
+        """The watched port took a connection: the watch ends, a probe starts."""
+        del self.watched[link]
+        self.pending.add(link)
 
     def request(self, link, host, port, timeout):
         if link in self.pending:
@@ -151,8 +183,10 @@ class FakeProber:
         out = {}
         for link in self.pending:
             ok = self.reachable.get(link, False)
-            out[link] = ProbeResult(ok, "lab Cyrus sync server 3.6.1" if ok
-                                    else f"{link}: Connection refused", self.clock.monotonic())
+            refused = not ok and not self.silent.get(link, False)
+            detail = ("lab Cyrus sync server 3.6.1" if ok else f"{link}: Connection refused"
+                      if refused else f"{link} did not answer within 1s")
+            out[link] = ProbeResult(ok, detail, self.clock.monotonic(), refused)
         self.pending = set()
         return out
 

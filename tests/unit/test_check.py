@@ -175,3 +175,24 @@ def test_status_says_what_to_run_after_a_check_that_found_differences(tmp_path):
     assert line.startswith("replica1: last deep check 2h00m ago: DIFFERENCES: replica-only 3")
     assert line.endswith("; to make them equal, run: syncwarden repair replica1 (syncwarden"
                          " repair replica1 --dry-run shows the plan first)")
+
+
+def test_a_shallow_check_reads_no_user_session_and_finds_the_same(tmp_path):
+    surveyed = failover_pair()
+    report = run(surveyed, tmp_path, deep=False)
+    assert surveyed.reads == []                 # both sides read in one admin LIST each
+    sessions = failover_pair()
+    sessions.no_list_status = {"bob", "alice", "zed"}
+    again = run(sessions, tmp_path, deep=False)
+    assert sorted(sessions.reads) == ["alice", "bob", "bob", "zed", "zed"]   # 2nd looks
+    def found(r):
+        return sorted((d.category, d.kind, d.user, d.mailbox or "", d.uid or 0, d.detail)
+                      for d in r.differences), r.counts(), (r.users, r.mailboxes, r.messages)
+    assert found(report) == found(again)
+
+
+def test_only_users_without_a_status_are_read_as_themselves(tmp_path):
+    p = failover_pair()
+    p.no_list_status = {"alice"}
+    run(p, tmp_path, deep=False)
+    assert p.reads == ["alice"]

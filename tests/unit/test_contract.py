@@ -194,6 +194,7 @@ def status_documents(tmp_path) -> dict[str, dict]:
     state = instance.state_dir
     check.save(compare.Report("replica1", True, 1.0, 2.0, users=1), state)
     with_lifecycle(sup)
+    sup.views = sup.status_views()        # the status file is built from the tick's views
 
     daemon = Daemon(tmp_path / "unused.yaml", instance, journal=FakeJournal(),
                     notifier=Notifier())

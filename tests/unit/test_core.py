@@ -14,13 +14,13 @@ from supervisor.link.states import WORKER_STATES, LinkState
 from supervisor.systemd.units import UnitStatus
 from supervisor.state import Holds
 
-from .fakes import FakeClock, FakeJournal, FakeProber, FakeSystemd, SyncExecutor
+from .fakes import FakeClock, FakeExits, FakeJournal, FakeProber, FakeSystemd, SyncExecutor
 
 W1 = "syncwarden-sync@replica1.service"
 W2 = "syncwarden-sync@replica2.service"
 
 
-def make(tmp_path: Path, role="master", extra="", rivals=None):
+def make(tmp_path: Path, role="master", extra="", rivals=None, interval="2s"):
     cfg = configmod.parse(f"""
 role: {role}
 cyrus: {{imapd_conf: {tmp_path}/imapd.conf}}
@@ -28,14 +28,15 @@ links:
   replica1: {{host: 127.0.0.1, port: 11005}}
   replica2: {{host: 127.0.0.1, port: 12005}}
 live: {{max_backlog: 10, max_lag: 30s}}
-probe: {{interval: 2s, timeout: 1s}}
+probe: {{interval: {interval}, timeout: 1s}}
 {extra}""")
     imapd = imapdconf.ImapdConf(tmp_path / "imapd.conf", {"configdirectory": str(tmp_path)})
     clock = FakeClock()
     env = dict(clock=clock, systemd=FakeSystemd(), prober=FakeProber(clock),
-               journal=FakeJournal(), holds=Holds(tmp_path / "holds.json"))
+               journal=FakeJournal(), holds=Holds(tmp_path / "holds.json"), exits=FakeExits())
     sup = Reconciler(cfg, imapd, Edges(env["systemd"], env["prober"], env["journal"], clock,
-                                       env["systemd"].log, rivals, SyncExecutor),
+                                       env["systemd"].log, rivals, SyncExecutor,
+                                       exits=env["exits"]),
                      LocalState(env["holds"], RoleStore(tmp_path / "role.json"),
                                 QuarantineStore(tmp_path / "quarantine"), tmp_path / "users"))
     return sup, env
@@ -235,3 +236,16 @@ links:
     assert "link settings changed" in sup.links["replica1"].link.reason
     step(sup, env)
     assert ("live", "down") in env["journal"].transitions("replica1")  # port changed: reconnect
+
+
+def test_status_key_changes_exactly_with_the_status_file(tmp_path):
+    sup, env = make(tmp_path)
+    env["prober"].reachable.update(replica1=True, replica2=True)
+    step(sup, env, n=4)
+    key, doc = sup.status_key(), sup.status(fresh=False)
+    step(sup, env)
+    assert sup.status_key() == key and sup.status(fresh=False) == doc    # idle: nothing new
+    env["prober"].reachable["replica1"] = False
+    step(sup, env, seconds=2.0, n=10)             # live: probed every 10 s
+    assert state(sup) is LinkState.DOWN
+    assert sup.status_key() != key and sup.status(fresh=False) != doc

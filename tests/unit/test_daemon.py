@@ -192,3 +192,11 @@ def test_the_status_table_lists_damaged_state():
 
     text = status_table({"links": [], "problems": ["/x/role.json is unreadable (...)"]}, 0)
     assert text.splitlines()[-1] == "damaged state: /x/role.json is unreadable (...)"
+
+
+def test_workers_find_what_they_need_where_the_daemon_left_it(running):
+    d, tmp, notify, _, _ = running
+    assert recv_until(notify, "READY=1") == "READY=1"
+    inst = Instance(root=tmp)
+    assert not inst.worker_settings("replica1").exists()   # -c: its workers read their own
+

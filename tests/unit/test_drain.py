@@ -64,13 +64,63 @@ def test_drain_command_sends_everything_then_holds(tmp_path):
 
 def test_worker_that_does_not_finish_is_signalled_not_stopped(tmp_path):
     sup, env = live(tmp_path)
-    (sync_dir(tmp_path) / "log").write_text(LINES)
+    (sync_dir(tmp_path) / "log-run").write_text(LINES)     # the file it is on
     sup.operator.drain("replica1")
     step(sup, env)
     assert env["systemd"].running(W1) and (tmp_path / "sync/replica1/shutdown").exists()
     step(sup, env, seconds=WORKER_FINISH_GRACE + 1, n=2)
     # SIGTERM over KillUnit: a StopUnit job would wait for the daemon's own stop
     assert ("kill", W1) in env["systemd"].calls and ("stop", W1) not in env["systemd"].calls
+
+
+def test_a_worker_between_files_is_signalled_at_once(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES)              # no log-run: it has no file in hand
+    env["systemd"].oneshot[D1] = one_pass(d)
+    sup.operator.drain("replica1")
+    step(sup, env)
+    # the shutdown file would only have it sleep out sync_repeat_interval first
+    assert ("kill", W1) in env["systemd"].calls and not (d / "shutdown").exists()
+    step(sup, env, n=2)
+    assert sup.drains.last["replica1"]["drained"] is True and not (d / "log").exists()
+    assert env["systemd"].calls.count(("start", D1)) == 1
+
+
+def test_a_worker_is_signalled_as_soon_as_its_file_is_sent(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log-run").write_text(LINES * 3)
+    (d / "log").write_text(LINES)
+    env["systemd"].oneshot[D1] = one_pass(d)
+    sup.operator.drain("replica1")
+    step(sup, env, seconds=0.1)
+    assert (d / "shutdown").exists() and ("kill", W1) not in env["systemd"].calls
+    step(sup, env, seconds=0.1)                # still on it
+    assert ("kill", W1) not in env["systemd"].calls
+    (d / "log-run").unlink()                   # sent; it sleeps before it reads "shutdown"
+    step(sup, env, seconds=0.1)
+    assert ("kill", W1) in env["systemd"].calls
+    step(sup, env, seconds=0.1, n=2)
+    assert not (d / "shutdown").exists()
+    assert sup.drains.last["replica1"]["drained"] is True and not (d / "log").exists()
+    assert env["systemd"].calls.count(("start", D1)) == 1          # log only
+
+
+def test_the_loop_is_woken_by_each_end_the_drain_waits_for(tmp_path):
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log-run").write_text(LINES)
+    (d / "log").write_text(LINES)
+    sup.operator.drain("replica1")
+    step(sup, env, seconds=0.1)
+    worker = env["systemd"].main_pid(W1)
+    assert env["exits"].watched == [worker]    # the worker finishing its file
+    env["systemd"].stop(W1)
+    step(sup, env, seconds=0.1)                # a pass starts (it keeps running: no hook)
+    step(sup, env, seconds=0.1)
+    step(sup, env, seconds=0.1)
+    assert env["exits"].watched == [worker, env["systemd"].main_pid(D1)]   # each once
 
 
 def test_unreachable_replica_leaves_files_and_reports_count(tmp_path):

@@ -122,3 +122,54 @@ def test_any_fetch_answer_gives_messages_or_imap_error(answer):
 def test_a_line_without_end_is_cut_at_the_line_limit():
     with pytest.raises(ImapError, match=r"line longer than 1000000 bytes"):
         fetch_with(b"* 1 FETCH (UID 1 X " + b"y" * 1_100_000)
+
+
+ROOT = b'* LIST (\\Noselect) "." ""\r\n{tag} OK done\r\n'
+SURVEY = {   # what each of the survey's three sessions asks for, and Cyrus's answer
+    b"HIGHESTMODSEQ": b'* LIST (\\HasChildren) "." user.bob\r\n* STATUS user.bob (MESSAGES 2'
+                      b' UIDNEXT 3 UIDVALIDITY 7 HIGHESTMODSEQ 4)\r\n'
+                      b'* LIST (\\HasNoChildren) "." user.bob.Sent\r\n'    # no STATUS for it
+                      b'* LIST (\\HasNoChildren) "." user.ann\r\n* STATUS user.ann (MESSAGES 0'
+                      b' UIDNEXT 1 UIDVALIDITY 8 HIGHESTMODSEQ 1)\r\n{tag} OK done\r\n',
+    b"METADATA": b'* LIST (\\HasChildren) "." user.bob\r\n* METADATA user.bob'
+                 b' ("/shared/vendor/cmu/cyrus-imapd/synccrcs" "12 34")\r\n'
+                 b'* LIST (\\HasNoChildren) "." user.bob.Sent\r\n'
+                 b'* LIST (\\HasNoChildren) "." user.ann\r\n{tag} OK done\r\n',
+    b"MAILBOXID": b'* LIST (\\HasChildren) "." user.bob\r\n* STATUS user.bob (MAILBOXID (b1))\r\n'
+                  b'* LIST (\\HasNoChildren) "." user.bob.Sent\r\n'
+                  b'* STATUS user.bob.Sent (MAILBOXID (b2))\r\n'
+                  b'* LIST (\\HasNoChildren) "." user.ann\r\n* STATUS user.ann (MAILBOXID (a1))'
+                  b'\r\n{tag} OK done\r\n',
+    b"": b'* LIST (\\HasNoChildren) "." user.bob\r\n{tag} OK done\r\n'}     # plain LIST
+
+
+def survey_with(answers):
+    asked = []
+
+    def listing(conn, tag, line):
+        asked.append(line)
+        if b' "" ""' in line:
+            answer = ROOT
+        else:
+            answer = next(a for k, a in answers.items() if k in line.partition(b"RETURN")[2]
+                          or not k and b"RETURN" not in line)
+        conn.sendall(answer.replace(b"{tag}", tag))
+    with FakeImapServer({"LIST": listing}) as server:
+        return run_bounded(lambda: imapclient.survey(server.endpoint(), LOGIN)), asked
+
+
+def test_the_admin_survey_reads_every_status_in_its_list():
+    got, asked = survey_with(SURVEY)
+    assert len([x for x in asked if b"RETURN" in x]) == 3     # in three sessions at once
+    assert got.users == {"bob": ["user.bob", "user.bob.Sent"], "ann": ["user.ann"]}
+    assert got.statuses["user.bob"] == imapclient.Status(2, 3, 7, 4, "b1", "12 34")
+    assert got.view(["user.ann"]) == {"user.ann": imapclient.Mailbox(
+        "user.ann", imapclient.Status(0, 1, 8, 1, "a1", ""))}
+    assert got.view(["user.bob", "user.bob.Sent"]) is None    # read bob as bob instead
+
+
+def test_a_server_without_list_status_still_lists_its_users():
+    refused = b"{tag} BAD Unrecognized LIST option\r\n"
+    got, _ = survey_with({b"HIGHESTMODSEQ": refused, b"METADATA": refused,
+                          b"MAILBOXID": refused, b"": SURVEY[b""]})
+    assert got.users == {"bob": ["user.bob"]} and got.statuses == {}

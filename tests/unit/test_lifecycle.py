@@ -458,9 +458,9 @@ def test_the_daemon_ticks_faster_while_seed_batches_run(tmp_path):
 
     daemon = Daemon(tmp_path / "x.yaml", journal=FakeJournal())
     sup = SimpleNamespace(links={}, draining=False, lifecycle=SimpleNamespace(busy=False))
-    assert daemon._timeout(sup) == TICK
+    assert daemon._pace(sup) == TICK
     sup.lifecycle.busy = True
-    assert daemon._timeout(sup) == TICK_SEEDING < TICK
+    assert daemon._pace(sup) == TICK_SEEDING < TICK
     env = seed_ready(tmp_path)
     env.systemd.oneshot.pop("syncwarden-user@replica3.seed1.service")     # keeps running
     env.sup.lifecycle.seed("replica3", 1)
