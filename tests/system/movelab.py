@@ -14,7 +14,7 @@ from __future__ import annotations
 from . import cyruslab as cl
 from .swlab import BASE_CONFIG
 
-USERS = ("bob", "alice", "carol", "dave")
+USERS = ("bob", "alice", "carol", "dave", "erin", "frank")
 EAST_CONFIG = "/etc/syncwarden/east.yaml"
 ROUTES = "/srv/cyrlab/routes"
 ROUTER = "/srv/cyrlab/moverouter.py"
@@ -80,7 +80,8 @@ class TwoStores(cl.CyrusLab):
         return self.sb.run("/usr/bin/python3", "-c", script, port, user).stdout.strip()
 
 
-def default_config(lab, lock_timeout="30s", hook=None) -> str:
+def default_config(lab, lock_timeout="30s", hook=None, east_imap=None) -> str:
+    """``east_imap``: another port for the verify to read "east" at (a store that differs)."""
     links = f"  replica1: {{host: 127.0.0.1, port: {lab.port('replica1', 'sync')}}}"
     hook = hook or f"ROUTING_MAP={ROUTES} {HOOK}"
     return BASE_CONFIG.format(links=links, interval="1s", drain_timeout="60s") + f"""\
@@ -90,7 +91,7 @@ check:
 stores:
   east:
     imapd_conf: /srv/cyrlab/east/imapd.conf
-    imap: {{host: 127.0.0.1, port: {VERIFY['east']}, tls: none}}
+    imap: {{host: 127.0.0.1, port: {east_imap or VERIFY['east']}, tls: none}}
 move:
   switch_hook: '{hook}'
   lock_timeout: {lock_timeout}

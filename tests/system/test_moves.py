@@ -163,6 +163,52 @@ def test_a_failed_switch_and_an_unreachable_target_roll_back(stores):
     print(f"rollback test: {time.monotonic() - t0:.1f}s")
 
 
+def test_a_verify_difference_rolls_back_and_a_failure_after_the_switch_resumes(stores):
+    sb, lab, sw = stores
+    t0 = time.monotonic()
+    lab.deliver("erin", 10, "erin-before")
+    lab.deliver("frank", 10, "frank-before")
+    # the verify reads "east" where erin is not (replica2's IMAP): a real difference, found by
+    # the deep check, still there after one more sync: rolled back
+    sb.write_file("/etc/syncwarden/syncwarden.yaml", default_config(
+        lab, east_imap=lab.port("replica2")))
+    r = sw.cli("move", "erin", "--to", "east", "--json", check=False, timeout=300)
+    (result,) = json.loads(r.stdout)["moves"]
+    assert r.returncode == 1 and result["result"] == "rolled-back", r.stdout + r.stderr
+    assert result["error"].startswith("verify: 1 difference(s) after a second sync: erin: user"
+                                      " only on the master"), result["error"]
+    assert lab.login(lab.port("master"), "erin") == "OK"
+    assert "erin" not in sb.read_file(ROUTES)
+
+    # east's replica down: the move fails after the switch (frank is served by east already,
+    # unlocked there); run again once the replica is back, it resumes at the replica sync
+    sb.write_file("/etc/syncwarden/syncwarden.yaml", default_config(lab))
+    lab.stop("replica2")
+    try:
+        r = sw.cli("move", "frank", "--to", "east", "--json", check=False, timeout=300)
+    finally:
+        lab.start("replica2")
+    (result,) = json.loads(r.stdout)["moves"]
+    assert r.returncode == 1 and result["result"] == "failed", r.stdout + r.stderr
+    assert result["phase"] == "replicate" and "cannot connect" in result["error"]
+    assert lab.login(lab.port("east"), "frank") == "OK"
+    assert "frank east" in sb.read_file(ROUTES).splitlines()
+    doc = json.loads(sw.cli("status", "--json", check=False).stdout)
+    (m,) = [x for x in doc["moves"] if x["user"] == "frank"]
+    assert m["result"] == "failed" and m["locked"] is False
+    assert "move frank default -> east: failed" in sw.cli("status", check=False).stdout
+    r = sw.cli("move", "frank", "--to", "east", "--json", check=False, timeout=300)
+    (result,) = json.loads(r.stdout)["moves"]
+    assert r.returncode == 0 and result["result"] == "done", r.stdout + r.stderr
+    assert "move frank default -> east: started at replicate" in r.stderr
+    assert [x for x in r.stderr.splitlines() if " done in " in x] == [
+        x for x in r.stderr.splitlines() if x.startswith("move frank default -> east:"
+                                                         " replicate done in ")]
+    assert lab.messages("east", "frank") == lab.messages("replica2", "frank")
+    assert len(lab.messages("replica2", "frank")) == 10
+    print(f"verify/resume test: {time.monotonic() - t0:.1f}s")
+
+
 def test_a_move_killed_while_the_user_is_locked_is_rolled_back_at_the_deadline(stores):
     """SIGKILL to `syncwarden move` in the middle of the switch: the guard timer unlocks the
     user on the source when move.lock_timeout is over, with nobody running the move."""
