@@ -260,7 +260,8 @@ def _outcome(st: dict) -> dict:
     return {"user": st["user"], "result": st.get("result") or workflow.FAILED,
             "phase": st.get("failed_phase") or st.get("phase"),
             "critical_path_seconds": round(cp, 3) if cp is not None else None,
-            "phases": {k: v["seconds"] for k, v in st.get("phases", {}).items()},
+            "phases": {k: st["phases"][k]["seconds"] for k in workflow.PHASES
+                       if k in st.get("phases", {})},
             "error": st.get("error"), "warnings": st.get("warnings", [])}
 
 
