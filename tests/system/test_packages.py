@@ -390,8 +390,8 @@ def test_catalog_explains_every_message_id(tmp_path):
 
 def test_man_pages_and_completion_cover_every_command():
     commands = _subcommands()
-    offered = _subcommands(listed_only=True)     # daemon and worker: in the man page only
-    assert set(commands) - set(offered) == {"daemon", "worker"}
+    offered = _subcommands(listed_only=True)     # daemon, worker, move-expire: man page only
+    assert set(commands) - set(offered) == {"daemon", "worker", "move-expire"}
     man8 = (REPO / "packaging/man/syncwarden.8").read_text().replace("\\-", "-")
     section = man8.split(".SH COMMANDS")[1].split(".SH ")[0]
     completion = (REPO / "packaging/completion/syncwarden").read_text()
