@@ -24,6 +24,9 @@ from .workflow import EdgeError
 
 ADMIN_TIMEOUT = 30.0      # seconds for a cyr_deny outside the lock's deadline
 GUARD_PREFIX = "syncwarden-move-guard"
+# What a locked user's clients are told (cyr_deny -m); also how the verify recognises that it
+# read through a locked service.
+DENY_MESSAGE = "moving to another store, try again in a minute"
 TERM_GRACE = 2.0          # seconds a session has to exit after SIGTERM before SIGKILL
 POLL = 0.05
 
@@ -118,7 +121,7 @@ class CyrusEdges:
 
     def _deny(self, conf: Path, user: str, timeout, where: str) -> None:
         argv = commands.cyr_deny(self.bin_dir, conf, user, services=self.services,
-                                 message="moving to another store, try again in a minute")
+                                 message=DENY_MESSAGE)
         self.run(argv, timeout or ADMIN_TIMEOUT, f"cyr_deny {user} on {where}")
 
     def _allow(self, conf: Path, user: str, where: str) -> None:
@@ -215,7 +218,12 @@ class CyrusEdges:
             with ThreadPoolExecutor(2) as pool:
                 views = list(pool.map(read, sides))
         except ImapError as exc:
-            raise EdgeError(f"verify: {exc}") from None
+            hint = ""
+            if DENY_MESSAGE in str(exc):
+                hint = (f" (the lock ended the verify's session: check.master and"
+                        f" stores.{self.store.name}.imap must name the port of"
+                        f" move.verify_service, {self.cfg.move.verify_service or 'unset'})")
+            raise EdgeError(f"verify: {exc}{hint}") from None
         if views[0] is None:
             raise EdgeError(f"{user} has no mailboxes on this store: nothing to move")
         return [f"{d.mailbox or d.user}: {d.detail}"

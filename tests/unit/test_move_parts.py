@@ -404,3 +404,69 @@ def test_the_verify_lists_only_the_moved_users_hierarchy():
         finally:
             view.close()
     assert asked == [b'""', b'"user.bob"', b'"user.bob.*"']
+
+
+def test_a_verify_read_through_a_locked_service_says_which_ports_to_fix(tmp_path):
+    """imapd ends a denied user's session before its first command, also one an admin opened
+    as the user: the verify must read through move.verify_service, and says so."""
+    import socket
+    import threading
+    from supervisor.config import ImapEndpoint
+    from .fakeimap import GREETING
+    from supervisor.move.edges import DENY_MESSAGE
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def session(conn):
+        rfile = conn.makefile("rb")
+        conn.sendall(GREETING)
+        while True:
+            line = rfile.readline()
+            if not line:
+                return
+            tag, _, rest = line.rstrip(b"\r\n").partition(b" ")
+            if rest.startswith(b"AUTHENTICATE"):
+                conn.sendall(b"+ \r\n")
+                rfile.readline()
+                conn.sendall(tag + b" OK in\r\n")
+            elif rest.startswith(b"CAPABILITY"):
+                conn.sendall(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n" + tag + b" OK done\r\n")
+            elif rest == b'LIST "" ""':
+                conn.sendall(b'* LIST (\\Noselect) "." ""\r\n' + tag + b" OK done\r\n")
+            elif rest == b'LIST "" "user.bob"':
+                conn.sendall(b'* LIST (\\HasNoChildren) "." user.bob\r\n' + tag + b" OK done\r\n")
+            elif rest.startswith(b"NAMESPACE"):
+                conn.sendall(b"* BYE [ALERT] " + DENY_MESSAGE.encode() + b"\r\n")
+                return
+            elif rest.startswith(b"LOGOUT"):
+                conn.sendall(b"* BYE\r\n" + tag + b" OK done\r\n")
+                return
+            else:
+                conn.sendall(tag + b" OK done\r\n")
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=lambda: (session(conn), conn.close()), daemon=True).start()
+    threading.Thread(target=serve, daemon=True).start()
+    creds = tmp_path / "creds"
+    creds.write_text("user: cyrus\npassword: pw\n")
+    creds.chmod(0o600)
+    try:
+        e = edges(tmp_path)
+        endpoint = ImapEndpoint("127.0.0.1", port, "none", timeout=5)
+        e.cfg = configmod.replace(e.cfg, check=configmod.CheckSettings(
+            credentials=creds, master=endpoint))
+        e.store = configmod.StoreSettings("east", "east", tmp_path / "east.conf", endpoint)
+        with pytest.raises(EdgeError) as err:
+            e.verify("bob", 5)
+    finally:
+        listener.close()
+    assert DENY_MESSAGE in str(err.value)
+    assert str(err.value).endswith("(the lock ended the verify's session: check.master and"
+                                   " stores.east.imap must name the port of"
+                                   " move.verify_service, imapverify)")
