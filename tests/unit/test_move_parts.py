@@ -451,7 +451,14 @@ def test_a_verify_read_through_a_locked_service_says_which_ports_to_fix(tmp_path
                 conn, _ = listener.accept()
             except OSError:
                 return
-            threading.Thread(target=lambda: (session(conn), conn.close()), daemon=True).start()
+            threading.Thread(target=guarded, args=(conn,), daemon=True).start()
+
+    def guarded(conn):
+        with conn:
+            try:
+                session(conn)
+            except OSError:
+                pass          # the client went away first
     threading.Thread(target=serve, daemon=True).start()
     creds = tmp_path / "creds"
     creds.write_text("user: cyrus\npassword: pw\n")
