@@ -143,13 +143,14 @@ def _program() -> str:
 
 
 def cmd_move_expire(args, journal=None, edges_factory=CyrusEdges, clock=time.time) -> int:
-    """The guard timer's command: roll back the user's move if it is locked past its deadline
-    and no move process runs (one that runs holds the user's lock and keeps the deadline
-    itself). Exit 0 whether or not there was anything to do."""
+    """The guard timer's command: if the user is still locked past its move's deadline and no
+    move process runs (one that runs holds the user's lock and keeps the deadline itself),
+    roll the move back (before the switch) or finish it (after: unlock on the target, sync
+    the replicas). Exit 0 whether or not there was anything to do."""
     from ..daemon import ConfigProblem, load_checked
 
     state = files.load(args.state_dir, args.user)
-    if state is None or workflow.resume_point(state) != "rollback":
+    if state is None or state.get("locked_at") is None or state.get("unlocked_at") is not None:
         return EXIT_OK
     lock = files.UserLock(args.state_dir, args.user)
     try:
@@ -219,7 +220,7 @@ class _Runner:
                                  lambda st: files.save(self.state_dir, st), self.event)
             try:
                 return _outcome(move.run())
-            except OSError as exc:     # the state file: the guard timer rolls a lock back
+            except OSError as exc:     # the state file: the guard timer ends a lock
                 return _outcome({**state, "result": workflow.FAILED, "error":
                                  f"cannot record the move's state: {exc}"})
         finally:

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     mv.add_argument("--from-file", metavar="FILE",
                     help="also move the users listed in FILE, one per line (# comments)")
     mv.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    mx = command("move-expire", "roll back a user's move locked past its deadline (the guard"
+    mx = command("move-expire", "end a user's lock past its move's deadline (the guard"
                  " timer's ExecStart)", hidden=True)
     mx.add_argument("user", metavar="USER", help="the Cyrus userid whose move to check")
     command("reload", "apply the configuration file now (what systemctl reload runs); exit 1"

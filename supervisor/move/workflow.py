@@ -13,8 +13,10 @@ Rules kept here, and only here:
   if the hook had started, the target's copy left denied (stale, marked so);
 - after the switch the move goes forward only; a catch-up that fails is reported, not
   allowed to keep the user locked;
-- a guard outside the process (``edges.guard``: a timer) runs ``expire`` at the deadline, so
-  a lock outlives it by the timer's accuracy even when the move process is killed;
+- the deadline also bounds the catch-up after the switch (skipped once it has passed), so the
+  user is unlocked on the target by then; a guard outside the process (``edges.guard``: a
+  timer, armed from the lock to the unlock) runs ``expire`` at the deadline, so a lock
+  outlives it by the timer's accuracy even when the move process is killed;
 - the state is a plain dict, saved (``save``) after every phase, so ``move`` run again resumes:
   a move interrupted while the source was locked and not yet switched rolls back first and
   starts again from the initial sync; one interrupted after the switch goes on where it was.
@@ -111,7 +113,8 @@ class Move:
         self.event("started", st)
         while st["phase"] not in FINISHED and st["phase"] != FAILED:
             phase = st["phase"]
-            if st["deadline"] is not None and self.clock() >= st["deadline"]:
+            if phase in BEFORE_SWITCH and st["deadline"] is not None \
+                    and self.clock() >= st["deadline"]:
                 self._rollback(f"the lock deadline ({self.plan.lock_timeout:g}s) passed"
                                f" before {phase}")
                 break
@@ -188,14 +191,17 @@ class Move:
         self.state["switch_started"] = True
         self.save(self.state)
         self.edges.switch(self.plan.user, self.plan.source, self.plan.target, self._left())
-        self.state["deadline"] = None     # forward only from here
-        self.save(self.state)
-        self._unguard()
         return f"routing: {self.plan.user} -> {self.plan.target}"
 
+    # Forward only from here; the deadline still bounds the catch-up, so that the user is
+    # unlocked on the target by then.
+
     def _catch_up(self):
+        if self.clock() >= self.state["deadline"]:
+            self.state["warnings"].append("catch-up: skipped, the lock deadline had passed")
+            return "skipped: the lock deadline had passed"
         try:
-            self.edges.sync_to_target(self.plan.user, self.plan.lock_timeout)
+            self.edges.sync_to_target(self.plan.user, self._left())
         except EdgeError as exc:
             # The user's mail is on the target; waiting would only keep the user locked.
             self.state["warnings"].append(f"catch-up: {exc}")
@@ -203,7 +209,9 @@ class Move:
 
     def _unlock(self):
         self.edges.allow_target(self.plan.user)
-        self.state["unlocked_at"] = self.clock()
+        self.state.update(unlocked_at=self.clock(), deadline=None)
+        self.save(self.state)
+        self._unguard()
         return f"allowed on {self.plan.target}"
 
     def _replicate(self):
@@ -213,14 +221,20 @@ class Move:
     # --- rolling back -------------------------------------------------------------------------
 
     def expire(self) -> bool:
-        """What the guard runs at the deadline: roll back a move whose process ended while the
-        source was locked before the switch. False (nothing done) for any other state."""
+        """What the guard runs at the deadline when no move process runs: a move that stopped
+        with the user locked before the switch is rolled back; one that stopped after the
+        switch goes forward (the catch-up skipped, the user unlocked on the target, the
+        replicas synced). False (nothing done) when the user is not locked or the deadline
+        is still ahead."""
         st = self.state
-        if resume_point(st) != "rollback" or st.get("deadline") is None \
-                or self.clock() < st["deadline"]:
+        if st.get("deadline") is None or st.get("locked_at") is None \
+                or st.get("unlocked_at") is not None or self.clock() < st["deadline"]:
             return False
-        self._rollback("the lock deadline passed and no move process was running")
-        self.event("finished", st)
+        if resume_point(st) == "rollback":
+            self._rollback("the lock deadline passed and no move process was running")
+            self.event("finished", st)
+        else:
+            self.run()
         return True
 
     def _unguard(self) -> None:

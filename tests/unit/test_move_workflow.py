@@ -267,6 +267,9 @@ def test_whatever_fails_the_user_ends_on_exactly_one_store_and_no_lock_outlives_
     # the source locked while the routing still pointed at it: never past the deadline by
     # more than the unlock itself (0.1 s) and one step's minimum
     assert all(span <= LOCK_TIMEOUT + workflow.MIN_STEP + 0.2 for span in edges.lock_spans)
+    # a finished move unlocked the user on the target by the deadline (+ two short steps)
+    if st_["result"] == DONE:
+        assert workflow.critical_path(st_) <= LOCK_TIMEOUT + 2 * workflow.MIN_STEP + 0.3
 
 
 def test_a_guard_is_armed_for_the_lock_and_disarmed_at_the_switch_or_the_rollback():
@@ -310,3 +313,36 @@ def test_the_guard_rolls_back_a_dead_move_at_its_deadline_and_only_then():
     assert events == [("finished", ROLLED_BACK)]
     assert Move(copy.deepcopy(saved[-1]), plan, edges, clock, lambda s: None,
                 lambda *a, **k: None).expire() is False         # once only
+
+
+def test_after_the_switch_the_guard_goes_forward_and_unlocks_the_target():
+    clock = Clock()
+    edges = Edges(clock)
+    saved = []
+    plan = Plan("bob", "default", "east", LOCK_TIMEOUT)
+    syncs = []
+
+    class Killed(BaseException):
+        pass
+
+    def sync(user, timeout):
+        syncs.append(1)
+        if len(syncs) == 3:                # the catch-up, after the switch
+            raise Killed()
+        Edges.sync_to_target(edges, user, timeout)
+    edges.sync_to_target = sync
+    try:
+        Move(workflow.new_state(plan, clock()), plan, edges, clock,
+             lambda s: saved.append(copy.deepcopy(s)), lambda *a, **k: None).run()
+    except Killed:
+        pass
+    assert edges.route == "dst" and edges.denied == {"src": True, "dst": True}
+    assert saved[-1]["phase"] == "catch-up" and "bob" in edges.guarded
+    clock.now = edges.guarded["bob"]
+    done = Move(copy.deepcopy(saved[-1]), plan, edges, clock,
+                lambda s: saved.append(copy.deepcopy(s)), lambda *a, **k: None)
+    assert done.expire() is True
+    st = saved[-1]
+    assert st["result"] == DONE and edges.denied == {"src": True, "dst": False}
+    assert st["warnings"] == ["catch-up: skipped, the lock deadline had passed"]
+    assert edges.guarded == {} and workflow.critical_path(st) <= LOCK_TIMEOUT + 0.2
