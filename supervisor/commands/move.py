@@ -126,7 +126,7 @@ def cmd_move(args, journal=None, edges_factory=CyrusEdges, clock=time.time) -> i
               " switches a user's routing)", file=sys.stderr)
         return EXIT_USAGE
     run = _Runner(args.state_dir, edges, cfg.move.lock_timeout, source, store.name,
-                  journal or Journal(), clock, sys.stderr)
+                  journal or Journal(), clock, sys.stderr, phases_shown=len(users) == 1)
     with ThreadPoolExecutor(max_workers=min(args.parallel, len(users))) as pool:
         results = list(pool.map(run.one, users))
     if args.json:
@@ -187,10 +187,13 @@ def cmd_move_expire(args, journal=None, edges_factory=CyrusEdges, clock=time.tim
 
 
 class _Runner:
-    def __init__(self, state_dir, edges, lock_timeout, source, target, journal, clock, out):
+    def __init__(self, state_dir, edges, lock_timeout, source, target, journal, clock, out,
+                 phases_shown=True):
         self.state_dir, self.edges, self.lock_timeout = state_dir, edges, lock_timeout
         self.source, self.target, self.journal, self.clock = source, target, journal, clock
-        self.out, self.printing = out, threading.Lock()
+        # One user: each phase on the terminal as it ends; many: how each move ended (the
+        # phases are in the journal either way).
+        self.out, self.printing, self.phases_shown = out, threading.Lock(), phases_shown
 
     def one(self, user: str) -> dict:
         lock = files.UserLock(self.state_dir, user)
@@ -247,8 +250,9 @@ class _Runner:
             fields.update(SYNCWARDEN_RESULT=st["result"],
                           SYNCWARDEN_CRITICAL_PATH=f"{cp:.3f}" if cp is not None else None)
         self.journal.send(text, prio, f"move-{kind}", **fields)
-        with self.printing:
-            print(text, file=self.out, flush=True)
+        if kind == "finished" or self.phases_shown:
+            with self.printing:
+                print(text, file=self.out, flush=True)
 
 
 def _when(epoch: float) -> str:

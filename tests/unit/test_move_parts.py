@@ -274,7 +274,8 @@ def test_bulk_move_summary_json_and_exit_status(tmp_path, capsys):
     journal = FakeJournal()
     args = Args(tmp_path, users=["bob", "alice", "carol"], parallel=2, json=True)
     assert movecmd.cmd_move(args, journal=journal, edges_factory=FakeEdges) == 1
-    doc = json.loads(capsys.readouterr().out)
+    shown = capsys.readouterr()
+    doc = json.loads(shown.out)
     assert doc["store"] == "east" and doc["source"] == "default"
     got = {m["user"]: (m["result"], m["error"]) for m in doc["moves"]}
     assert got == {"bob": ("done", None), "alice": ("done", None),
@@ -284,6 +285,9 @@ def test_bulk_move_summary_json_and_exit_status(tmp_path, capsys):
                if m["result"] == "done")
     ids = [e["ID"] for e in journal.entries if e["SYNCWARDEN_USER"] == "bob"]
     assert ids == ["move-started"] + ["move-phase"] * 10 + ["move-finished"]
+    # several users: the terminal gets how each move ended, the journal every phase
+    assert sorted(x.split(":")[0] for x in shown.err.splitlines()) == [
+        "move alice default -> east", "move bob default -> east", "move carol default -> east"]
     saved = files.load(args.state_dir, "carol")
     assert saved["result"] == "rolled-back"
     # status: finished moves counted, an unfinished one shown with its phase
