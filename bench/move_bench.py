@@ -158,11 +158,12 @@ def main() -> int:
         print(f"| {n:,} | {m['critical_path_seconds']} s | "
               + ", ".join(f"{k} {v:.2f}" for k, v in under.items())
               + f" | {plain['critical']:.2f} s |")
-    big = max(sizes)
     kv = {f"cp_{n}": figures[n][0] for n in sizes}
     kv.update({f"plain_{n}": figures[n][1] for n in sizes})
+    # the target: under 5 s for 10,000 messages (not measured: not met)
+    met = 10000 in figures and (figures[10000][0] or 99) < 5.0
     kv.update(bulk_users=a.bulk, bulk_seconds=bulk_secs, plain_loop_seconds=plain_secs,
-              target_met="yes" if (figures[big][0] or 99) < 5.0 and big >= 10000 else "no")
+              target_met="yes" if met else "no")
     print(result_line(**kv))
     return 0
 
