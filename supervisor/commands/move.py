@@ -82,7 +82,8 @@ def source_name(cfg, instance) -> str:
     return instance.name
 
 
-def cmd_move(args, journal=None, edges_factory=CyrusEdges, clock=time.time) -> int:
+def cmd_move(args, journal=None, edges_factory=CyrusEdges, clock=time.time,
+             euid=os.geteuid) -> int:
     from ..daemon import ConfigProblem, load_checked
 
     if not 1 <= args.parallel <= MAX_PARALLEL:
@@ -121,6 +122,11 @@ def cmd_move(args, journal=None, edges_factory=CyrusEdges, clock=time.time) -> i
             print("\n".join("  " + line for line in workflow.describe(
                 plan, edges.target_replicas(), cfg.move.switch_hook)))
         return EXIT_OK
+    if euid() != 0:
+        print("syncwarden move: needs root (it runs cyr_deny and sync_client as the cyrus"
+              " user, the switch hook as root, and keeps its state in root's directory)",
+              file=sys.stderr)
+        return EXIT_PROBLEM
     if not cfg.move.switch_hook:
         print(f"{cfg.source}: move.switch_hook: required to move users (the command that"
               " switches a user's routing)", file=sys.stderr)

@@ -261,7 +261,7 @@ def test_users_from_the_line_and_a_file_each_once_bad_ones_named(tmp_path):
 
 def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path, capsys):
     args = Args(tmp_path, dry_run=True)
-    assert movecmd.cmd_move(args, edges_factory=FakeEdges) == 0
+    assert movecmd.cmd_move(args, edges_factory=FakeEdges, euid=lambda: 1000) == 0   # any user
     out = capsys.readouterr().out
     assert out.startswith("move bob: default -> east\n  prepare: deny bob on east")
     assert "at most 20s until the switch" in out and "(replica2)" in out
@@ -310,6 +310,10 @@ def test_table_and_refusals(tmp_path, capsys):
     assert movecmd.cmd_move(Args(tmp_path, to="west"), edges_factory=FakeEdges) == 2
     assert "--to west: no such store (stores: east)" in capsys.readouterr().err
     assert movecmd.cmd_move(Args(tmp_path, parallel=0), edges_factory=FakeEdges) == 2
+    assert movecmd.cmd_move(Args(tmp_path, users=["zoe"]), edges_factory=FakeEdges,
+                            euid=lambda: 1000) == 1
+    assert "syncwarden move: needs root" in capsys.readouterr().err
+    assert not (tmp_path / "state" / "moves" / "zoe.json").exists()
     # bob was moved away: this store's copy is stale, moving it again is refused
     assert movecmd.cmd_move(Args(tmp_path), journal=FakeJournal(),
                             edges_factory=FakeEdges) == 1
