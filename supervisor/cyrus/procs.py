@@ -13,9 +13,9 @@ starts (cyrus-lab.md §0): each ``cmd=`` carries its own ``-C``, or the program 
   ``{configdirectory}/socket/``: whoever holds it, Cyrus or systemd's socket activation.
 Unit names say nothing: the same master may run under any unit, or none.
 
-Everything under /proc is read as hostile: bounded reads, no symlinks followed to files, a
-process that vanishes meanwhile is skipped. The functions take the proc root, so tests build
-a fake one. A process in another mount namespace (a container) is not ours, whatever it says.
+Everything under /proc is read as hostile (proctable.py: bounded reads, no symlinks followed
+to files, a process that vanishes meanwhile is skipped). The functions take the proc root, so
+tests build a fake one. A process in another mount namespace (a container) is not ours, whatever it says.
 
 Facts from Cyrus 3.6.1's sources: getopt strings (master/master.c, master/service.c, each
 service's main), the defaults (lib/imapoptions; LIBEXEC_DIR /usr/lib/cyrus/bin on Debian).
@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from .cyrusconf import master_entries
 from .imapdconf import ImapdConf
 from .layout import MASTER_NAMES, SERVICE_DIRS
+from .proctable import (MAX_FDS, Proc, cgroups, exe_of, names, pids, processes, read_file,
+                        read_link, unit_of)
 
 DEFAULT_IMAPD_CONF = "/etc/imapd.conf"      # what every Cyrus program reads without -C
 DEFAULT_CYRUS_CONF = "/etc/cyrus.conf"      # what master reads without -M
@@ -57,23 +58,6 @@ OPTSTRINGS = {
 }
 # The sync_client workers syncwarden starts run in these units (units/).
 OUR_UNITS = re.compile(r"syncwarden-(?:sync|drain|user)@[^/]+\.service")
-
-_LIMIT = 1 << 16            # bytes read from one /proc file (a command line is at most 2 MiB)
-_MAX_FDS = 1 << 16          # fds looked at per process
-_MAX_NAMES = 1 << 17        # names looked at in one directory
-
-
-@dataclass(frozen=True)
-class Proc:
-    pid: int
-    exe: str                # the binary, resolved by the kernel
-    argv: tuple[str, ...]
-    ppid: int
-
-    @property
-    def program(self) -> str:
-        return os.path.basename(self.exe)
-
 
 @dataclass(frozen=True)
 class CyrusProcess:
@@ -118,94 +102,6 @@ class Rival:
             " (two clients on one channel race for its sync log)"
 
 
-# --- reading /proc ---------------------------------------------------------------------------
-
-def _read(path: Path, limit: int = _LIMIT) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        chunks, left = [], limit
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _readlink(path: Path) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
-
-
-def _names(folder: Path) -> list[str]:
-    out = []
-    try:
-        with os.scandir(folder) as it:
-            for entry in it:
-                out.append(entry.name)
-                if len(out) >= _MAX_NAMES:
-                    break
-    except OSError:
-        pass
-    return out
-
-
-def _pids(root: Path) -> list[int]:
-    return [int(n) for n in _names(root) if n.isascii() and n.isdigit()]
-
-
-def _proc(root: Path, pid: int, exe: str) -> Proc | None:
-    raw, st = _read(root / str(pid) / "cmdline"), _read(root / str(pid) / "stat", 4096)
-    if raw is None or st is None:
-        return None                       # gone meanwhile
-    argv = tuple(a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0"))
-    while argv and not argv[-1]:
-        argv = argv[:-1]
-    fields = st[st.rfind(b")") + 1:].split()   # "pid (comm) state ppid ...": comm may hold ")"
-    ppid = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
-    return Proc(pid, exe, argv, ppid)
-
-
-def _exe(root: Path, pid: int) -> str | None:
-    exe = _readlink(root / str(pid) / "exe")
-    if exe:
-        return exe.removesuffix(" (deleted)")
-    # /proc/PID/exe needs CAP_SYS_PTRACE for another user's process, which the daemon's unit
-    # does not grant (it would also open /proc/PID/mem): what the process calls itself, then.
-    raw = _read(root / str(pid) / "cmdline", 4096)
-    argv0 = raw.split(b"\0", 1)[0] if raw else b""
-    return argv0.decode("utf-8", "surrogateescape") or None
-
-
-def processes(root: Path, wanted) -> dict[int, Proc]:
-    """{pid: Proc} of the processes in our mount namespace whose binary ``wanted(exe)``."""
-    own = _readlink(root / "self" / "ns" / "mnt")
-    out = {}
-    for pid in _pids(root):
-        exe = _exe(root, pid)
-        if not exe or not wanted(exe):
-            continue
-        ns = _readlink(root / str(pid) / "ns" / "mnt")
-        if own and ns and ns != own:
-            continue
-        proc = _proc(root, pid, exe)
-        if proc:
-            out[pid] = proc
-    return out
-
-
 def cyrus_binary(bin_dirs):
     dirs = {os.path.normpath(d) for d in bin_dirs}
     return lambda exe: os.path.dirname(os.path.normpath(exe)) in dirs
@@ -215,21 +111,6 @@ def bin_dirs(master: str | os.PathLike) -> tuple[str, ...]:
     """Where this host's Cyrus services are: beside its master, and where distributions put
     them (layout.SERVICE_DIRS; master finds cmd= programs in its own LIBEXEC first)."""
     return tuple(dict.fromkeys([os.path.dirname(os.fspath(master)), *SERVICE_DIRS]))
-
-
-def unit_of(root: Path, pid: int) -> str | None:
-    """The systemd unit (service or scope) a process runs in, from its cgroup."""
-    for path in cgroups(root, pid):
-        for part in reversed(path.split("/")):
-            if part.endswith((".service", ".scope")):
-                return part
-    return None
-
-
-def cgroups(root: Path, pid: int) -> list[str]:
-    raw = _read(root / str(pid) / "cgroup") or b""
-    return [line.split(":", 2)[2] for line in raw.decode("utf-8", "replace").splitlines()
-            if line.count(":") >= 2]
 
 
 # --- command lines ---------------------------------------------------------------------------
@@ -266,7 +147,7 @@ def config_of(root: Path, proc: Proc) -> str | None:
         return None
     conf = options(proc.program, proc.argv).get("C") or DEFAULT_IMAPD_CONF
     if not os.path.isabs(conf):
-        cwd = _readlink(root / str(proc.pid) / "cwd")
+        cwd = read_link(root / str(proc.pid) / "cwd")
         if not cwd:
             return None
         conf = os.path.join(cwd, conf)
@@ -320,12 +201,12 @@ def service_processes(imapd: ImapdConf, dirs, proc_root="/proc") -> list[CyrusPr
                     todo.append(child.pid)
                     add(child.pid, child.program, f"started by master pid {master}")
     folder = _proc_dir(imapd)
-    for name in _names(folder) if folder else []:
+    for name in names(folder) if folder else []:
         p = procs.get(int(name)) if name.isascii() and name.isdigit() else None
         if p and p.program in SERVICES:
             add(p.pid, p.program, f"serves a client: {folder}/{name}")
     for path, pid in listeners(root, imapd):
-        add(pid, os.path.basename(_exe(root, pid) or "?"), f"listens on {path}")
+        add(pid, os.path.basename(exe_of(root, pid) or "?"), f"listens on {path}")
     return [found[pid] for pid in sorted(found)]
 
 
@@ -357,7 +238,7 @@ def listeners(root: Path, imapd: ImapdConf) -> list[tuple[str, int]]:
     """(socket path, pid) of every process holding a listening Unix socket of the instance."""
     paths, folder = socket_paths(imapd)
     inodes = {}
-    raw = _read(root / "net" / "unix", 64 << 20) or b""
+    raw = read_file(root / "net" / "unix", 64 << 20) or b""
     for line in raw.decode("utf-8", "surrogateescape").splitlines()[1:]:
         fields = line.split(None, 7)    # Num RefCount Protocol Flags Type St Inode Path
         if len(fields) < 8 or not fields[6].isdigit():
@@ -370,10 +251,10 @@ def listeners(root: Path, imapd: ImapdConf) -> list[tuple[str, int]]:
         if listening and (path in paths or (folder and path.startswith(folder))):
             inodes[f"socket:[{fields[6]}]"] = path
     out = []
-    for pid in _pids(root) if inodes else []:
+    for pid in pids(root) if inodes else []:
         fds = root / str(pid) / "fd"
-        for name in _names(fds)[:_MAX_FDS]:
-            path = inodes.get(_readlink(fds / name) or "")
+        for name in names(fds)[:MAX_FDS]:
+            path = inodes.get(read_link(fds / name) or "")
             if path:
                 out.append((path, pid))
                 break
@@ -417,32 +298,10 @@ def instance_processes(imapd: ImapdConf, proc_root="/proc") -> list[tuple[Proc, 
                 found.setdefault(pid, f"started by master pid {master}")
                 todo += children.get(pid, [])
     folder = _proc_dir(imapd)
-    for name in _names(folder) if folder else []:
+    for name in names(folder) if folder else []:
         if name.isascii() and name.isdigit() and int(name) in everyone:
             found.setdefault(int(name), f"serves a client: {folder}/{name}")
     return [(everyone[pid], why) for pid, why in sorted(found.items())]
-
-
-def boot_time(proc_root="/proc") -> float | None:
-    """When the machine booted (/proc/stat's btime, seconds since the epoch)."""
-    for line in (_read(Path(proc_root) / "stat", 1 << 20) or b"").splitlines():
-        if line.startswith(b"btime "):
-            try:
-                return float(line.split()[1])
-            except (IndexError, ValueError):
-                return None
-    return None
-
-
-def start_time(pid: int, btime: float, hz: int, proc_root="/proc") -> float | None:
-    """When a process started (wall clock), from /proc/PID/stat's field 22 (clock ticks after
-    boot); None when it is gone."""
-    raw = _read(Path(proc_root) / str(pid) / "stat", 4096)
-    fields = raw[raw.rfind(b")") + 1:].split() if raw else []    # fields[0] is field 3
-    try:
-        return btime + int(fields[19]) / hz
-    except (IndexError, ValueError):
-        return None
 
 
 # --- sync_clients syncwarden did not start ---------------------------------------------------
@@ -529,7 +388,7 @@ def cyrus_conf_paths(imapd_conf_path, dirs, proc_root="/proc",
         conf = config_of(root, p)
         if p.program in MASTERS and conf and same_file(conf, imapd_conf_path):
             m = options(p.program, p.argv).get("M") or default
-            cwd = _readlink(root / str(p.pid) / "cwd") or "/"
+            cwd = read_link(root / str(p.pid) / "cwd") or "/"
             out.append(os.path.normpath(os.path.join(cwd, m)))
     return list(dict.fromkeys(out))
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from . import procs
+from . import procs, proctable
 from .imapdconf import ImapdConf
 
 # Programs that change mailboxes, seen state, subscriptions or sieve scripts while they run,
@@ -52,7 +52,7 @@ class OldWriter:
 def old_writers(imapd: ImapdConf, changed: float, proc_root="/proc",
                 hz: int | None = None) -> list[OldWriter]:
     """The instance's writers that started before ``changed`` (imapd.conf's mtime), by pid."""
-    btime = procs.boot_time(proc_root)
+    btime = proctable.boot_time(proc_root)
     if btime is None:
         return []
     hz = hz or os.sysconf("SC_CLK_TCK")
@@ -60,7 +60,7 @@ def old_writers(imapd: ImapdConf, changed: float, proc_root="/proc",
     out = []
     for proc, why in procs.instance_processes(imapd, proc_root):
         name = procs.program_of(proc)
-        started = procs.start_time(proc.pid, btime, hz, proc_root)
+        started = proctable.start_time(proc.pid, btime, hz, proc_root)
         if name in writers and started is not None and started < changed + START_SLACK:
             out.append(OldWriter(proc.pid, name, started, why))
     return out
