@@ -200,7 +200,7 @@ def service_processes(imapd: ImapdConf, dirs, proc_root="/proc") -> list[CyrusPr
                     seen.add(child.pid)
                     todo.append(child.pid)
                     add(child.pid, child.program, f"started by master pid {master}")
-    folder = _proc_dir(imapd)
+    folder = proc_dir(imapd)
     for name in names(folder) if folder else []:
         p = procs.get(int(name)) if name.isascii() and name.isdigit() else None
         if p and p.program in SERVICES:
@@ -218,7 +218,8 @@ def _expand(imapd: ImapdConf, value: str | None) -> str | None:
     return value
 
 
-def _proc_dir(imapd: ImapdConf) -> Path | None:
+def proc_dir(imapd: ImapdConf) -> Path | None:
+    """Where the instance's services keep their session files (``proc_path``)."""
     value = _expand(imapd, imapd.options.get("proc_path") or "{configdirectory}/proc")
     return Path(value) if value else None
 
@@ -297,7 +298,7 @@ def instance_processes(imapd: ImapdConf, proc_root="/proc") -> list[tuple[Proc, 
                 seen.add(pid)
                 found.setdefault(pid, f"started by master pid {master}")
                 todo += children.get(pid, [])
-    folder = _proc_dir(imapd)
+    folder = proc_dir(imapd)
     for name in names(folder) if folder else []:
         if name.isascii() and name.isdigit() and int(name) in everyone:
             found.setdefault(int(name), f"serves a client: {folder}/{name}")
@@ -392,35 +393,3 @@ def cyrus_conf_paths(imapd_conf_path, dirs, proc_root="/proc",
             out.append(os.path.normpath(os.path.join(cwd, m)))
     return list(dict.fromkeys(out))
 
-
-# --- one user's sessions (user moves) ----------------------------------------------------------
-
-@dataclass(frozen=True)
-class Session:
-    pid: int
-    service: str
-    client: str
-
-
-def user_sessions(imapd: ImapdConf, user: str, proc_root="/proc") -> list[Session]:
-    """The processes serving ``user``, from the session files Cyrus keeps while a client is
-    served: ``{proc_path}/PID`` (default ``{configdirectory}/proc``), one line
-    ``service\\thost\\tuserid\\tmailbox\\tcommand`` (proc_register: 3.6.1 imap/proc.c, 3.10.2
-    lib/proc.c). What cyr_deny scans too. Only pids that are a Cyrus service now: a file left
-    by a crashed process names a pid that may belong to anything by now."""
-    folder = _proc_dir(imapd)
-    if folder is None:
-        return []
-    found = []
-    for name in _names(folder):
-        if not (name.isascii() and name.isdigit()):
-            continue                 # PID.new while a process writes its file
-        raw = _read(folder / name, 4096)
-        if raw is None:
-            continue
-        fields = raw.decode("utf-8", "replace").split("\n", 1)[0].split("\t")
-        exe = _exe(Path(proc_root), int(name))
-        if len(fields) >= 3 and fields[2] == user and exe \
-                and os.path.basename(exe) in SERVICES:
-            found.append(Session(int(name), fields[0], fields[1]))
-    return found

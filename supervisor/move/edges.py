@@ -1,7 +1,8 @@
 """The side effects of a user move, each behind one small method (workflow.py calls them).
 
-Every command line comes from cyrus/commands.py; the session scan from cyrus/procs.py; the deep
-comparison from pair/compare.py through pair/imapclient.py, as `syncwarden check` reads a pair.
+Every command line comes from cyrus/commands.py; the session scan from cyrus/sessions.py; the
+deep comparison from pair/compare.py through pair/imapclient.py, as `syncwarden check` reads a
+pair.
 Commands run as the cyrus user (runuser), the switch hook as root with /bin/sh.
 """
 
@@ -16,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..cyrus import commands, failures, procs
+from ..cyrus import commands, failures, sessions
 from ..cyrus.imapdconf import ImapdConf
 from ..pair import compare, credentials
 from ..pair.imapclient import AdminView, ImapError, read_user
@@ -143,7 +144,7 @@ class CyrusEdges:
     # --- sessions ------------------------------------------------------------------------------
 
     def _live(self, user: str) -> list[int]:
-        return [s.pid for s in procs.user_sessions(self.imapd, user, self.proc_root)]
+        return [s.pid for s in sessions.user_sessions(self.imapd, user, self.proc_root)]
 
     def end_sessions(self, user: str, timeout) -> int:
         """SIGTERM each session of the user still there after cyr_deny, SIGKILL what

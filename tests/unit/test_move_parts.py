@@ -14,7 +14,7 @@ import pytest
 from supervisor import config as configmod
 from supervisor.commands import move as movecmd
 from supervisor.commands.cli import main
-from supervisor.cyrus import commands, imapdconf, procs
+from supervisor.cyrus import commands, imapdconf, sessions
 from supervisor.move import files, workflow
 from supervisor.move.edges import CyrusEdges, lock_services
 from supervisor.move.workflow import EdgeError
@@ -113,9 +113,9 @@ def fake_sessions(tmp_path):
 
 def test_user_sessions_come_from_cyrus_proc_files_of_live_cyrus_services(tmp_path):
     imapd, proc = fake_sessions(tmp_path)
-    found = procs.user_sessions(imapd, "bob", proc)
+    found = sessions.user_sessions(imapd, "bob", proc)
     assert sorted((s.pid, s.service) for s in found) == [(101, "imap"), (102, "pop3")]
-    assert procs.user_sessions(imapd, "nobody", proc) == []
+    assert sessions.user_sessions(imapd, "nobody", proc) == []
 
 
 # --- edges -------------------------------------------------------------------------------------
