@@ -8,10 +8,15 @@ unknown quarantine action must not fall through to "drop".
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .link.operator import QuarantineAction
+
+class QuarantineAction(enum.Enum):
+    """What the operator may do with a quarantined user (link/operator.py carries it out)."""
+    RETRY = "retry"
+    DROP = "drop"
 
 
 class Refused(ValueError):

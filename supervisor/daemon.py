@@ -24,7 +24,7 @@ from .cyrus import procs as cyrus_procs
 from .link import report
 from .control import ControlServer
 from .link.lifecycle import command as lifecycle_command
-from .link.operator import QuarantineAction
+from .control_schema import QuarantineAction
 from .link.quarantine import crash_points
 from .link.reconcile import Edges, LocalState, Reconciler
 from .systemd.journal import Journal, JournalHandler

@@ -109,7 +109,7 @@ def add_last_checks(doc: dict, state_dir: Path) -> None:
 
 
 def last_check_lines(doc: dict, now: float) -> list[str]:
-    from ..link.report import human_duration
+    from ..timefmt import human_duration
 
     lines = []
     for link in doc.get("links", []):

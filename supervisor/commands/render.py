@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 
-from ..link.report import human_duration
+from ..timefmt import human_duration
 
 
 def _ago(iso: str | None, now: float) -> str:

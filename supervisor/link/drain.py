@@ -41,7 +41,7 @@ from ..cyrus.channel import Channel as SyncFiles   # the channel's files, as the
 from ..cyrus.failures import CONFIG_EXITS, Session, session_event
 from ..cyrus.probe import LOST_AFTER
 from ..systemd.units import LinkUnits, UnitStatus
-from .report import iso
+from ..timefmt import iso
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from .report import human_duration, iso
+from ..timefmt import human_duration, iso
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Callable
 from ..cyrus import writers
 from ..cyrus.channel import Channel
 from .freeze import DEFAULT_UNTIL, MAX_UNTIL, Freeze, FreezeEdges
-from .report import iso
+from ..timefmt import iso
 from .runtime import Blocker, LinkRuntime
 from .seed import MAX_PARALLEL, Seed, SeedEdges, default_parallel
 from .seed_plan import Phase, Progress

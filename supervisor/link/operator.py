@@ -8,17 +8,12 @@ internals: the links the tick maintains, the drains, the holds, the role and the
 
 from __future__ import annotations
 
-import enum
 from typing import Callable
 
+from ..control_schema import QuarantineAction  # noqa: F401 (the operator's vocabulary)
 from .drain import Drains
 from .roles import RoleControl
 from .runtime import RESTART_BACKOFF_MIN, LinkRuntime
-
-
-class QuarantineAction(enum.Enum):
-    RETRY = "retry"
-    DROP = "drop"
 
 
 class Operator:

@@ -52,7 +52,7 @@ class Quarantined:
     retry_offset: int = -1   # size of the entries file when the running retry began
 
     def as_json(self, entries: int) -> dict:
-        from .report import iso
+        from ..timefmt import iso
 
         return {"link": self.link, "user": self.user, "since": iso(self.since),
                 "attempts": self.attempts, "error": self.error,

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import datetime
-
 from .. import __version__
+from ..timefmt import human_duration, iso
 from .runtime import LinkView
 from .states import LinkState, WORKER_STATES
 
@@ -72,18 +71,3 @@ def link_json(v: LinkView) -> dict:
         **(v.lifecycle or {"seeded": None, "seed": None, "freeze": None, "retired": None}),
     }
 
-
-def human_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-    return f"{seconds // 86400}d{(seconds % 86400) // 3600:02d}h"
-
-
-def iso(wall: float) -> str:
-    return datetime.datetime.fromtimestamp(wall, datetime.timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")

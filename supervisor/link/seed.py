@@ -35,7 +35,7 @@ from typing import Callable
 from ..cyrus import CYRUS_USER, mailboxes, writers
 from ..state import atomic_write, cyrus_gid, ensure_dir
 from ..systemd.units import LinkUnits, UnitStatus
-from .report import human_duration, iso
+from ..timefmt import human_duration, iso
 from .seed_plan import Phase, Progress, work
 
 log = logging.getLogger(__name__)
