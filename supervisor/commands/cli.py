@@ -252,7 +252,7 @@ def _show_status(args, doc: dict) -> int:
         print(text)
         return code
     from .check import add_last_checks, last_check_lines
-    from .move import add_moves, move_lines
+    from ..move.report import add_moves, move_lines
 
     add_last_checks(doc, args.state_dir)
     add_moves(doc, args.state_dir)

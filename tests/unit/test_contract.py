@@ -15,7 +15,7 @@ import yaml
 from supervisor import config as configmod
 from supervisor.commands import cli
 from supervisor.commands.check import add_last_checks
-from supervisor.commands.move import add_moves
+from supervisor.move.report import add_moves
 from supervisor.move import files as move_files, workflow
 from supervisor.move.edges import GUARD_PREFIX
 from supervisor.commands.offline import offline_status

@@ -15,7 +15,7 @@ from supervisor import config as configmod
 from supervisor.commands import move as movecmd
 from supervisor.commands.cli import main
 from supervisor.cyrus import commands, imapdconf, sessions
-from supervisor.move import files, workflow
+from supervisor.move import files, report as move_report, workflow
 from supervisor.move.edges import CyrusEdges, lock_services
 from supervisor.move.workflow import EdgeError
 
@@ -294,8 +294,8 @@ def test_bulk_move_summary_json_and_exit_status(tmp_path, capsys):
     files.save(args.state_dir, {**saved, "user": "dave", "phase": "final-sync", "result": None,
                                 "locked_at": 1.0, "unlocked_at": None, "error": None})
     doc = {}
-    movecmd.add_moves(doc, args.state_dir)
-    assert movecmd.move_lines(doc) == ["move dave default -> east: final-sync, user locked",
+    move_report.add_moves(doc, args.state_dir)
+    assert move_report.move_lines(doc) == ["move dave default -> east: final-sync, user locked",
                                        "moves: 2 done, 1 rolled back"]
     FakeEdges.differ = set()
 
