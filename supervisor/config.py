@@ -19,6 +19,8 @@ from typing import Any, Mapping
 from .configread import (BAD, DAY, HOUR, MINUTE, UNIT_NAME, ConfigError, Reader,  # noqa: F401
                          join, load_yaml, parse_duration, show, show_duration)
 
+from .moveconfig import MoveSettings, StoreSettings, read_move, read_stores
+
 DEFAULT_PATH = Path("/etc/syncwarden/syncwarden.yaml")
 
 # A link name is a Cyrus channel name (imapd.conf lowercases option keys, so `<link>_sync_host`
@@ -129,6 +131,10 @@ class Config:
     check: CheckSettings = CheckSettings()
     hooks: HookSettings = HookSettings()
     metrics: MetricsSettings = MetricsSettings()
+    # other Cyrus stores users can be moved to, and how (moveconfig.py)
+    stores: Mapping[str, StoreSettings] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}))
+    move: MoveSettings = MoveSettings()
     source: str = str(DEFAULT_PATH)
 
 
@@ -146,6 +152,7 @@ RANGES: Mapping[str, tuple[float, float]] = MappingProxyType({
     "check.timeout": (1, 1 * _D),
     "check.parallel": (1, 64),
     "hooks.timeout": (1, 1 * _H),
+    "move.lock_timeout": (1, 1 * _H),
     "port": (1, 65535),
 })
 ROLES = ("master", "replica")
@@ -153,7 +160,7 @@ TLS_MODES = ("none", "starttls", "imaps")
 
 
 TOP_KEYS = ("cyrus", "role", "links", "probe", "live", "drain", "quarantine", "control",
-            "check", "hooks", "metrics")
+            "check", "hooks", "metrics", "stores", "move")
 
 
 def parse(text: str, source: str = str(DEFAULT_PATH)) -> Config:
@@ -190,6 +197,10 @@ def parse(text: str, source: str = str(DEFAULT_PATH)) -> Config:
                                                           "textfile": r.textfile})
     links = _links(r, top)
     values["check"] = _check(r, top.get("check"), links)
+    timeout = values["check"].master.timeout
+    values["stores"] = read_stores(r, top.get("stores"), lambda data, path: _endpoint(
+        r, data, path, timeout, ImapEndpoint("localhost")))
+    values["move"] = read_move(r, top.get("move"))
     if r.problems:
         raise ConfigError(source, r.problems)
     return Config(links=links, source=source, **values)

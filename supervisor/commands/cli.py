@@ -111,11 +111,14 @@ def cmd_check_config(args) -> int:
     found, problems = _cyrus_layout(args, configmod.load(path).cyrus, cfg, imapd)
     problems += [r.problem() for r in _rival_sync_clients(cfg, imapd, args.proc_root)]
     problems += preflight.problems(cfg, imapd, args.proc_root, count)
+    from .move import store_problems
+    problems += store_problems(cfg, imapd)
     if problems:
         print(configmod.ConfigError(cfg.source, problems).report(), file=sys.stderr)
         return EXIT_USAGE
     print(f"{path}: OK: {len(cfg.links)} link(s) ({', '.join(cfg.links)}), role {cfg.role},"
-          f" Cyrus sync logs under {imapd.configdirectory}/sync")
+          f" Cyrus sync logs under {imapd.configdirectory}/sync"
+          + (f"; stores {', '.join(cfg.stores)}" if cfg.stores else ""))
     print("Cyrus: " + ", ".join(f"{key} {f.value} ({f.how})" for key, f in found.items()))
     return EXIT_OK
 
@@ -249,13 +252,15 @@ def _show_status(args, doc: dict) -> int:
         print(text)
         return code
     from .check import add_last_checks, last_check_lines
+    from ..move.report import add_moves, move_lines
 
     add_last_checks(doc, args.state_dir)
+    add_moves(doc, args.state_dir)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
         print("\n".join([render.status_table(doc, now=time.time())]
-                        + last_check_lines(doc, time.time())))
+                        + last_check_lines(doc, time.time()) + move_lines(doc)))
     return EXIT_OK if verdict.level(doc) == NAGIOS_OK else EXIT_PROBLEM
 
 
@@ -454,6 +459,18 @@ def cmd_failover(args) -> int:
     return failover.run(args, cfg, imapd, proc_root=args.proc_root)
 
 
+def cmd_move(args) -> int:
+    from .move import cmd_move as move
+
+    return move(args)
+
+
+def cmd_move_expire(args) -> int:
+    from .move import cmd_move_expire as expire
+
+    return expire(args)
+
+
 def cmd_check(args) -> int:
     from .check import cmd_check as check
 
@@ -471,6 +488,7 @@ COMMANDS = {
     "daemon": cmd_daemon, "worker": cmd_worker, "check-config": cmd_check_config,
     "status": cmd_status, "hold": _link_command, "resume": _link_command,
     "release": _link_command,
-    "check": cmd_check, "repair": cmd_repair, "failover": cmd_failover, "reload": cmd_reload,
+    "check": cmd_check, "repair": cmd_repair, "move": cmd_move,
+    "move-expire": cmd_move_expire, "failover": cmd_failover, "reload": cmd_reload,
     **lifecycle.COMMANDS,
 }
