@@ -1,8 +1,8 @@
 """The ``stores:`` and ``move:`` sections of the config (user moves, docs/moves.md).
 
-Kept apart from config.py, which owns the reader and the other sections: these readers take
-configread's ``Reader`` and config's endpoint reader, so every problem still lands in the one report
-with its path.
+Kept apart from config.py, which owns the other sections: these readers take the config's
+``Reader`` (configread.py) and its endpoint reader, so every problem still lands in the one
+report with its path.
 
 A store is another Cyrus master a user can be moved to. syncwarden reaches it three ways:
 - sync: a Cyrus channel in *this* instance's imapd.conf (``CHANNEL_sync_host``, ``_sync_port``,
