@@ -72,9 +72,10 @@ def moved_ok(lab, user):
 def test_move_a_user_under_steady_delivery_loses_nothing(stores):
     sb, lab, sw = stores
     t0 = time.monotonic()
-    lab.deliver("bob", 150, "before")
-    lab.append("master", "bob", "INBOX.Sent", 100, "sent")
-    lab.append("master", "bob", "INBOX.Archive", 50, "archive")
+    # 2,000 messages in three folders, as the issue asks
+    lab.deliver_many(["bob"], 400, "before", sessions=2)
+    lab.append("master", "bob", "INBOX.Sent", 1000, "sent")
+    lab.append("master", "bob", "INBOX.Archive", 600, "archive")
     assert sw.wait_state("replica1", "live")
     assert wait_for(lambda: sw.cli("-i", "east", "status", check=False).returncode == 0, 30)
     # a session of bob's, idling on the source: the move must end it
