@@ -20,7 +20,7 @@ from ..paths import DEFAULT
 GLOBAL_DEFAULTS = {"instance": DEFAULT, "config": None, "socket": None,
                    "proc_root": Path("/proc"), "json": False}
 # Where --json means something (a document instead of a table).
-JSON_COMMANDS = {("status", None), ("check", None), ("quarantine", "list")}
+JSON_COMMANDS = {("status", None), ("check", None), ("quarantine", "list"), ("move", None)}
 
 
 def _global_options(json_option: bool) -> argparse.ArgumentParser:
@@ -142,6 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run CMD as this account (default: a systemd dynamic user)")
     fz.add_argument("--no-wait", action="store_true", help="start it and return")
     link(command("thaw", "end a freeze now"))
+    mv = command("move", "move users from this instance to another store (sync, lock, sync,"
+                 " verify, switch the routing, unlock there)", json_output=True)
+    mv.add_argument("users", nargs="*", metavar="USER", help="the Cyrus userids to move")
+    mv.add_argument("--to", required=True, metavar="STORE",
+                    help="the store to move them to (named under stores: in the config)")
+    mv.add_argument("--parallel", type=int, default=1, metavar="N",
+                    help="users moved at a time (1-32; default 1)")
+    mv.add_argument("--from-file", metavar="FILE",
+                    help="also move the users listed in FILE, one per line (# comments)")
+    mv.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    mx = command("move-expire", "end a user's lock past its move's deadline (the guard"
+                 " timer's ExecStart)", hidden=True)
+    mx.add_argument("user", metavar="USER", help="the Cyrus userid whose move to check")
     command("reload", "apply the configuration file now (what systemctl reload runs); exit 1"
             " with every problem when it is rejected")
     # Internal: the units' ExecStart=. Not in the command list.
