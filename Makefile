@@ -27,6 +27,7 @@ install:
 	  sed 's|/usr/bin/syncwarden|$(BINDIR)/syncwarden|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
 	  chmod 644 $(DESTDIR)$(UNITDIR)/$$(basename $$u); done
 	[ -e $(DESTDIR)$(CONFDIR)/syncwarden.yaml ] || install -m 644 config/syncwarden.yaml $(DESTDIR)$(CONFDIR)/syncwarden.yaml
+	install -D -m 755 config/routing-map-hook $(DESTDIR)$(PREFIX)/share/syncwarden/hooks/routing-map-hook
 	-[ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ] && systemctl daemon-reload
 
 uninstall:

@@ -49,7 +49,8 @@ def sandbox(name: str, **kw):
     run's cleanup_stale() removes the mounts it left."""
     need_root()
     cleanup_stale()
-    sb = Sandbox(f"bench-{name}-{os.getpid()}", **kw)
+    prefix = os.environ.get("SYNCWARDEN_SANDBOX_PREFIX", "")    # as tests/system/conftest.py
+    sb = Sandbox(f"{prefix}bench-{name}-{os.getpid()}", **kw)
     old = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         sb.start()
@@ -92,7 +93,8 @@ def stop_bare_client(sb, pid: int, timeout: float = 10) -> None:
 
 def drain_bare(sb, lab, link: str, timeout: float = 600) -> dict:
     """Back-to-back `sync_client -R -1 -n LINK` passes as cyrus until neither log nor log-run
-    is left (how cyrus-lab.md drains). Timed inside the container: {"seconds", "passes"}."""
+    is left (how cyrus-lab.md drains). Timed inside the container: {"seconds", "passes",
+    "start"} (start: the wall-clock time the loop began)."""
     d = lab.sync_dir(link)
     script = (f"t0=$(date +%s.%N); n=0; while [ -e {d}/log ] || [ -e {d}/log-run ]; do"
               f" n=$((n+1)); [ $n -le 50 ] || break;"
@@ -100,7 +102,7 @@ def drain_bare(sb, lab, link: str, timeout: float = 600) -> dict:
               f" -C {lab.master_conf} -R -1 -n {link} >/dev/null 2>&1 || true; done;"
               f" t1=$(date +%s.%N); echo \"$t0 $t1 $n\"")
     t0, t1, n = sb.sh(script, timeout=timeout).stdout.split()
-    return {"seconds": float(t1) - float(t0), "passes": int(n)}
+    return {"seconds": float(t1) - float(t0), "passes": int(n), "start": float(t0)}
 
 
 def journal_since(sb, cursor: str | None, **filters) -> list[dict]:

@@ -5,7 +5,8 @@ A real Cyrus 3.6 master and replica1 in a systemd container (the system tests' h
 root); users u01..u20. A backlog is 250 messages per user delivered over LMTP while nothing
 replicates: 5,000 messages, one APPEND and one MAILBOX line each, so exactly 10,000 entries in
 the channel's `log` (checked before each drain). Rounds alternate, each over a fresh backlog of
-the same shape:
+the same shape, the two sides taking turns to go first (ABBA: each round makes the mailboxes
+larger, and a pass slower):
 
   - Cyrus alone: back-to-back `sync_client -C <imapd.conf> -R -1 -n replica1` passes as the
     cyrus user until neither `log` nor `log-run` is left (the drain of cyrus-lab.md 4b), timed
@@ -25,6 +26,7 @@ import sys
 import time
 
 from benchlib import (
+    SYNC_IDENT,
     CyrusLab,
     Syncwarden,
     drain_bare,
@@ -81,6 +83,13 @@ def timeline(sb, cursor, t0: float) -> list[str]:
     return out
 
 
+def first_line(sb, cursor, t0: float) -> float | None:
+    """Seconds from t0 to sync_client's first line (it has connected and logged in)."""
+    return min((t for e in sb.journal(since_cursor=cursor, fields=True)
+                if e.get("SYSLOG_IDENTIFIER") == SYNC_IDENT and (t := realtime(e) - t0) >= 0),
+               default=None)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=2, help="rounds per side (default 2)")
@@ -95,21 +104,26 @@ def main() -> int:
         sw = Syncwarden(sb, lab)
         sw.install()
         sw.configure(links=["replica1"], interval="2s", drain_timeout="15m")
-        for k in range(1, a.rounds + 1):
+        held = []
+
+        def cyrus_alone(k):
             print(f"round {k}: Cyrus alone", flush=True)
             entries = queue(sb, lab, a.per_user, f"bare{k}")
+            cursor = sb.journal_cursor()
             r = drain_bare(sb, lab, "replica1")
             left = log_lines(sb, lab, "replica1")
             bare.append({"entries": entries, **r, "left": sum(left.values()),
-                         "verify": verify(lab)})
+                         "verify": verify(lab), "first_line": first_line(sb, cursor, r["start"])})
             print(f"  drained in {r['seconds']:.2f} s, {r['passes']} passes;"
                   f" {bare[-1]['verify']}", flush=True)
 
+        def syncwarden(k):
             print(f"round {k}: syncwarden", flush=True)
             cursor = sb.journal_cursor()
             sb.systemctl("start", "syncwarden")
-            if k == 1:
+            if not held:
                 sw.cli("hold", "replica1")
+                held.append(True)
             if not sw.wait_state("replica1", "down", timeout=30) or not sw.link("replica1")["held"]:
                 raise RuntimeError(f"replica1 not held: {sw.link('replica1')}")
             entries = queue(sb, lab, a.per_user, f"sw{k}")
@@ -123,9 +137,17 @@ def main() -> int:
                         "daemon": fin[0]["MESSAGE"] if fin else "no drain-finished entry",
                         "passes": int(fin[0]["SYNCWARDEN_PASSES"]) if fin else None,
                         "own": float(fin[0]["SYNCWARDEN_DURATION"]) if fin else None,
-                        "timeline": timeline(sb, cursor, t0)})
+                        "timeline": timeline(sb, cursor, t0),
+                        "first_line": first_line(sb, cursor, t0)})
             print(f"  systemctl stop syncwarden took {took:.2f} s; journal: {sup[-1]['daemon']};"
                   f" {sup[-1]['verify']}", flush=True)
+
+        # Every round adds 250 messages to each INBOX, and a pass takes longer the larger the
+        # mailboxes it syncs: the sides take turns going first (ABBA), so that neither always
+        # drains into the larger mailboxes.
+        for k in range(1, a.rounds + 1):
+            for side in ((cyrus_alone, syncwarden) if k % 2 else (syncwarden, cyrus_alone)):
+                side(k)
     took = time.monotonic() - t_bench
     b, s = median([x["seconds"] for x in bare]), median([x["seconds"] for x in sup])
     ratio = s / b
@@ -141,9 +163,15 @@ def main() -> int:
     print("  syncwarden's own drain time (journal): "
           + ", ".join(f"{x['own']:.2f} s in {x['passes']} passes" for x in sup if x["own"]))
     print(f"  ratio syncwarden / Cyrus alone: {ratio:.3f} (target <= 1.10)")
+    print("  each round's own ratio (same mailbox sizes, give or take one backlog): "
+          + ", ".join(f"{x['seconds'] / y['seconds']:.3f}" for x, y in zip(sup, bare)))
     print("  where the time of the last `systemctl stop syncwarden` went (from its start):")
     for line in sup[-1]["timeline"]:
         print(f"    {line}")
+    print("  Cyrus alone, from the loop's start to sync_client's first line (login done): "
+          + ", ".join(f"+{x['first_line']:.3f}" for x in bare if x["first_line"] is not None)
+          + "; syncwarden, from `systemctl stop`: "
+          + ", ".join(f"+{x['first_line']:.3f}" for x in sup if x["first_line"] is not None))
     ok = all(x["verify"].startswith("replica1 ==") and x["left"] == 0 for x in bare + sup)
     print(result_line(sw_stop_s=s, bare_drain_s=b, ratio=ratio, entries=bare[0]["entries"],
                       rounds=a.rounds, all_delivered="yes" if ok else "no",

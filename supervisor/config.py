@@ -1,23 +1,25 @@
-"""The YAML configuration: strict parsing into frozen dataclasses.
+"""The YAML configuration: its sections as frozen dataclasses (the one place defaults are
+written), the bounds of every setting, and how the file's sections map onto them.
 
 Every problem is collected with its path (``links.replica1.port``) and reported at once, so an
 admin fixes a file in one round. Unknown keys are errors, with a suggestion when one is close.
+How a value is read and what its error says is configread.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import grp
-import ipaddress
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-import yaml
+from .configread import (BAD, DAY, HOUR, MINUTE, UNIT_NAME, ConfigError, Reader,  # noqa: F401
+                         join, load_yaml, parse_duration, show, show_duration)
+
+from .moveconfig import MoveSettings, StoreSettings, read_move, read_stores
 
 from .coord.settings import CoordinationSettings
 from .coord.settings import read as read_coordination
@@ -29,23 +31,6 @@ DEFAULT_PATH = Path("/etc/syncwarden/syncwarden.yaml")
 # name (no '@', '/', ':' or '\\' that would need escaping). We reject rather than escape: the same
 # name must be greppable in imapd.conf, the sync directory, unit names and the journal.
 LINK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-
-UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,240}\.service$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-class ConfigError(Exception):
-    """One or more problems in a config file; ``problems`` holds "path: message" lines."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        n = len(problems)
-        super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''}")
-
-    def report(self) -> str:
-        return "\n".join([str(self)] + [f"  {p}" for p in self.problems])
 
 
 @dataclass(frozen=True)
@@ -149,6 +134,10 @@ class Config:
     check: CheckSettings = CheckSettings()
     hooks: HookSettings = HookSettings()
     metrics: MetricsSettings = MetricsSettings()
+    # other Cyrus stores users can be moved to, and how (moveconfig.py)
+    stores: Mapping[str, StoreSettings] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}))
+    move: MoveSettings = MoveSettings()
     # None: this host decides alone (no etcd); coord/settings.py
     coordination: CoordinationSettings | None = None
     source: str = str(DEFAULT_PATH)
@@ -157,7 +146,7 @@ class Config:
 # The range of every bounded setting (seconds for durations), as syncwarden.yaml(5) documents
 # it. Durations have an upper bound too: 99999999999999999999d or .inf is a typo, not a plan,
 # and would overflow the arithmetic that schedules with it.
-_M, _H, _D = 60.0, 3600.0, 86400.0
+_M, _H, _D = MINUTE, HOUR, DAY
 RANGES: Mapping[str, tuple[float, float]] = MappingProxyType({
     "probe.interval": (0.1, 1 * _H),
     "probe.timeout": (0.1, 10 * _M),
@@ -168,242 +157,21 @@ RANGES: Mapping[str, tuple[float, float]] = MappingProxyType({
     "check.timeout": (1, 1 * _D),
     "check.parallel": (1, 64),
     "hooks.timeout": (1, 1 * _H),
+    "move.lock_timeout": (1, 1 * _H),
     "port": (1, 65535),
 })
 ROLES = ("master", "replica")
 TLS_MODES = ("none", "starttls", "imaps")
 
 
-def parse_duration(value: Any) -> float | None:
-    """'2s', '10m', '1.5h', 500ms' or a bare number of seconds; None when not a finite,
-    non-negative duration."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        value = float(value) if value < 2**1000 else math.inf
-    if isinstance(value, float):
-        return value if 0 <= value < math.inf else None
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-            return seconds if seconds < math.inf else None
-    return None
-
-
-def show_duration(seconds: float) -> str:
-    """The shortest way to write a range bound in config syntax: 100ms, 30s, 10m, 365d."""
-    if seconds == 0:
-        return "0s"
-    for unit, size in (("d", _D), ("h", _H), ("m", _M), ("s", 1.0)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
-
-
-_BAD = object()   # a value that was reported: the dataclass default stands in for it
-
-
-class _Reader:
-    """Walks the parsed YAML, converting values and collecting problems with their paths.
-    Each value reader takes (path, value) and returns the converted value or _BAD."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def problem(self, path: str, message: str) -> None:
-        if not path.isprintable():   # a key with a line break must not break the report
-            path = path.encode("unicode_escape").decode("ascii")
-        self.problems.append(f"{path}: {message}")
-
-    def section(self, data: Any, path: str, keys: tuple[str, ...]) -> dict:
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            self.problem(path, f"expected a mapping, got {_show(data)}")
-            return {}
-        for key in data:
-            if key not in keys:
-                self.unknown(path, key, keys)
-        return data
-
-    def unknown(self, path: str, key: Any, known: tuple[str, ...]) -> None:
-        hint = difflib.get_close_matches(str(key), known, n=1)
-        suggestion = f" (did you mean '{hint[0]}'?)" if hint else f" (known: {', '.join(known)})"
-        self.problem(_join(path, key), f"unknown key{suggestion}")
-
-    def fill(self, data: dict, path: str, readers: Mapping[str, Any]) -> dict:
-        """{key: converted value} for the keys given and valid; missing keys are left to the
-        dataclass defaults (the one place defaults are written)."""
-        values = {}
-        for key, read in readers.items():
-            if key in data:
-                value = read(_join(path, key), data[key])
-                if value is not _BAD:
-                    values[key] = value
-        return values
-
-    def duration(self, path: str, value: Any):
-        seconds = parse_duration(value)
-        lo, hi = RANGES[_range_key(path)]
-        if seconds is None:
-            self.problem(path, f"expected a duration such as 2s, 10m or 1h (from"
-                         f" {show_duration(lo)} to {show_duration(hi)}), got {_show(value)}")
-            return _BAD
-        if not lo <= seconds <= hi:
-            self.problem(path, f"expected a duration from {show_duration(lo)} to"
-                         f" {show_duration(hi)}, got {_show(value)}")
-            return _BAD
-        return seconds
-
-    def integer(self, path: str, value: Any):
-        lo, hi = RANGES[_range_key(path)]
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            self.problem(path, f"expected an integer {lo}-{hi}, got {_show(value)}")
-            return _BAD
-        return value
-
-    def boolean(self, path: str, value: Any):
-        if not isinstance(value, bool):
-            self.problem(path, f"expected true or false, got {_show(value)}")
-            return _BAD
-        return value
-
-    def string(self, path: str, value: Any, choices: tuple[str, ...] = ()):
-        if not isinstance(value, str) or not value.strip():
-            self.problem(path, f"expected a non-empty string, got {_show(value)}")
-            return _BAD
-        if choices and value not in choices:
-            self.problem(path, f"expected one of {', '.join(choices)}, got {_show(value)}")
-            return _BAD
-        return value
-
-    def path(self, path: str, value: Any):
-        value = self.string(path, value)
-        if value is _BAD:
-            return _BAD
-        if not value.startswith("/") or "\0" in value:
-            self.problem(path, f"expected an absolute path, got {_show(value)}")
-            return _BAD
-        return Path(value)
-
-    def listen(self, path: str, value: Any):
-        """PORT (on 127.0.0.1: metrics stay on this host unless an address is given), or
-        ADDR:PORT with an IPv4 address, a [bracketed] IPv6 address or a host name."""
-        found = _listen(value)
-        if found is None:
-            self.problem(path, "expected PORT or ADDR:PORT (9747 for 127.0.0.1:9747,"
-                         f" 0.0.0.0:9747, [::1]:9747), got {_show(value)}")
-            return _BAD
-        return found
-
-    def textfile(self, path: str, value: Any):
-        value = self.path(path, value)
-        if value is not _BAD and (value.suffix != ".prom" or value.name.startswith(".")):
-            self.problem(path, "expected a file name ending in .prom (node_exporter's textfile"
-                         f" collector reads no other), got {_show(str(value))}")
-            return _BAD
-        return value
-
-    def unit(self, path: str, value: Any):
-        value = self.string(path, value)
-        if value is not _BAD and not UNIT_NAME.match(value):
-            self.problem(path, f"expected a systemd service name such as cyrus-imapd.service,"
-                         f" got {_show(value)}")
-            return _BAD
-        return value
-
-    def choice(self, *choices: str):
-        return lambda path, value: self.string(path, value, choices)
-
-
-_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
-
-
-def _listen(value: Any) -> tuple[str, int] | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return ("127.0.0.1", value) if 1 <= value <= 65535 else None
-    if not isinstance(value, str):
-        return None
-    host, sep, port = value.strip().rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", value.strip()
-    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            return str(ipaddress.IPv6Address(host)), int(port)
-        except ValueError:
-            return None
-    try:
-        return str(ipaddress.IPv4Address(host)), int(port)
-    except ValueError:
-        pass
-    numeric = all(part.isdigit() for part in host.split("."))    # a mistyped IPv4 address
-    return (host, int(port)) if _HOST_NAME.match(host) and not numeric else None
-
-
-def _range_key(path: str) -> str:
-    return "port" if path.endswith(".port") else path
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, (dict, list)):
-        return f"a {'mapping' if isinstance(value, dict) else 'list'}"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: PyYAML silently keeps the last one."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            duplicate = key in seen
-            seen.add(key)
-        except TypeError:   # a list or mapping as a key: PyYAML would say so less clearly
-            raise yaml.constructor.ConstructorError(
-                None, None, f"a {type(key).__name__} cannot be a key", key_node.start_mark)
-        if duplicate:
-            mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
 TOP_KEYS = ("cyrus", "role", "links", "probe", "live", "drain", "quarantine", "control",
-            "check", "hooks", "metrics", "coordination")
-
-
-def _yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        what = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [f"{where}not valid YAML: {what}"]) from None
-    except RecursionError:
-        raise ConfigError(source, ["not valid YAML: nested too deeply"]) from None
+            "check", "hooks", "metrics", "stores", "move", "coordination")
 
 
 def parse(text: str, source: str = str(DEFAULT_PATH)) -> Config:
     """Parse config text; raise ConfigError listing every problem."""
-    data = _yaml(text, source)
-    r = _Reader()
+    data = load_yaml(text, source)
+    r = Reader(RANGES)
     if data is None:
         data = {}
     top = r.section(data, "", TOP_KEYS)
@@ -435,18 +203,22 @@ def parse(text: str, source: str = str(DEFAULT_PATH)) -> Config:
     values["coordination"] = read_coordination(r, top.get("coordination"))
     links = _links(r, top)
     values["check"] = _check(r, top.get("check"), links)
+    timeout = values["check"].master.timeout
+    values["stores"] = read_stores(r, top.get("stores"), lambda data, path: _endpoint(
+        r, data, path, timeout, ImapEndpoint("localhost")))
+    values["move"] = read_move(r, top.get("move"))
     if r.problems:
         raise ConfigError(source, r.problems)
     return Config(links=links, source=source, **values)
 
 
-def _links(r: _Reader, top: dict) -> Mapping[str, LinkSettings]:
+def _links(r: Reader, top: dict) -> Mapping[str, LinkSettings]:
     raw = top.get("links")
     if raw is None:
         r.problem("links", "required: at least one link (a Cyrus sync channel) to supervise")
         return MappingProxyType({})
     if not isinstance(raw, dict) or not raw:
-        r.problem("links", f"expected a mapping of link names to settings, got {_show(raw)}")
+        r.problem("links", f"expected a mapping of link names to settings, got {show(raw)}")
         return MappingProxyType({})
     links = {}
     for name, body in raw.items():
@@ -461,20 +233,20 @@ def _links(r: _Reader, top: dict) -> Mapping[str, LinkSettings]:
             continue
         for key in ("host", "port"):
             if key not in s:
-                r.problem(_join(path, key), "required")
+                r.problem(join(path, key), "required")
         values = {"host": "", "port": 0, **r.fill(s, path, readers)}
         links[name] = LinkSettings(name=name, **values)
     return MappingProxyType(links)
 
 
-def _endpoint(r: _Reader, data: Any, path: str, timeout: float, default: ImapEndpoint):
+def _endpoint(r: Reader, data: Any, path: str, timeout: float, default: ImapEndpoint):
     readers = {"host": r.string, "port": r.integer, "tls": r.choice(*TLS_MODES),
                "ca_file": r.path}
     values = r.fill(r.section(data, path, tuple(readers)), path, readers)
     return dataclasses.replace(default, timeout=timeout, **values)
 
 
-def _check(r: _Reader, data: Any, links: Mapping[str, LinkSettings]) -> CheckSettings:
+def _check(r: Reader, data: Any, links: Mapping[str, LinkSettings]) -> CheckSettings:
     c = r.section(data, "check", ("credentials", "master", "replicas", "timeout", "parallel"))
     values = r.fill(c, "check", {"credentials": r.path, "parallel": r.integer})
     timeout = r.fill(c, "check", {"timeout": r.duration}).get("timeout", ImapEndpoint.timeout)
@@ -483,7 +255,7 @@ def _check(r: _Reader, data: Any, links: Mapping[str, LinkSettings]) -> CheckSet
     raw = c.get("replicas")
     if raw is not None and not isinstance(raw, dict):
         r.problem("check.replicas",
-                  f"expected a mapping of link names to endpoints, got {_show(raw)}")
+                  f"expected a mapping of link names to endpoints, got {show(raw)}")
         raw = None
     for name, body in (raw or {}).items():
         path = f"check.replicas.{name}"
@@ -491,7 +263,7 @@ def _check(r: _Reader, data: Any, links: Mapping[str, LinkSettings]) -> CheckSet
             r.problem(path, f"no such link (links: {', '.join(links) or 'none'})")
             continue
         if not isinstance(body, dict) or "host" not in body:
-            r.problem(_join(path, "host"), "required")
+            r.problem(join(path, "host"), "required")
         replicas[name] = _endpoint(r, body, path, timeout, CheckSettings().replica(links[name]))
     return CheckSettings(master=master, replicas=MappingProxyType(replicas), **values)
 

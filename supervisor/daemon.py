@@ -47,7 +47,10 @@ log = logging.getLogger("syncwarden")
 
 TICK = 1.0   # seconds between reconcile ticks when nothing wakes the loop earlier
 STATUS_REFRESH = 10.0
-TICK_DRAINING = 0.1  # a drain pass ends whenever sync_client does: notice it promptly
+TICK_DRAINING = 0.1  # a drain pass ends whenever sync_client does: notice it promptly ...
+# ... unless that end wakes the loop by itself (link/drain.py, the exit watch): a tick then
+# only checks timeouts, and each costs the pass CPU it would use (D-Bus, files, STATUS=).
+TICK_DRAIN_WATCHED = 0.5
 TICK_SEEDING = 0.25  # likewise a seed's batch: the next one starts at the next tick
 MIN_WAIT = 0.01      # the shortest wait in select: never a busy loop
 EXTEND_WHILE_DRAINING = 30.0
@@ -134,6 +137,18 @@ class Daemon:
         self.reload_requested = True
         self.wake()
 
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop, SIGHUP reloads. The kernel may deliver a signal to any
+        thread (the probes', the journal reader's), and Python runs the handler in the main
+        thread only once that thread wakes: the loop would sleep on in select for up to a
+        tick (seen: a `systemctl stop` whose drain began 0.25 s late). With the wakeup fd,
+        the C-level handler writes the signal's number to the loop's self-pipe in whichever
+        thread it lands, and select returns at once."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+
     def run(self) -> int:
         try:
             cfg, imapd = load_checked(self.config_path)
@@ -145,9 +160,7 @@ class Daemon:
             return 2
         self._save_worker_settings(cfg, imapd)
         if threading.current_thread() is threading.main_thread():  # tests run us in a thread
-            signal.signal(signal.SIGTERM, self.request_stop)
-            signal.signal(signal.SIGINT, self.request_stop)
-            signal.signal(signal.SIGHUP, self.request_reload)
+            self.install_signal_handlers()
         selector = selectors.DefaultSelector()
         selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake)
         systemd = self._systemd()
@@ -165,7 +178,8 @@ class Daemon:
         sup = Reconciler(cfg, imapd, Edges(systemd, prober, self.journal, self.clock, follower,
                                            self.rival_scan,
                                            hooks=Hooks(systemd, inst.name, self.clock),
-                                           exits=exits, authority=coord),
+                                           exits=exits, authority=coord,
+                                           passes=worker_settings.PassFiles(inst)),
                          LocalState(holds, roles, store, inst.users_dir, inst.name,
                                     crash_points(inst.crash_flag), *self._lifecycle_state()))
         if coord is not None:
@@ -356,18 +370,21 @@ class Daemon:
 
         return Systemd()
 
-    def _pace(self, sup: Reconciler) -> float:
-        """Seconds to the next tick when nothing wakes the loop earlier (a switchover's steps
-        each wait for a tick, like a drain's)."""
-        switching = self.coordination is not None and self.coordination.busy
-        return (TICK_DRAINING if sup.draining or switching
-                else TICK_SEEDING if sup.lifecycle.busy else TICK)
+    @staticmethod
+    def _pace(sup: Reconciler) -> float:
+        """Seconds to the next tick when nothing wakes the loop earlier."""
+        if sup.draining:
+            return TICK_DRAIN_WATCHED if sup.drains.watched() else TICK_DRAINING
+        return TICK_SEEDING if sup.lifecycle.busy else TICK
 
     def _wait(self, selector, sup: Reconciler) -> None:
         """Until something happens (a signal, a probe's news, a client, a journal line, the
         end of a process a drain waits for) or the next tick is due. Probes that come due
         meanwhile are started without a tick."""
-        tick_at = self.clock.monotonic() + self._pace(sup)
+        pace = self._pace(sup)
+        if self.coordination is not None and self.coordination.busy:
+            pace = min(pace, TICK_DRAINING)     # each step of a switchover waits for a tick
+        tick_at = self.clock.monotonic() + pace
         while True:
             now = self.clock.monotonic()
             until = min(tick_at, sup.next_probe_due(now))

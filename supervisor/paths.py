@@ -23,7 +23,8 @@ STATE_ROOT = Path("/var/lib/syncwarden")
 # The default instance's own entries in /run/syncwarden and /var/lib/syncwarden ("users",
 # "quarantine", "check", "repair", "verify") would collide with an instance of that name.
 INSTANCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-RESERVED = {"users", "quarantine", "check", "checks", "repair", "verify", "syncwarden", "seed"}
+RESERVED = {"users", "quarantine", "check", "checks", "repair", "verify", "syncwarden", "seed",
+            "moves"}
 
 
 class InstanceError(ValueError):

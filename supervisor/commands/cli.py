@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 from . import fleet, lifecycle, render
 from .ask import confirm, on_terminal
@@ -87,82 +86,6 @@ def cmd_worker(args) -> int:
 
     return worker_main(args.link, args.config if args.explicit_config else None,
                        mode=args.mode or "rolling")
-
-
-def cmd_check_config(args) -> int:
-    """The config, imapd.conf, and what makes them fail on this host (preflight.py): a
-    sync_client for our channels that syncwarden did not start (a cyrus.conf entry or a
-    running process), a missing sync_client or master, the unit that runs Cyrus and
-    syncwarden's order against it (cyrus/layout.py), a missing control group, a channel nothing
-    reads. Each is a configuration problem, exit 2: the setup is not usable as it is."""
-    from ..daemon import ConfigProblem, load_checked
-    from ..cyrus.backlog import Backlog
-    from .. import preflight
-
-    path = args.file or args.config
-    try:
-        cfg, imapd = load_checked(path)
-    except ConfigProblem as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
-
-    def count(channel):
-        return Backlog(imapd.sync_dir(channel)).read(time.monotonic(), time.time()).entries
-    found, problems = _cyrus_layout(args, configmod.load(path).cyrus, cfg, imapd)
-    problems += [r.problem() for r in _rival_sync_clients(cfg, imapd, args.proc_root)]
-    problems += preflight.problems(cfg, imapd, args.proc_root, count)
-    if problems:
-        print(configmod.ConfigError(cfg.source, problems).report(), file=sys.stderr)
-        return EXIT_USAGE
-    print(f"{path}: OK: {len(cfg.links)} link(s) ({', '.join(cfg.links)}), role {cfg.role},"
-          f" Cyrus sync logs under {imapd.configdirectory}/sync")
-    print("Cyrus: " + ", ".join(f"{key} {f.value} ({f.how})" for key, f in found.items()))
-    return EXIT_OK
-
-
-def _cyrus_layout(args, configured, cfg, imapd):
-    """({setting: layout.Found}, problems): the binaries, and the unit that runs Cyrus with
-    syncwarden's daemon ordered before it (asked of systemd when it answers)."""
-    from ..cyrus import layout, procs as cyrus_procs
-    from ..systemd import units
-
-    root = Path("/")
-    found, problems = layout.check_binaries(configured, root)
-    running = {p.pid: p.unit for p in cyrus_procs.service_processes(
-        imapd, cyrus_procs.bin_dirs(cfg.cyrus.master), args.proc_root)
-        if p.program in cyrus_procs.MASTERS}
-    found["service"], more = layout.mail_unit(configured.service, running,
-                                              layout.installed_mail_unit(root))
-    problems += more
-    if found["service"].ok:
-        daemon = units.daemon_unit(args.instance.name)
-        problems += layout.order_problem(daemon, found["service"].value,
-                                         _ordered_before(daemon))
-    return found, problems
-
-
-def _ordered_before(unit: str) -> list[str] | None:
-    """What systemd says the unit is ordered Before=; None when there is no systemd to ask
-    or the unit is not installed (run from a checkout)."""
-    from ..systemd.units import Systemd
-
-    try:
-        systemd = Systemd()
-    except Exception:                 # no system bus (a chroot, a build host): cannot tell
-        return None
-    try:
-        return systemd.ordered_before(unit)
-    finally:
-        systemd.close()
-
-
-def _rival_sync_clients(cfg, imapd, proc_root):
-    from ..cyrus import procs as cyrus_procs
-
-    dirs = cyrus_procs.bin_dirs(cfg.cyrus.master)
-    found = [r for path in cyrus_procs.cyrus_conf_paths(imapd.path, dirs, proc_root)
-             for r in cyrus_procs.cyrus_conf_sync_clients(path, imapd.path, cfg.links)]
-    return found + cyrus_procs.rival_sync_clients(imapd.path, cfg.links, proc_root)
 
 
 def cmd_status(args) -> int:
@@ -249,13 +172,15 @@ def _show_status(args, doc: dict) -> int:
         print(text)
         return code
     from .check import add_last_checks, last_check_lines
+    from ..move.report import add_moves, move_lines
 
     add_last_checks(doc, args.state_dir)
+    add_moves(doc, args.state_dir)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
         print("\n".join([render.status_table(doc, now=time.time())]
-                        + last_check_lines(doc, time.time())))
+                        + last_check_lines(doc, time.time()) + move_lines(doc)))
     return EXIT_OK if verdict.level(doc) == NAGIOS_OK else EXIT_PROBLEM
 
 
@@ -454,6 +379,24 @@ def cmd_failover(args) -> int:
     return failover.run(args, cfg, imapd, proc_root=args.proc_root)
 
 
+def cmd_move(args) -> int:
+    from .move import cmd_move as move
+
+    return move(args)
+
+
+def cmd_move_expire(args) -> int:
+    from .move import cmd_move_expire as expire
+
+    return expire(args)
+
+
+def cmd_check_config(args) -> int:
+    from .checkconfig import cmd_check_config as check_config
+
+    return check_config(args)
+
+
 def cmd_check(args) -> int:
     from .check import cmd_check as check
 
@@ -471,6 +414,7 @@ COMMANDS = {
     "daemon": cmd_daemon, "worker": cmd_worker, "check-config": cmd_check_config,
     "status": cmd_status, "hold": _link_command, "resume": _link_command,
     "release": _link_command,
-    "check": cmd_check, "repair": cmd_repair, "failover": cmd_failover, "reload": cmd_reload,
+    "check": cmd_check, "repair": cmd_repair, "move": cmd_move,
+    "move-expire": cmd_move_expire, "failover": cmd_failover, "reload": cmd_reload,
     **lifecycle.COMMANDS, **fleet.COMMANDS,
 }

@@ -20,7 +20,7 @@ from ..paths import DEFAULT
 GLOBAL_DEFAULTS = {"instance": DEFAULT, "config": None, "socket": None,
                    "proc_root": Path("/proc"), "json": False}
 # Where --json means something (a document instead of a table).
-JSON_COMMANDS = {("status", None), ("check", None), ("quarantine", "list"),
+JSON_COMMANDS = {("status", None), ("check", None), ("quarantine", "list"), ("move", None),
                  ("fleet", "status")}
 
 
@@ -143,6 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run CMD as this account (default: a systemd dynamic user)")
     fz.add_argument("--no-wait", action="store_true", help="start it and return")
     link(command("thaw", "end a freeze now"))
+    mv = command("move", "move users from this instance to another store (sync, lock, sync,"
+                 " verify, switch the routing, unlock there)", json_output=True)
+    mv.add_argument("users", nargs="*", metavar="USER", help="the Cyrus userids to move")
+    mv.add_argument("--to", required=True, metavar="STORE",
+                    help="the store to move them to (named under stores: in the config)")
+    mv.add_argument("--parallel", type=int, default=1, metavar="N",
+                    help="users moved at a time (1-32; default 1)")
+    mv.add_argument("--from-file", metavar="FILE",
+                    help="also move the users listed in FILE, one per line (# comments)")
+    mv.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    mx = command("move-expire", "end a user's lock past its move's deadline (the guard"
+                 " timer's ExecStart)", hidden=True)
+    mx.add_argument("user", metavar="USER", help="the Cyrus userid whose move to check")
     fl = command("fleet", "the pairs and hosts coordinated through etcd (coordination:)")
     fsub = fl.add_subparsers(dest="action", required=True, metavar="ACTION")
     command("status", "every pair, its master key's holder and each host's links, from etcd;"

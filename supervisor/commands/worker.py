@@ -69,8 +69,9 @@ def save_settings(instance, cfg, imapd) -> None:
         doc = {**ident, "shutdown": str(channel.shutdown),
                "argv": {m: argv(client, link, channel, m, instance.users_file(link))
                         for m in ("rolling", "once", "users")}}
-        atomic_write(instance.worker_settings(qualified(link, instance.name)),
-                     json.dumps(doc).encode() + b"\n", 0o640, gid)
+        settings = instance.worker_settings(qualified(link, instance.name))
+        atomic_write(settings, json.dumps(doc).encode() + b"\n", 0o640, gid)
+        discard_pass(settings)       # one a drain of an earlier config or daemon left
 
 
 def _saved(path: str | None, mode: str):
@@ -87,6 +88,63 @@ def _saved(path: str | None, mode: str):
         return (args, doc["shutdown"], doc["config"][0]) if os.access(args[0], os.X_OK) else None
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None                  # absent, unreadable or stale: read the config
+
+
+# -- a drain pass without the launcher ----------------------------------------------------------
+# A drain pass starts between ``systemctl stop`` and the first entry sent: the drain unit execs
+# sync_client through /usr/bin/env from $SYNCWARDEN_PASS, which its EnvironmentFile (written
+# here by the daemon as a drain begins, removed as it ends) sets to the argv of the settings
+# above. Without that file, $SYNCWARDEN_PASS is the unit's own default, this launcher. The
+# shutdown file, which the launcher would remove, the daemon removes before each pass
+# (link/drain.py). systemd splits the variable at whitespace, with no quoting: an argv with
+# any word it would not keep whole is left to the launcher.
+
+PASS_VAR = "SYNCWARDEN_PASS"          # units/syncwarden-drain@.service
+_UNSAFE = set(" \t\n\r\"'\\$%;")
+
+
+def pass_file(settings) -> str:
+    """The drain unit's EnvironmentFile, beside the settings (units: %i.pass)."""
+    return os.path.splitext(str(settings))[0] + ".pass"
+
+
+def prepare_pass(settings) -> bool:
+    """Leave the drain unit the argv of a pass if the saved settings are current (what the
+    launcher would exec), else remove that file; True if the unit will exec sync_client."""
+    from ..state import atomic_write, cyrus_gid
+
+    found = _saved(str(settings), "once")
+    if found is None or any(not a or _UNSAFE & set(a) for a in found[0]):
+        discard_pass(settings)
+        return False
+    atomic_write(pass_file(settings), f"{PASS_VAR}={' '.join(found[0])}\n".encode(), 0o640,
+                 cyrus_gid())
+    return True
+
+
+def discard_pass(settings) -> None:
+    try:
+        os.unlink(pass_file(settings))
+    except FileNotFoundError:
+        pass
+
+
+class PassFiles:
+    """The daemon's edge to its drain units' EnvironmentFile (link/drain.py), by link."""
+
+    def __init__(self, instance):
+        self.instance = instance
+
+    def _settings(self, link: str):
+        from ..systemd.units import qualified
+
+        return self.instance.worker_settings(qualified(link, self.instance.name))
+
+    def prepare(self, link: str) -> bool:
+        return prepare_pass(self._settings(link))
+
+    def discard(self, link: str) -> None:
+        discard_pass(self._settings(link))
 
 
 # -- reading the config --------------------------------------------------------------------------

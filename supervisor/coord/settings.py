@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..configread import parse_duration, show_duration
+
 # A pair name is part of etcd keys and of journal fields: the same alphabet as a link name.
 PAIR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # A host's name in the fleet: what `switchover --to` takes and `fleet status` shows.
@@ -158,8 +160,6 @@ def _readable(f: Path) -> bool:
 
 
 def _duration(r, path: str, value: Any, bounds: tuple[float, float]):
-    from ..config import parse_duration, show_duration    # config imports this module
-
     seconds = parse_duration(value)
     lo, hi = bounds
     if seconds is None or not lo <= seconds <= hi:

@@ -49,3 +49,25 @@ class SyncClient:
         """Run by root from the command line (repair): as the cyrus user, like the workers, so
         that files it creates stay Cyrus's."""
         return ["runuser", "-u", CYRUS_USER, "--"] + self._conf() + ["-n", link, *args]
+
+
+# --- user moves (docs/moves.md) ------------------------------------------------------------------
+
+def user_to(binary: Path, imapd_conf: Path, channel: str, user: str) -> list[str]:
+    """One user's full sync to the sync_server a channel names (``CHANNEL_sync_host`` and its
+    credentials in that imapd.conf), as the cyrus user. The channel need not be in
+    sync_log_channels: ``-u`` reads no log."""
+    return ["runuser", "-u", CYRUS_USER, "--", str(binary), "-C", str(imapd_conf),
+            "-n", channel, "-u", user]
+
+
+def cyr_deny(binary_dir: Path, imapd_conf: Path, user: str, message: str | None = None,
+             allow: bool = False, services: str = "*") -> list[str]:
+    """Deny ``user`` the services (a wildmat of cyrus.conf service names; ``*``: logins to
+    all, and LMTP, which answers 451 4.2.1), or with ``allow`` remove the record. cyr_deny
+    also SIGTERMs the sessions it finds (imap/cyr_deny.c kill_existing_services)."""
+    argv = ["runuser", "-u", CYRUS_USER, "--", str(Path(binary_dir) / "cyr_deny"),
+            "-C", str(imapd_conf)]
+    if allow:
+        return argv + ["-a", user]
+    return argv + ["-s", services] + (["-m", message] if message else []) + [user]

@@ -200,7 +200,7 @@ def service_processes(imapd: ImapdConf, dirs, proc_root="/proc") -> list[CyrusPr
                     seen.add(child.pid)
                     todo.append(child.pid)
                     add(child.pid, child.program, f"started by master pid {master}")
-    folder = _proc_dir(imapd)
+    folder = proc_dir(imapd)
     for name in names(folder) if folder else []:
         p = procs.get(int(name)) if name.isascii() and name.isdigit() else None
         if p and p.program in SERVICES:
@@ -218,7 +218,8 @@ def _expand(imapd: ImapdConf, value: str | None) -> str | None:
     return value
 
 
-def _proc_dir(imapd: ImapdConf) -> Path | None:
+def proc_dir(imapd: ImapdConf) -> Path | None:
+    """Where the instance's services keep their session files (``proc_path``)."""
     value = _expand(imapd, imapd.options.get("proc_path") or "{configdirectory}/proc")
     return Path(value) if value else None
 
@@ -297,7 +298,7 @@ def instance_processes(imapd: ImapdConf, proc_root="/proc") -> list[tuple[Proc, 
                 seen.add(pid)
                 found.setdefault(pid, f"started by master pid {master}")
                 todo += children.get(pid, [])
-    folder = _proc_dir(imapd)
+    folder = proc_dir(imapd)
     for name in names(folder) if folder else []:
         if name.isascii() and name.isdigit() and int(name) in everyone:
             found.setdefault(int(name), f"serves a client: {folder}/{name}")
@@ -391,3 +392,4 @@ def cyrus_conf_paths(imapd_conf_path, dirs, proc_root="/proc",
             cwd = read_link(root / str(p.pid) / "cwd") or "/"
             out.append(os.path.normpath(os.path.join(cwd, m)))
     return list(dict.fromkeys(out))
+

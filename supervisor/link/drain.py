@@ -13,8 +13,11 @@ finish the file it is on, and ``sync_client -R -1`` exits 0 even when it failed.
    grace period;
 2. run one-shot passes (``syncwarden-drain@LINK.service``: ``sync_client -R -1 -n LINK``), one
    file per pass (``log-run`` first, then ``log``), until both files that existed once the
-   worker stopped have been sent, or neither file exists. Entries written meanwhile by running
-   mail services wait for the next start: with writers active, "empty" may never happen.
+   worker stopped have been sent, or neither file exists. The unit execs sync_client from the
+   argv the drain leaves it (``passes``: commands/worker.py), without the launcher's Python
+   start-up; so the drain removes a stale shutdown file itself before each pass. Entries
+   written meanwhile by running mail services wait for the next start: with writers active,
+   "empty" may never happen.
 
 Success is judged by the files, never by exit codes. A drain that cannot finish leaves the files
 untouched for the next start. It gives up at once on what more passes cannot fix: a refused login
@@ -186,6 +189,9 @@ class DrainJob:
                 self.last_progress = now
         if self.files_left <= 0 or not (run or log):
             return self._sent("every entry queued when the drain began was sent", rival)
+        # A stale shutdown file makes sync_client exit at once without work; the pass may
+        # exec sync_client without the launcher that removes it (commands/worker.py).
+        self.files.clear_shutdown()
         systemd.start(self.unit)
         self.pass_running = True
         self.passes += 1
@@ -220,10 +226,14 @@ class Drains:
     """
 
     def __init__(self, systemd, journal, clock, holds, rival_now=lambda link: None,
-                 exits=None):
+                 exits=None, passes=None):
         self.systemd = systemd
         self.exits = exits             # ``watch(pid)``: wake the loop when it exits (or None)
-        self._watched: dict[str, tuple[str, int]] = {}   # link -> awaited (unit, run) watched
+        # ``prepare(link)`` / ``discard(link)``: the argv a pass execs without the launcher
+        # (commands/worker.py), or None
+        self.passes = passes
+        # link -> (awaited (unit, run), its pid) whose exit wakes the loop
+        self._watched: dict[str, tuple[tuple[str, int], int]] = {}
         self.rival_now = rival_now     # link -> why a sync_client we did not start runs, or None
         self.journal = journal
         self.clock = clock
@@ -243,6 +253,7 @@ class Drains:
         snap = rt.backlog.read(mono, self.clock.wall())
         self.jobs[rt.name] = DrainJob(rt.name, rt.units, SyncFiles(sync_dir), mono, timeout,
                                       snap.entries, hold_after, why, self.clock.wall())
+        self._pass_argv(rt.name, "prepare")
         self.journal.send(f"drain started ({why}), {snap.entries} entries"
                           " queued", "notice", "drain-started", SYNCWARDEN_LINK=rt.name,
                           SYNCWARDEN_ENTRIES=snap.entries)
@@ -259,6 +270,7 @@ class Drains:
         self._watched.pop(link, None)
         if job is None:
             return
+        self._pass_argv(link, "discard")
         job.files.clear_shutdown()
         for unit, act in ((job.worker_unit, self.systemd.kill), (job.unit, self.systemd.stop)):
             try:
@@ -302,10 +314,21 @@ class Drains:
         else:
             self._watch_exit(rt.name, job)
 
+    def _pass_argv(self, link: str, act: str) -> None:
+        """Leave (or take back) the argv of this link's passes for the drain unit. Without
+        it the unit runs the launcher, a few tens of milliseconds slower: never an error."""
+        if self.passes is None:
+            return
+        try:
+            getattr(self.passes, act)(link)
+        except OSError as exc:
+            log.warning("cannot %s the drain passes' command line: %s", act, exc,
+                        extra={"link": link})
+
     def _watch_exit(self, link: str, job: DrainJob) -> None:
         """Have the loop woken when the process the job waits for exits (once per process)."""
         awaited = job.awaited()
-        if self.exits is None or awaited is None or self._watched.get(link) == awaited:
+        if self.exits is None or awaited is None or self._watched.get(link, ((), 0))[0] == awaited:
             return
         try:
             pid = self.systemd.main_pid(awaited[0])
@@ -313,12 +336,22 @@ class Drains:
             log.debug("no main pid for %s: %s", awaited[0], exc)
             return
         if pid and self.exits.watch(pid):
-            self._watched[link] = awaited
+            self._watched[link] = (awaited, pid)
+
+    def watched(self) -> bool:
+        """Whether the end of every process the drains wait for will wake the loop by itself
+        (watched, and not ended yet): then a tick is only a safety net, and can wait."""
+        for link, job in self.jobs.items():
+            awaited, pid = self._watched.get(link, ((), 0))
+            if job.awaited() is None or awaited != job.awaited() or not self.exits.watching(pid):
+                return False
+        return True
 
     def _finished(self, rt, job: DrainJob, outcome: Outcome, mono: float) -> None:
         name = rt.name
         del self.jobs[name]
         self._watched.pop(name, None)
+        self._pass_argv(name, "discard")
         rt.worker_ours = False
         snap = rt.snapshot = rt.backlog.read(mono, self.clock.wall())
         took = mono - job.started

@@ -61,6 +61,8 @@ class Edges:
     old_writers: object = None
     # ``watch(pid)``: wake the loop when that process exits (systemd/exitwatch.py)
     exits: object = None
+    # ``prepare(link)`` / ``discard(link)``: a drain pass's argv for its unit (commands/worker.py)
+    passes: object = None
     # With coordination: ``may_push(monotonic)``, whether this daemon holds its pair's master
     # key under a lease that has not run out (coord/service.py); None: no etcd, role decides.
     authority: object = None
@@ -91,7 +93,7 @@ class Reconciler:
                                 edges.clock)
         self.rivals = RivalWatch(edges.rivals)
         self.drains = Drains(edges.systemd, edges.journal, edges.clock, local.holds,
-                             self._rival_now, edges.exits)
+                             self._rival_now, edges.exits, edges.passes)
         self.operator = Operator(lambda: self.links, self.drains, local.holds, self.role,
                                  edges.clock, lambda: self.config.drain.timeout,
                                  lambda name: self.imapd.sync_dir(name),

@@ -293,11 +293,18 @@ class AdminView:
             raise ImapError(f"{self.where}: LIST: {exc}") from None
         return (parse_list(root[0] if root else None) or (set(), ".", ""))[1] or "."
 
-    def users(self) -> dict[str, list[str]]:
-        """{userid: [admin mailbox names]}, from one LIST of the "user" hierarchy."""
+    def users(self, only: str | None = None) -> dict[str, list[str]]:
+        """{userid: [admin mailbox names]}, from one LIST of the "user" hierarchy; ``only``:
+        one user's, from LISTs of its own hierarchy (a user with a domain: the whole
+        hierarchy, whose names put the domain last)."""
         delim = self._delim()
+        if only is None or "@" in only or "*" in only or "%" in only:
+            patterns = [f"user{delim}*"]
+        else:
+            patterns = [f"user{delim}{only}", f"user{delim}{only}{delim}*"]
         try:
-            data = _ok(self.where, "LIST", self.conn.list('""', quote(f"user{delim}*")))
+            data = [line for pattern in patterns
+                    for line in _ok(self.where, "LIST", self.conn.list('""', quote(pattern)))]
         except _FAILED as exc:
             raise ImapError(f"{self.where}: LIST: {exc}") from None
         return self._users(data, delim)

@@ -35,6 +35,10 @@ class ExitWatch:
         self.selector.register(fd, selectors.EVENT_READ, lambda: self._exited(pid))
         return True
 
+    def watching(self, pid: int) -> bool:
+        """Whether ``pid`` is watched and the loop has not yet been woken by its end."""
+        return pid in self._fds
+
     def _exited(self, pid: int) -> None:
         fd = self._fds.pop(pid)
         self.selector.unregister(fd)

@@ -43,6 +43,9 @@ MESSAGE_IDS = {
     "link-frozen": "889d82197bc7464d92e8ad443703df1a",
     "link-thawed": "f44f93ae247e41f3a175251e9aaa28ea",       # deadline, operator, or failed
     "freeze-hook": "864c64c2b9914c98868adb8ac7d54d2c",       # the --exec command ended
+    "move-started": "d31cdc3966b44ce0b9689575660527f0",      # a user's move, or its resume
+    "move-phase": "153b693b77ee4ecba663d5e594bf559d",        # one per phase done
+    "move-finished": "1d19ba93f6f1410e8ed89232942c0556",     # done, rolled back or failed
     "master-key": "74b52afcc5564388b252fb4226878557",        # the pair's key (etcd) changed holder
 }
 

@@ -30,6 +30,8 @@ from .sandbox import Sandbox, cleanup_stale
 
 HERE = Path(__file__).parent
 _names = itertools.count(1)
+# Engineers sharing a host tell their containers apart by a prefix of their own (e.g. "drain-").
+_PREFIX = os.environ.get("SYNCWARDEN_SANDBOX_PREFIX", "")
 
 
 _MISSING: dict[str, str | None] = {}
@@ -122,7 +124,7 @@ def release(request) -> str:
 def sandbox(request, release):
     """A freshly booted container, stopped and unmounted after the test whatever happened."""
     cleanup_stale()
-    sb = Sandbox(f"sw{next(_names)}-{os.getpid()}", release=release)
+    sb = Sandbox(f"{_PREFIX}sw{next(_names)}-{os.getpid()}", release=release)
     try:
         sb.start()
         yield sb

@@ -15,6 +15,8 @@ USERS = ("bob", "alice", "carol", "dave", "erin")
 DRAIN_STARTED = "1298f2b758144975a8594738b542a373"
 DRAIN_FINISHED = "581662cb1fa54a15a0fc686c70a56e53"
 DRAIN_INCOMPLETE = "c11644a4ea7e4edb80dd7a5ec88a19aa"
+# A drain's argv for its passes; in the container's own /run, which host_path cannot see.
+PASS_FILE = "/run/syncwarden/workers/replica1.pass"
 
 
 @pytest.fixture
@@ -55,6 +57,16 @@ def test_stop_drains_a_held_backlog_of_5000(sandbox, cyrus, sw):
     assert 0 < float(finished[0]["SYNCWARDEN_DURATION"]) < took
     # the passes ran as units, visible in the journal
     assert sandbox.journal(unit="syncwarden-drain@replica1.service")
+    # Started without the daemon (no argv left for it: taken back when the drain ended), the
+    # unit runs the launcher, which removes a stale shutdown file before sync_client starts
+    # (with it, sync_client would unlink it and exit at once, sending nothing).
+    chan = cyrus.sync_dir("replica1")
+    assert "replica1.pass" not in sandbox.run("ls", "/run/syncwarden/workers").stdout
+    cyrus.deliver("bob", 1, "by-hand")
+    sandbox.run("install", "-o", "cyrus", "-m", "644", "/dev/null", f"{chan}/shutdown")
+    sandbox.systemctl("start", "syncwarden-drain@replica1")
+    assert log_lines(sandbox, cyrus, "replica1") == {"log": 0, "log-run": 0}
+    assert wait_same(cyrus, "replica1", ["bob"], timeout=5) == {}
 
 
 def test_stop_with_unreachable_replica_keeps_files_and_reports(sandbox, cyrus, sw):
@@ -114,6 +126,13 @@ def test_second_sigterm_during_a_pass_loses_nothing(sandbox, cyrus, sw):
     while not run.exists() and time.monotonic() < deadline:
         time.sleep(0.01)                      # the pass has taken log: sync_client is at work
     assert run.exists()
+    # the pass is sync_client exec'd by env from the argv the drain left, not the launcher
+    pid = sandbox.run("systemctl", "show", "-p", "MainPID", "--value",
+                      "syncwarden-drain@replica1").stdout.strip()
+    environ = sandbox.run("cat", f"/proc/{pid}/environ").stdout.split("\0")
+    argv = sandbox.run("cat", PASS_FILE).stdout.strip().partition("=")[2]
+    assert argv.split()[-4:] == ["-R", "-1", "-n", "replica1"]
+    assert f"SYNCWARDEN_PASS={argv}" in environ
     sandbox.systemctl("kill", "--signal=TERM", "syncwarden")   # the second SIGTERM
     sandbox.run("bash", "-c", "while systemctl is-active -q syncwarden; do sleep 0.1; done",
                 timeout=60)
@@ -123,6 +142,7 @@ def test_second_sigterm_during_a_pass_loses_nothing(sandbox, cyrus, sw):
     lines = log_lines(sandbox, cyrus, "replica1")
     assert lines == {"log": 0, "log-run": queued}             # the interrupted file, whole
     assert int(entry["SYNCWARDEN_ENTRIES_LEFT"]) == queued
+    assert "replica1.pass" not in sandbox.run("ls", "/run/syncwarden/workers").stdout
     sandbox.systemctl("start", "cyrus-imapd", "syncwarden")
     sw.cli("resume", "replica1")
     assert sw.wait_state("replica1", "live", timeout=60)

@@ -155,6 +155,7 @@ def test_deb_payload_conffile_and_depends(debs, tools, tmp_path):
         "/usr/share/doc/syncwarden/copyright",
         "/usr/share/syncwarden/prometheus/syncwarden-rules.yml",
         "/usr/share/syncwarden/grafana/syncwarden-dashboard.json",
+        "/usr/share/syncwarden/hooks/routing-map-hook", "/usr/share/doc/syncwarden/moves.md",
     } | {f"/usr/lib/systemd/system/{u}" for u in _unit_names()}
     assert expected <= paths, sorted(expected - paths)
     # one copy of each unit, nothing in the public module path, no wheel leftovers
@@ -218,6 +219,7 @@ def test_rpm_payload_scriptlets_and_rpmlint(rpms, debs, tools, tmp_path):
         "/usr/share/doc/syncwarden/README.md", "/usr/share/doc/syncwarden/CONTRACT.md",
         "/usr/share/syncwarden/prometheus/syncwarden-rules.yml",
         "/usr/share/syncwarden/grafana/syncwarden-dashboard.json",
+        "/usr/share/syncwarden/hooks/routing-map-hook", "/usr/share/doc/syncwarden/moves.md",
         # transitions, bundled in the private directory with its license
         "/usr/lib/syncwarden/transitions/core.py", "/usr/share/licenses/syncwarden/LICENSE.transitions",
     } | {f"/usr/lib/systemd/system/{u}" for u in _unit_names()}
@@ -388,8 +390,8 @@ def test_catalog_explains_every_message_id(tmp_path):
 
 def test_man_pages_and_completion_cover_every_command():
     commands = _subcommands()
-    offered = _subcommands(listed_only=True)     # daemon and worker: in the man page only
-    assert set(commands) - set(offered) == {"daemon", "worker"}
+    offered = _subcommands(listed_only=True)     # daemon, worker, move-expire: man page only
+    assert set(commands) - set(offered) == {"daemon", "worker", "move-expire"}
     man8 = (REPO / "packaging/man/syncwarden.8").read_text().replace("\\-", "-")
     section = man8.split(".SH COMMANDS")[1].split(".SH ")[0]
     completion = (REPO / "packaging/completion/syncwarden").read_text()

@@ -142,10 +142,14 @@ class FakeExits:
 
     def __init__(self):
         self.watched: list[int] = []
+        self.ended: set[int] = set()     # pids whose end has woken the loop
 
     def watch(self, pid):
         self.watched.append(pid)
         return True
+
+    def watching(self, pid):
+        return pid in self.watched and pid not in self.ended
 
 
 class FakeProber:

@@ -15,6 +15,9 @@ import yaml
 from supervisor import config as configmod
 from supervisor.commands import cli
 from supervisor.commands.check import add_last_checks
+from supervisor.move.report import add_moves
+from supervisor.move import files as move_files, workflow
+from supervisor.move.edges import GUARD_PREFIX
 from supervisor.commands.offline import offline_status
 from supervisor.daemon import Daemon
 from supervisor.link import hooks
@@ -200,6 +203,9 @@ def status_documents(tmp_path) -> dict[str, dict]:
     running = daemon._status(sup)                       # what the control socket answers
     running["daemon"] = {"running": True}               # as cli.cmd_status adds it
     add_last_checks(running, state)
+    move_files.save(state, {**workflow.new_state(workflow.Plan("bob", "default", "east", 60),
+                                                 1e9), "error": "verify: 1 difference(s)"})
+    add_moves(running, state)
 
     daemon._write_status(sup)
     written = json.loads(instance.status_file.read_text())
@@ -211,6 +217,7 @@ def status_documents(tmp_path) -> dict[str, dict]:
                    "  replica2: {host: 127.0.0.1, port: 12005}\n")
     offline = offline_status(cfg, "no daemon socket", instance)
     add_last_checks(offline, state)
+    add_moves(offline, state)
     bad = tmp_path / "bad.yaml"
     bad.write_text("links: {replica1: {host: h}}\n")
     offline_bad = offline_status(bad, "no daemon socket", instance)
@@ -308,6 +315,7 @@ def test_units_and_commands_documented():
                for u in (REPO / "units").iterdir()}
     transient = {f"{failover.VERIFY_UNIT}.service", f"{hooks.IDENTIFIER}-INSTANCE-LINK-ID.service"}
     transient |= {f"{k.value}@LINK.service" for k in (UnitKind.LIST, UnitKind.FREEZE)}
+    transient |= {f"{GUARD_PREFIX}-INSTANCE-HASH.{kind}" for kind in ("timer", "service")}
     assert shipped | transient == units
     commands = [c.split()[0] for r in rows(section("Commands and exit codes"))
                 for c in ticked(r[0])]
@@ -332,12 +340,15 @@ def test_every_config_key_is_documented():
               "coordination.etcd.": "coordination: {etcd: {zzzz: 1}}\n",
               "check.replicas.LINK.": "links: {r1: {host: h, port: 1}}\n"
                                       "check: {replicas: {r1: {host: h, zzzz: 1}}}\n"}
+    places["stores.NAME."] = "stores: {s1: {zzzz: 1}}\n"
+    places["stores.NAME.imap."] = "stores: {s1: {imap: {zzzz: 1}}}\n"
     for key in configmod.TOP_KEYS:
-        if key not in ("role", "links"):
+        if key not in ("role", "links", "stores"):
             places[f"{key}."] = f"{key}: {{zzzz: 1}}\n"
-    expected = {"links.NAME", "check.replicas.LINK"}
+    expected = {"links.NAME", "check.replicas.LINK", "stores", "stores.NAME"}
     for prefix, snippet in places.items():
-        real = prefix.replace("links.NAME.", "links.r1.").replace(".LINK.", ".r1.")
+        real = prefix.replace("links.NAME.", "links.r1.").replace(".LINK.", ".r1.").replace(
+            "stores.NAME.", "stores.s1.")
         expected |= {prefix + k for k in known_keys(real, snippet)}
     assert first_ticked(section("Configuration keys")) == expected
     example = yaml.safe_load((REPO / "config" / "syncwarden.yaml").read_text())
@@ -396,3 +407,11 @@ def test_monitoring_exit_codes_are_documented_as_coded():
     man_check = MANPAGE[MANPAGE.index('.BR check " \\fILINK'):]
     assert "0 (OK) if both sides" in man_check and "2 (CRITICAL) if they" in man_check
     assert "3 (UNKNOWN) if a side" in man_check
+
+
+def test_move_json_fields_documented():
+    from supervisor.commands.move import _outcome
+    state = {**workflow.new_state(workflow.Plan("bob", "default", "east", 60), 1.0),
+             "phases": {"prepare": {"seconds": 0.1, "detail": ""}}}
+    doc = {"store": "east", "source": "default", "moves": [_outcome(state)]}
+    assert paths(doc, maps={"moves[].phases"}) == first_ticked(section("move --json"))

@@ -20,7 +20,7 @@ W1 = "syncwarden-sync@replica1.service"
 W2 = "syncwarden-sync@replica2.service"
 
 
-def make(tmp_path: Path, role="master", extra="", rivals=None, interval="2s"):
+def make(tmp_path: Path, role="master", extra="", rivals=None, interval="2s", passes=None):
     cfg = configmod.parse(f"""
 role: {role}
 cyrus: {{imapd_conf: {tmp_path}/imapd.conf}}
@@ -36,7 +36,7 @@ probe: {{interval: {interval}, timeout: 1s}}
                journal=FakeJournal(), holds=Holds(tmp_path / "holds.json"), exits=FakeExits())
     sup = Reconciler(cfg, imapd, Edges(env["systemd"], env["prober"], env["journal"], clock,
                                        env["systemd"].log, rivals, SyncExecutor,
-                                       exits=env["exits"]),
+                                       exits=env["exits"], passes=passes),
                      LocalState(env["holds"], RoleStore(tmp_path / "role.json"),
                                 QuarantineStore(tmp_path / "quarantine"), tmp_path / "users"))
     return sup, env

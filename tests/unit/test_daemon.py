@@ -2,6 +2,8 @@
 
 import grp
 import json
+import selectors
+import signal
 import socket
 import threading
 import time
@@ -200,3 +202,29 @@ def test_workers_find_what_they_need_where_the_daemon_left_it(running):
     inst = Instance(root=tmp)
     assert not inst.worker_settings("replica1").exists()   # -c: its workers read their own
 
+
+
+def test_a_signal_that_lands_in_another_thread_wakes_the_loop(tmp_path):
+    """The loop sleeps in select; Python runs handlers in the main thread only, once it
+    wakes. The byte is the signal's number, written by the C-level handler in the thread the
+    signal landed in (the handler's own wake() writes 0)."""
+    d = Daemon(tmp_path / "none.yaml", instance=Instance(root=tmp_path),
+               journal=Journal(str(tmp_path / "journal")))
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    selector = selectors.DefaultSelector()
+    selector.register(d._wake_r, selectors.EVENT_READ)
+    try:
+        d.install_signal_handlers()
+        other = threading.Thread(
+            target=lambda: signal.pthread_kill(threading.get_ident(), signal.SIGHUP))
+        other.start()
+        other.join()
+        ready = selector.select(timeout=30)
+        woken_by = d._wake_r.recv(16)
+    finally:
+        signal.set_wakeup_fd(-1)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        selector.close()
+    assert ready and bytes([signal.SIGHUP]) in woken_by
+    assert d.reload_requested                     # and the handler itself ran

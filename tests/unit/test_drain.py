@@ -30,8 +30,8 @@ def one_pass(d, works=True):
     return run
 
 
-def live(tmp_path):
-    sup, env = make(tmp_path)
+def live(tmp_path, passes=None):
+    sup, env = make(tmp_path, passes=passes)
     env["prober"].reachable["replica1"] = True
     env["prober"].reachable["replica2"] = True
     step(sup, env, n=3)
@@ -322,3 +322,85 @@ def test_no_pass_starts_while_the_rolling_worker_is_still_stopping(tmp_path):
     env["systemd"].units[W1] = UnitStatus(W1, "inactive", "dead")
     step(sup, env, n=3)
     assert ("start", D1) in env["systemd"].calls
+
+
+class PassArgv:
+    """The drain units' EnvironmentFile (commands/worker.py PassFiles), as a set of links."""
+
+    def __init__(self, fails=False):
+        self.ready: set[str] = set()
+        self.fails = fails
+
+    def prepare(self, link):
+        if self.fails:
+            raise PermissionError(13, "Permission denied")
+        self.ready.add(link)
+
+    def discard(self, link):
+        self.ready.discard(link)
+
+
+def test_passes_exec_sync_client_from_the_argv_the_drain_leaves_and_takes_back(tmp_path):
+    passes = PassArgv()
+    sup, env = live(tmp_path, passes)
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES * 5)
+    env["systemd"].stop(W1)
+    seen = []
+    env["systemd"].oneshot[D1] = lambda: seen.append(set(passes.ready)) or one_pass(d)()
+    sup.operator.drain("replica1")
+    step(sup, env, n=3)
+    assert seen == [{"replica1"}] and sup.drains.last["replica1"]["drained"] is True
+    assert passes.ready == set()                  # a unit started later runs the launcher
+    # a drain that fails takes it back too
+    (d / "log").write_text(LINES)
+    env["systemd"].oneshot[D1] = one_pass(d, works=False)
+    sup.operator.drain("replica1")
+    step(sup, env, n=MAX_FAILED_PASSES + 2)
+    assert sup.drains.last["replica1"]["drained"] is False and passes.ready == set()
+
+
+def test_a_drain_that_cannot_leave_the_argv_runs_the_launcher(tmp_path):
+    sup, env = live(tmp_path, PassArgv(fails=True))
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES * 5)
+    env["systemd"].stop(W1)
+    env["systemd"].oneshot[D1] = one_pass(d)
+    sup.operator.drain("replica1")
+    step(sup, env, n=3)
+    assert sup.drains.last["replica1"]["drained"] is True
+
+
+def test_a_shutdown_file_is_removed_before_every_pass(tmp_path):
+    """sync_client -R -1 exits at once, sending nothing, while one exists; a pass may start
+    without the launcher that removed it."""
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log-run").write_text(LINES)
+    (d / "log").write_text(LINES * 5)
+    env["systemd"].stop(W1)
+    seen = []
+
+    def run():
+        seen.append((d / "shutdown").exists())
+        one_pass(d)()
+        (d / "shutdown").touch()               # left behind, by whatever
+    env["systemd"].oneshot[D1] = run
+    sup.operator.drain("replica1")
+    step(sup, env, n=4)
+    assert seen == [False, False] and sup.drains.last["replica1"]["drained"] is True
+
+
+def test_the_loop_ticks_slower_while_the_end_it_waits_for_will_wake_it(tmp_path):
+    from supervisor.daemon import TICK_DRAIN_WATCHED, TICK_DRAINING, Daemon
+
+    sup, env = live(tmp_path)
+    d = sync_dir(tmp_path)
+    (d / "log").write_text(LINES)
+    env["systemd"].stop(W1)
+    sup.operator.drain("replica1")
+    assert Daemon._pace(sup) == TICK_DRAINING             # nothing watched yet
+    step(sup, env, seconds=0.1)                           # a pass starts, keeps running
+    assert Daemon._pace(sup) == TICK_DRAIN_WATCHED > TICK_DRAINING
+    env["exits"].ended.add(env["systemd"].main_pid(D1))   # its end woke the loop, and a
+    assert Daemon._pace(sup) == TICK_DRAINING             # tick did not see it: soon again

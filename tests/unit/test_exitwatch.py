@@ -12,10 +12,11 @@ def test_the_selector_wakes_when_the_process_exits():
     proc = subprocess.Popen(["sleep", "0.2"])
     try:
         assert watch.watch(proc.pid) and watch.watch(proc.pid)     # twice: one pidfd
-        assert sel.select(0) == []                                 # still running
+        assert sel.select(0) == [] and watch.watching(proc.pid)    # still running
         (key, _), = sel.select(10)
         key.data()                                                 # the loop's callback
         assert proc.wait(1) == 0 and sel.get_map() == {}
+        assert not watch.watching(proc.pid)
     finally:
         proc.kill()
         watch.close()

@@ -134,3 +134,58 @@ def test_a_worker_with_settings_imports_json_and_nothing_of_syncwarden_but_itsel
     r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                        env={worker.SETTINGS_ENV: str(inst.worker_settings("replica1"))})
     assert (r.returncode, r.stderr.strip()) == (1, "")    # sys.exit(names): none of them
+
+
+# -- a drain pass without the launcher (units/syncwarden-drain@.service) --------------------------
+
+def pass_env(inst):
+    return Path(worker.pass_file(inst.worker_settings("replica1")))
+
+
+def test_a_drain_leaves_its_passes_the_argv_to_exec_and_takes_it_back(installed):
+    inst, execs = installed
+    daemon_loaded(inst)
+    passes = worker.PassFiles(inst)
+    assert passes.prepare("replica1") is True
+    assert pass_env(inst).read_text() == (f"SYNCWARDEN_PASS={SYNC_CLIENT} -C"
+                                          f" {inst.root}/imapd.conf -R -1 -n replica1\n")
+    run(inst, "once")                                   # the launcher would exec the same
+    assert " ".join(execs[-1]) == pass_env(inst).read_text().strip().partition("=")[2]
+    passes.discard("replica1")
+    assert not pass_env(inst).exists()
+    passes.discard("replica1")                          # twice: nothing to do
+
+
+def test_settings_older_than_the_config_leave_the_pass_to_the_launcher(installed):
+    inst, _ = installed
+    daemon_loaded(inst)
+    passes = worker.PassFiles(inst)
+    passes.prepare("replica1")
+    write_config(inst, "/bin/false")                    # edited, not reloaded
+    assert passes.prepare("replica1") is False and not pass_env(inst).exists()
+    daemon_loaded(inst)                                 # reloaded
+    assert passes.prepare("replica1") is True
+    daemon_loaded(inst)                                 # a config load takes back what a
+    assert not pass_env(inst).exists()                  # drain of the old one left
+
+
+def test_an_argv_systemd_would_split_wrongly_is_left_to_the_launcher(installed, tmp_path):
+    inst, _ = installed
+    odd = tmp_path / "cyrus tools"
+    odd.mkdir()
+    (odd / "sync_client").symlink_to("/bin/true")
+    write_config(inst, odd / "sync_client")
+    daemon_loaded(inst)
+    assert worker.PassFiles(inst).prepare("replica1") is False
+    assert not pass_env(inst).exists()
+
+
+def test_the_drain_unit_reads_the_argv_where_the_daemon_leaves_it():
+    unit = (Path(__file__).parents[2] / "units" / "syncwarden-drain@.service").read_text()
+    lines = [x for x in unit.splitlines() if x and not x.startswith("#")]
+    settings = next(x.rpartition("=")[2] for x in lines
+                    if x.startswith(f"Environment={worker.SETTINGS_ENV}="))
+    assert f"EnvironmentFile=-{worker.pass_file(settings)}" in lines
+    assert f"ExecStart=/usr/bin/env ${worker.PASS_VAR}" in lines
+    # without the file: the launcher, in the form commands.main serves first
+    assert f'Environment="{worker.PASS_VAR}=/usr/bin/syncwarden worker --once %i"' in lines
