@@ -116,7 +116,6 @@ class Daemon:
         self.control: ControlServer | None = None
         self.metrics = None                  # monitor/exporter.py, once metrics are configured
         self.etcd = etcd                     # tests pass a fake etcd (coord/etcd.py's calls)
-        self.switchover = None               # coord/switchover.py, likewise
         self._status_key, self._status_written = None, float("-inf")
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
@@ -221,12 +220,12 @@ class Daemon:
                     except ValueError:
                         pass          # said in the journal; SIGHUP has nobody to answer
                 follower.pump()
-                if coord is not None:
-                    self._coordinate(coord, sup, systemd)
+                if coord is not None and not self.stop_requests:
+                    coord.before_tick(sup, systemd, self.proc_root)
                 summary = sup.tick()
                 follower.save()       # after the tick that acted on what was read
                 if coord is not None:
-                    coord.publish(registry_entry(sup), self.clock.monotonic())
+                    coord.after_tick(sup, self.clock.monotonic())
                 if stopping and not sup.draining:
                     # The last drain ended in that tick: a stop waits for nothing else. Only
                     # the metrics textfile, which outlives the daemon, learns the outcome.
@@ -273,16 +272,6 @@ class Daemon:
 
         return Coordination(cfg.coordination, self.instance.name, self.journal, self.clock,
                             self.wake, **({"etcd": self.etcd} if self.etcd else {}))
-
-    def _coordinate(self, coord, sup: Reconciler, systemd) -> None:
-        """Before each tick: carry a switchover one step further (coord/switchover.py)."""
-        if self.switchover is None:
-            from .coord.switchover import SwitchoverDriver, cyrus_edges
-
-            self.switchover = SwitchoverDriver(coord.settings.name, coord,
-                                               *cyrus_edges(sup, systemd, self.proc_root))
-        if not self.stop_requests:
-            self.switchover.step(sup)
 
     def _first_stop(self, sup: Reconciler, systemd) -> None:
         """SPEC Guarantee 2, refined: a stop that is the first half of a restart (``systemctl
@@ -494,13 +483,6 @@ class Daemon:
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
         return doc
-
-
-def registry_entry(sup: Reconciler) -> dict:
-    """What this daemon publishes about itself for `syncwarden fleet status`."""
-    return {"instance": sup.local.instance, "role": sup.role.role,
-            "links": {v.name: {"state": v.state.value, "host": v.host,
-                               "entries": v.backlog.entries} for v in sup.views}}
 
 
 def main(config_path: Path | None, instance: Instance) -> int:

@@ -36,6 +36,7 @@ class Coordination:
         self.wants_master = lambda: False
         self.entry: dict | None = None
         self.entry_at = 0.0          # monotonic: the loop's last tick (set with entry)
+        self.switchover = None       # switchover.py's driver, made at the first tick
         self.quiet = False           # a switchover asked for the release: push no more
         self._stop = threading.Event()
         self._poke = threading.Event()
@@ -82,8 +83,24 @@ class Coordination:
             self._poke.wait(FAST if self.busy else ROUND)
             self._poke.clear()
 
+    def before_tick(self, sup, systemd, proc_root) -> None:
+        """Carry a switchover one step further (switchover.py); not while the daemon stops."""
+        if self.switchover is None:
+            from .switchover import SwitchoverDriver, cyrus_edges
+
+            self.switchover = SwitchoverDriver(self.settings.name, self,
+                                               *cyrus_edges(sup, systemd, proc_root))
+        self.switchover.step(sup)
+
+    def after_tick(self, sup, mono: float) -> None:
+        """What this daemon publishes about itself for `syncwarden fleet status`."""
+        self.publish({"instance": sup.local.instance, "role": sup.role.role,
+                      "links": {v.name: {"state": v.state.value, "host": v.host,
+                                         "entries": v.backlog.entries} for v in sup.views}},
+                     mono)
+
     def publish(self, entry: dict, mono: float) -> None:
-        """The loop's registry entry after a tick (registry_entry in daemon.py)."""
+        """The loop's registry entry after a tick."""
         self.entry, self.entry_at = entry, mono
 
     def _fresh_entry(self) -> dict | None:
