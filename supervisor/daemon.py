@@ -346,7 +346,7 @@ class Daemon:
     def _lifecycle_state(self) -> tuple:
         """Seeds, freezes and retirements (link/lifecycle.py): their store, where a seed's
         mailbox list goes, and each link's last full check."""
-        from .pair.check import load_last
+        from .pair.lastcheck import load_last     # not pair.check: it imports ssl (libcrypto)
 
         inst = self.instance
         return (LifecycleStore(inst.lifecycle_file, inst.seed_dir), inst.runtime_dir / "seed",
