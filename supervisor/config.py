@@ -36,7 +36,7 @@ LINK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 @dataclass(frozen=True)
 class CyrusSettings:
     imapd_conf: Path = Path("/etc/imapd.conf")
-    # None: found where this host's Cyrus is (cyrus/layout.py); daemon.load_checked fills
+    # None: found where this host's Cyrus is (cyrus/layout.py); configload.load_checked fills
     # sync_client and master in, check-config also finds and checks the service.
     sync_client: Path | None = None
     master: Path | None = None

@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 from . import config as configmod
-from .cyrus import imapdconf, layout
+from .configload import ConfigProblem, load_checked
 from .cyrus import procs as cyrus_procs
 from .link import report
 from .control import ControlServer
-from .link.lifecycle import command as lifecycle_command
-from .control_schema import QuarantineAction
 from .link.quarantine import crash_points
+from .link.operator import answer
 from .link.reconcile import Edges, LocalState, Reconciler
 from .systemd.journal import Journal, JournalHandler
 from .systemd.notify import Notifier
@@ -59,32 +58,6 @@ EXTEND_WHILE_DRAINING = 30.0
 class SystemClock:
     monotonic = staticmethod(time.monotonic)
     wall = staticmethod(time.time)
-
-
-class ConfigProblem(Exception):
-    """The config or imapd.conf is unusable; the message is the full report."""
-
-
-def load_checked(path: Path) -> tuple[configmod.Config, imapdconf.ImapdConf]:
-    """The config and the imapd.conf it names, cross-checked; ConfigProblem lists all problems."""
-    try:
-        cfg = configmod.load(path)
-    except configmod.ConfigError as exc:
-        raise ConfigProblem(exc.report()) from None
-    cfg = configmod.replace(cfg, cyrus=layout.resolve(cfg.cyrus))   # sync_client, master
-    try:
-        imapd = imapdconf.load(cfg.cyrus.imapd_conf)
-    except imapdconf.ImapdConfError as exc:
-        raise ConfigProblem(configmod.ConfigError(cfg.source, [f"cyrus.imapd_conf: {exc}"])
-                            .report()) from None
-    problems = imapdconf.cross_check(cfg, imapd)
-    if cfg.coordination is not None:
-        from .coord.settings import file_problems
-
-        problems += file_problems(cfg.coordination)
-    if problems:
-        raise ConfigProblem(configmod.ConfigError(cfg.source, problems).report())
-    return cfg, imapd
 
 
 class Daemon:
@@ -429,32 +402,15 @@ class Daemon:
         return done
 
     def _handle(self, sup: Reconciler, req: dict):
-        """One control request (already validated by the control socket) to the operator."""
-        op, cmd, link = sup.operator, req["cmd"], req.get("link")
-        if cmd == "status":
+        """One control request (already validated by the control socket): status and reload
+        are the daemon's own, the rest goes to the operator (link/operator.py)."""
+        if req["cmd"] == "status":
             return self._status(sup)
-        if cmd == "reload":
+        if req["cmd"] == "reload":
             if self.stop_requests:
                 raise ValueError("syncwarden is stopping: nothing to reload")
             return self._reload(sup)
-        if cmd in ("hold", "resume"):
-            return op.hold(str(link), cmd == "hold")
-        if cmd == "release":
-            return op.release(str(link))
-        if cmd in ("promote", "demote"):
-            return op.change_role("master" if cmd == "promote" else "replica",
-                                  f"syncwarden {cmd}")
-        if cmd == "quarantine":
-            if req.get("action") == "list":
-                return sup.quarantine_list()
-            return op.quarantine(QuarantineAction(req.get("action")), str(req.get("user")),
-                                 req.get("link"))
-        if cmd == "drain":
-            names = list(sup.links) if req.get("all") else [str(link)]
-            return "; ".join(op.drain(n) for n in names)
-        if cmd in ("seed", "retire", "freeze", "thaw"):
-            return lifecycle_command(sup.lifecycle, req)
-        raise ValueError(f"unknown command {cmd!r}")
+        return answer(sup, req)
 
     def _status(self, sup: Reconciler, fresh: bool = True) -> dict:
         doc = {**sup.status(fresh), "problems": list(self.problems),

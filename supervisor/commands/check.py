@@ -25,7 +25,7 @@ from .ask import confirm, interactive, on_terminal
 
 def _setup(args):
     """(config, imapd) for a known link, or an exit code after saying what is wrong."""
-    from ..daemon import ConfigProblem, load_checked
+    from ..configload import ConfigProblem, load_checked
 
     try:
         cfg, imapd = load_checked(args.config)

@@ -22,7 +22,7 @@ def cmd_check_config(args) -> int:
     running process), a missing sync_client or master, the unit that runs Cyrus and
     syncwarden's order against it (cyrus/layout.py), a missing control group, a channel nothing
     reads. Each is a configuration problem, exit 2: the setup is not usable as it is."""
-    from ..daemon import ConfigProblem, load_checked
+    from ..configload import ConfigProblem, load_checked
     from ..cyrus.backlog import Backlog
     from .. import preflight
 

@@ -352,7 +352,7 @@ def progress_printer(out, every: float = 2.0, clock=time.monotonic):
 
 def _load(args):
     """(config, imapd), or None after printing every problem."""
-    from ..daemon import ConfigProblem, load_checked
+    from ..configload import ConfigProblem, load_checked
 
     try:
         return load_checked(args.config)

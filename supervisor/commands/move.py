@@ -84,7 +84,7 @@ def source_name(cfg, instance) -> str:
 
 def cmd_move(args, journal=None, edges_factory=CyrusEdges, clock=time.time,
              euid=os.geteuid) -> int:
-    from ..daemon import ConfigProblem, load_checked
+    from ..configload import ConfigProblem, load_checked
 
     if not 1 <= args.parallel <= MAX_PARALLEL:
         print(f"syncwarden move: --parallel {args.parallel}: expected 1-{MAX_PARALLEL}",
@@ -153,7 +153,7 @@ def cmd_move_expire(args, journal=None, edges_factory=CyrusEdges, clock=time.tim
     move process runs (one that runs holds the user's lock and keeps the deadline itself),
     roll the move back (before the switch) or finish it (after: unlock on the target, sync
     the replicas). Exit 0 whether or not there was anything to do."""
-    from ..daemon import ConfigProblem, load_checked
+    from ..configload import ConfigProblem, load_checked
 
     state = files.load(args.state_dir, args.user)
     if state is None or state.get("locked_at") is None or state.get("unlocked_at") is not None:

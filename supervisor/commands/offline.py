@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..cyrus.backlog import Backlog
-from ..daemon import ConfigProblem, load_checked
+from ..configload import ConfigProblem, load_checked
 from ..link.strays import StrayChannels
 from ..preflight import stray_channels
 from ..paths import Instance

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..control_schema import QuarantineAction  # noqa: F401 (the operator's vocabulary)
+from ..control_schema import QuarantineAction
 from .drain import Drains
 from .roles import RoleControl
 from .runtime import RESTART_BACKOFF_MIN, LinkRuntime
@@ -79,3 +79,28 @@ class Operator:
             out.append(q.retry_now(user, self.clock.wall()) if action is QuarantineAction.RETRY
                        else q.drop(user))
         return "; ".join(out)
+
+
+def answer(sup, req: dict):
+    """An operator request from the control socket (already validated, control_schema.py)
+    to the reconciler ``sup``'s operator, lifecycle or quarantine list."""
+    from .lifecycle import command as lifecycle_command
+
+    op, cmd, link = sup.operator, req["cmd"], req.get("link")
+    if cmd in ("hold", "resume"):
+        return op.hold(str(link), cmd == "hold")
+    if cmd == "release":
+        return op.release(str(link))
+    if cmd in ("promote", "demote"):
+        return op.change_role("master" if cmd == "promote" else "replica", f"syncwarden {cmd}")
+    if cmd == "quarantine":
+        if req.get("action") == "list":
+            return sup.quarantine_list()
+        return op.quarantine(QuarantineAction(req.get("action")), str(req.get("user")),
+                             req.get("link"))
+    if cmd == "drain":
+        names = list(sup.links) if req.get("all") else [str(link)]
+        return "; ".join(op.drain(n) for n in names)
+    if cmd in ("seed", "retire", "freeze", "thaw"):
+        return lifecycle_command(sup.lifecycle, req)
+    raise ValueError(f"unknown command {cmd!r}")

@@ -579,7 +579,7 @@ def test_once_drained_for_a_switchover_the_master_pushes_no_more():
 
 
 def test_tls_files_that_do_not_load_refuse_the_start(tmp_path):
-    from supervisor.daemon import ConfigProblem, load_checked
+    from supervisor.configload import ConfigProblem, load_checked
 
     (tmp_path / "imapd.conf").write_text(
         f"configdirectory: {tmp_path}\nsync_log: on\nsync_log_channels: r1\nsync_try_imap: no\n"
