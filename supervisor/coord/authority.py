@@ -42,6 +42,12 @@ class View:
         return self.held and mono < self.deadline - guard
 
 
+# The lease is renewed this often (or every third of its TTL, if that is sooner). How long etcd
+# may be away before the master stops pushing is then at least TTL - guard - RENEW_EVERY:
+# with the default TTL (settings.py), more than a minute.
+RENEW_EVERY = 5.0
+
+
 class Authority:
     def __init__(self, etcd, keys: Keys, me: str, instance: str, ttl: float, journal, clock):
         self.etcd, self.keys, self.me, self.instance = etcd, keys, me, instance
@@ -95,7 +101,7 @@ class Authority:
             lease, ttl = self.etcd.grant(self.ttl)
             self.lease, self.deadline, self.renewed = lease, mono + ttl, mono
             self.published = None
-        elif mono >= self.renewed + self.ttl / 3:
+        elif mono >= self.renewed + min(self.ttl / 3, RENEW_EVERY):
             left = self.etcd.keepalive(self.lease)
             if left <= 0:
                 log.warning("etcd lease %x expired: taking a new one", self.lease)

@@ -39,7 +39,10 @@ class CoordinationSettings:
     etcd: EtcdSettings
     pair: str
     name: str                       # this host's name in the pair (default: the host name)
-    ttl: float = 30.0               # the lease of the master key and the registry entry
+    # The lease of the master key and the registry entry: how long a dead master's key stays
+    # taken, and what bounds an etcd outage the master rides out (authority.py: 90 s - 18 s
+    # of guard - 5 s between renewals = 67 s, "etcd down for a minute" with room to spare).
+    ttl: float = 90.0
 
 
 def _endpoint(value: Any) -> str | None:

@@ -684,3 +684,28 @@ def test_the_target_of_a_switchover_keeps_the_key_it_takes(tmp_path):
     finally:
         d.request_stop()
         t.join(10)
+
+
+def test_with_the_default_ttl_etcd_down_for_a_minute_does_not_stop_the_master():
+    """Issue 16: etcd down for a minute, at the worst moment (just before a renewal was due),
+    and the master pushes throughout; it stops only once its lease could have run out."""
+    from supervisor.coord.authority import RENEW_EVERY
+    from supervisor.coord.settings import CoordinationSettings
+
+    clock = FakeClock()
+    store = FakeEtcdStore(clock)
+    a = authority(store, "a", ttl=CoordinationSettings.ttl)
+    assert a.step(True).held
+    clock.advance(RENEW_EVERY - 0.5)            # the next renewal would be due in 0.5 s
+    assert a.step(True).may_push(clock.monotonic(), a.guard)
+    renewed = a.renewed
+    store.down = True
+    down_at = clock.monotonic()
+    while clock.monotonic() < down_at + 60:
+        clock.advance(1)
+        assert a.step(True).may_push(clock.monotonic(), a.guard), clock.monotonic() - down_at
+    while a.step(True).may_push(clock.monotonic(), a.guard):
+        clock.advance(1)
+    assert clock.monotonic() <= renewed + CoordinationSettings.ttl - a.guard + 1
+    store.down = False
+    assert a.step(True).may_push(clock.monotonic(), a.guard)    # etcd back: it pushes again
